@@ -1,0 +1,84 @@
+"""The attack contract (DESIGN.md): ``attack(model, x, y) -> x_adv``.
+
+An attack is constructed with its threat model (norm, ε, steps, ...) and called on a batch. It works on the
+model's device, returns a detached tensor in the [0,1] box, puts the model in the mode it asks for (eval by
+default: dropout off, batch-norm statistics frozen) and restores every submodule's mode afterwards. Gradients
+are taken with ``torch.autograd.grad`` with respect to the input only, so nothing accumulates on parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODEL_MODES = ("eval", "train", "keep")
+
+
+@contextlib.contextmanager
+def model_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
+    """Put ``model`` in ``mode`` ("eval", "train" or "keep") and restore each submodule's flag on exit."""
+    if mode not in MODEL_MODES:
+        raise ValueError(f"model mode must be one of {MODEL_MODES}, got {mode!r}")
+    saved = [(m, m.training) for m in model.modules()]
+    try:
+        if mode == "eval":
+            model.eval()
+        elif mode == "train":
+            model.train()
+        yield model
+    finally:
+        for module, training in saved:
+            module.training = training
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cross_entropy_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy: each example's input gradient does not depend on the batch size."""
+    return F.cross_entropy(logits, y, reduction="sum")
+
+
+def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn = cross_entropy_sum
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of ``loss_fn(model(x), y)`` w.r.t. ``x`` (not the parameters), and the logits at ``x``."""
+    x = x.detach().requires_grad_(True)
+    logits = model(x)
+    (grad,) = torch.autograd.grad(loss_fn(logits, y), x)
+    return grad, logits.detach()
+
+
+class Attack(ABC):
+    """Base class: subclasses implement :meth:`perturb`; ``__call__`` owns the model mode and detaching."""
+
+    def __init__(self, *, model_mode: str = "eval"):
+        if model_mode not in MODEL_MODES:
+            raise ValueError(f"model_mode must be one of {MODEL_MODES}, got {model_mode!r}")
+        self.model_mode = model_mode
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x and y disagree on the batch size: {x.shape[0]} vs {y.shape[0]}")
+        with model_mode(model, self.model_mode):
+            x_adv = self.perturb(model, x.detach(), y.detach())
+        return x_adv.detach()
+
+    @abstractmethod
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Return adversarial examples for the batch; the model is already in the requested mode."""
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+def check_epsilon(eps: float) -> float:
+    eps = float(eps)
+    if eps < 0:
+        raise ValueError(f"epsilon must be >= 0, got {eps}")
+    return eps

@@ -1,0 +1,284 @@
+"""Experiment configuration: TOML files validated into typed sections.
+
+A config has the sections ``[run]``, ``[data]``, ``[model]``, ``[optim]``, ``[schedule]``, ``[defense]`` and
+``[eval]``. Every key is checked: an unknown key, a wrong type or a value outside its choices raises
+:class:`~robustlab.errors.ConfigError` naming the key (``data.batch_size``). ``[model]`` and ``[defense]`` hold a
+``name`` plus that model's or defense's own options, validated against the model builder's signature and the
+defense's option dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from robustlab.errors import ConfigError
+
+
+def _choices(*values: str) -> dict[str, tuple[str, ...]]:
+    return {"choices": values}
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    out_dir: str = ""  # default: runs/<name>
+    seed: int = 0
+    device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
+    epochs: int = 10
+    amp: str = field(default="auto", metadata=_choices("auto", "off", "bf16", "fp16"))
+    channels_last: bool = False
+    keep_checkpoints: int = 2
+    progress: bool = True
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist5k"
+    root: str = ""
+    download: bool = False
+    batch_size: int = 128
+    train_subset: int = 0
+    test_subset: int = 0
+    augment: str = field(default="none", metadata=_choices("none", "crop_flip"))
+
+
+@dataclass
+class OptimConfig:
+    name: str = field(default="sgd", metadata=_choices("sgd", "adam"))
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = field(default="constant", metadata=_choices("constant", "multistep", "cosine"))
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+
+
+@dataclass
+class EvalConfig:
+    """What ``robustlab eval`` and the per-epoch evaluation measure."""
+
+    attacks: list[str] = field(default_factory=lambda: ["fgsm", "pgd"])
+    eps: list[float] = field(default_factory=lambda: [0.3])
+    pgd_steps: int = 40
+    pgd_step_size: float = 0.01
+    pgd_restarts: int = 1
+    subset: int = 1000  # test examples attacked (0 = all)
+    batch_size: int = 500
+    every: int = 0  # robust accuracy on the first ``subset`` test examples every N epochs (0 = only clean)
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "lenet5"})
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    defense: dict[str, Any] = field(default_factory=lambda: {"name": "standard"})
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.run.out_dir or f"runs/{self.run.name}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a TOML file, apply ``key=value`` overrides (``data.batch_size=64``) and validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    for item in overrides or []:
+        apply_override(raw, item)
+    return config_from_dict(raw)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set ``section.key=value`` in a raw config dict; the value is parsed as TOML (bare words stay strings)."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    key, text = item.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"--set key must look like section.key, got {key!r}")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    raw.setdefault(parts[0], {})
+    if not isinstance(raw[parts[0]], dict):
+        raise ConfigError(f"[{parts[0]}] is not a section")
+    raw[parts[0]][parts[1]] = value
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Validate a raw dict (from TOML or from ``Config.to_dict()``) into a :class:`Config`."""
+    _reject_unknown(raw, _SECTIONS, "")
+    sections: dict[str, Any] = {}
+    for name, f in _SECTIONS.items():
+        value = raw.get(name, {})
+        if not isinstance(value, dict):
+            raise ConfigError(f"[{name}] must be a table, got {type(value).__name__}")
+        if name == "model":
+            sections[name] = _named_options(value, name, default="lenet5", validate=_validate_model)
+        elif name == "defense":
+            sections[name] = _named_options(value, name, default="standard", validate=_validate_defense)
+        else:
+            sections[name] = build_dataclass(f.default_factory().__class__, value, name)  # type: ignore[misc]
+    config = Config(**sections)
+    _check_values(config)
+    return config
+
+
+def build_dataclass(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    """Build dataclass ``cls`` from ``values``, checking names, types and choices; errors name ``prefix.key``."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _reject_unknown(values, fields, prefix)
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        kwargs[key] = check_type(value, hints[key], f"{prefix}.{key}")
+        choices = fields[key].metadata.get("choices")
+        if choices and kwargs[key] not in choices:
+            raise ConfigError(f"{prefix}.{key} must be one of {list(choices)}, got {kwargs[key]!r}")
+    return cls(**kwargs)
+
+
+def check_type(value: Any, annotation: Any, key: str) -> Any:
+    """Check ``value`` against a simple annotation (int, float, str, bool, list[...], X | None, Any)."""
+    if annotation is Any or annotation is typing.Any:
+        return value
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return check_type(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key} must be {_type_name(annotation)}, got {_describe(value)}")
+    if origin is list:
+        (item_type,) = typing.get_args(annotation) or (Any,)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be {_type_name(annotation)}, got {_describe(value)}")
+        return [check_type(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be {_type_name(annotation)}, got {_describe(value)}")
+        args = typing.get_args(annotation)
+        item_type = args[0] if args else Any
+        return tuple(check_type(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table, got {_describe(value)}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {_describe(value)}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {_describe(value)}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {_describe(value)}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {_describe(value)}")
+        return value
+    raise TypeError(f"unsupported annotation {annotation!r} for {key}")
+
+
+def _named_options(values: dict[str, Any], section: str, default: str, validate) -> dict[str, Any]:
+    values = dict(values)
+    name = check_type(values.pop("name", default), str, f"{section}.name")
+    validate(name, values)
+    return {"name": name, **values}
+
+
+def _validate_model(name: str, options: dict[str, Any]) -> None:
+    from robustlab.models.registry import model_option_types
+
+    types_ = model_option_types(name)  # raises ConfigError for an unknown model
+    _reject_unknown(options, types_, "model")
+    for key, value in options.items():
+        options[key] = check_type(value, types_[key], f"model.{key}")
+
+
+def _validate_defense(name: str, options: dict[str, Any]) -> None:
+    from robustlab.defenses import defense_options_class
+
+    build_dataclass(defense_options_class(name), options, "defense")
+
+
+def _reject_unknown(values: dict[str, Any], known: Any, prefix: str) -> None:
+    for key in values:
+        if key not in known:
+            where = f"{prefix}.{key}" if prefix else f"[{key}]"
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown config key {where}{hint}; known: {', '.join(sorted(known))}")
+
+
+def _check_values(config: Config) -> None:
+    positive = {
+        "run.epochs": config.run.epochs, "data.batch_size": config.data.batch_size, "optim.lr": config.optim.lr,
+        "eval.pgd_steps": config.eval.pgd_steps, "eval.batch_size": config.eval.batch_size,
+        "eval.pgd_restarts": config.eval.pgd_restarts, "run.keep_checkpoints": config.run.keep_checkpoints,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be > 0, got {value}")
+    nonneg = {"data.train_subset": config.data.train_subset, "data.test_subset": config.data.test_subset,
+              "eval.subset": config.eval.subset, "eval.every": config.eval.every,
+              "optim.weight_decay": config.optim.weight_decay, "schedule.warmup_epochs": config.schedule.warmup_epochs}
+    for key, value in nonneg.items():
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
+    if any(e < 0 for e in config.eval.eps):
+        raise ConfigError(f"eval.eps must be >= 0, got {config.eval.eps}")
+    if len(config.optim.betas) != 2:
+        raise ConfigError(f"optim.betas must have two values, got {config.optim.betas}")
+    from robustlab.attacks import available_attacks
+
+    for name in config.eval.attacks:
+        if name not in available_attacks():
+            raise ConfigError(f"eval.attacks: unknown attack {name!r}; available: {', '.join(available_attacks())}")
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}"

@@ -1,0 +1,44 @@
+"""Dataset names -> loaders: ``load_dataset(name, root, download)``."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable
+
+from robustlab.data.base import ImageDataset
+from robustlab.data.cifar import load_cifar10, load_cifar100
+from robustlab.data.embedded import load_digits, load_mnist5k
+from robustlab.data.mnist import load_fashion_mnist, load_mnist
+from robustlab.errors import ConfigError
+
+Loader = Callable[[str | os.PathLike | None, bool], ImageDataset]
+
+_LOADERS: dict[str, Loader] = {
+    "mnist": load_mnist,
+    "fashion_mnist": load_fashion_mnist,
+    "cifar10": load_cifar10,
+    "cifar100": load_cifar100,
+    "mnist5k": lambda root, download: load_mnist5k(),
+    "digits": lambda root, download: load_digits(),
+}
+
+
+def available_datasets() -> list[str]:
+    """The names :func:`load_dataset` accepts."""
+    return list(_LOADERS)
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None, download: bool = False) -> ImageDataset:
+    """Load dataset ``name`` with checksums verified.
+
+    File-based datasets live in ``<root>/<name>/`` (default root: ``$ROBUSTLAB_DATA`` or
+    ``~/.cache/robustlab``); missing files are downloaded only when ``download`` is true.
+    ``mnist5k`` and ``digits`` come with installed packages and ignore ``root``/``download``.
+    """
+    loader = _LOADERS.get(name)
+    if loader is None:
+        hint = difflib.get_close_matches(str(name), _LOADERS, n=1)
+        raise ConfigError(f"unknown dataset {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                          + f"; available: {', '.join(_LOADERS)}")
+    return loader(root, download)

@@ -1,0 +1,30 @@
+"""Standard (non-robust) training: cross-entropy on clean examples. The reference every defense must beat."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustlab.defenses.base import Defense, LossOutput, register_defense
+
+
+@dataclass
+class StandardOptions:
+    label_smoothing: float = 0.0
+
+
+def clean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> LossOutput:
+    """Mean cross-entropy on the clean batch, with its accuracy as a metric."""
+    logits = model(x)
+    loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    acc = logits.detach().argmax(1).eq(y).float().mean()
+    return LossOutput(loss, {"loss": loss.detach(), "acc": acc}, logits_clean=logits)
+
+
+@register_defense("standard", StandardOptions)
+class StandardTraining(Defense):
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> LossOutput:
+        return clean_loss(model, x, y, self.options.label_smoothing)

@@ -1,0 +1,326 @@
+"""The one training loop every defense runs in.
+
+The engine owns what is the same for every defense: data order, device, seeds, the main optimiser and its
+learning-rate schedule, mixed precision on CUDA, the progress bar, JSONL metrics, checkpoints every epoch and
+exact resume. It never names a defense: it calls the recipe's hooks (``robustlab/defenses/base.py``).
+
+Determinism: the order of the training data in epoch ``e`` depends only on ``(seed, e)``, and the global RNG
+states (torch, numpy, random) are saved with every checkpoint, so a run resumed from epoch ``e`` on the CPU ends
+with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from robustlab.checkpoint import (CONFIG_FILE, atomic_write_text, find_latest_checkpoint, load_checkpoint,
+                                  save_checkpoint)
+from robustlab.config import Config, config_from_dict
+from robustlab.data import ImageDataset, load_dataset
+from robustlab.data.augment import random_crop_flip
+from robustlab.defenses import Defense, build_defense
+from robustlab.errors import CheckpointError, ConfigError
+from robustlab.evaluate import accuracy, attack_factories
+from robustlab.models import RobustModel, build_model
+from robustlab.schedule import lr_factor
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("run.device = 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+    return torch.device(name)
+
+
+def resolve_amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """``auto``: bf16 on CUDA devices that support it, else fp16 on CUDA; never on the CPU."""
+    if amp == "off" or device.type != "cuda":
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": _to_json(random.getstate()),
+                             "numpy": _to_json(np.random.get_state())}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_from_json(state["python"]))
+    np.random.set_state(_from_json(state["numpy"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
+
+
+def _to_json(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
+    if isinstance(obj, (tuple, list)):
+        return [_to_json(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _from_json(obj: Any) -> Any:
+    if isinstance(obj, dict) and "__ndarray__" in obj:
+        return np.asarray(obj["__ndarray__"], dtype=obj["dtype"])
+    if isinstance(obj, list):
+        return tuple(_from_json(v) for v in obj)
+    return obj
+
+
+@dataclass
+class TrainContext:
+    """What a defense may read while training: device, data, config, the position in training, AMP."""
+
+    config: Config
+    device: torch.device
+    dataset: ImageDataset
+    amp_dtype: torch.dtype | None = None
+    epoch: int = 0  # 0-based epoch being trained
+    global_step: int = 0
+    rank: int = 0
+    world_size: int = 1
+    log: Callable[[str], None] = print
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+def build_optimizer(params, config: Config) -> torch.optim.Optimizer:
+    o = config.optim
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ConfigError("the defense left no trainable parameters for the main optimiser")
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
+                               weight_decay=o.weight_decay)
+    return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> Iterator[torch.Tensor]:
+    """Shuffled index batches whose order depends only on ``(seed, epoch)``."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=generator)
+    for start in range(0, n, batch_size):
+        yield order[start:start + batch_size]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.history[-1] if self.history else {}
+
+
+class Trainer:
+    """Train ``config.model`` with ``config.defense``; ``resume=True`` continues from the newest checkpoint.
+
+    Everything that can fail on user input (dataset files, model and defense options) is checked in the
+    constructor, before anything is written to the run directory.
+    """
+
+    def __init__(self, config: Config, *, resume: bool = False, log: Callable[[str], None] = print):
+        self.config = config
+        self.log = log
+        self.run_dir = config.out_dir
+        self.resume = resume
+        self._check_run_dir()
+        seed_everything(config.run.seed)
+        self.device = resolve_device(config.run.device)
+        self.amp_dtype = resolve_amp_dtype(config.run.amp, self.device)
+        data = load_dataset(config.data.name, root=config.data.root or None, download=config.data.download)
+        self.dataset = data.subset(config.data.train_subset, config.data.test_subset)
+        self.model = build_model_for(config, self.dataset).to(self.device)
+        if config.run.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.defense: Defense = build_defense(config.defense["name"],
+                                              {k: v for k, v in config.defense.items() if k != "name"})
+        self.ctx = TrainContext(config=config, device=self.device, dataset=self.dataset, amp_dtype=self.amp_dtype,
+                                log=log)
+        self.defense.setup(self.model, self.ctx)
+        for module in self.defense.aux_modules().values():
+            module.to(self.device)
+        self.optimizer = build_optimizer(self.defense.trainable_parameters(self.model), config)
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.start_epoch = 0
+        self.history: list[dict[str, Any]] = []
+        if resume:
+            self._restore()
+
+    # --- run directory ----------------------------------------------------------------------------------------
+    def _check_run_dir(self) -> None:
+        latest = self.run_dir / "checkpoints" / "latest"
+        if latest.exists() and not self.resume:
+            raise ConfigError(f"{self.run_dir} already holds a run; pass --resume to continue it, or set "
+                              f"run.out_dir / run.name to start a new one")
+        if self.resume and not latest.exists():
+            raise CheckpointError(f"nothing to resume: no checkpoint in {self.run_dir}")
+
+    def _restore(self) -> None:
+        ckpt = find_latest_checkpoint(self.run_dir)
+        model_state, state, saved_config = load_checkpoint(ckpt)
+        if config_from_dict(saved_config).model != self.config.model:
+            raise CheckpointError(f"{ckpt} was trained with model {saved_config['model']}, "
+                                  f"the config asks for {self.config.model}")
+        self.model.load_state_dict(model_state)
+        self.optimizer.load_state_dict(state["optimizer"])
+        for name, module in self.defense.aux_modules().items():
+            module.load_state_dict(state["aux_modules"][name])
+        for name, opt in self.defense.aux_optimizers().items():
+            opt.load_state_dict(state["aux_optimizers"][name])
+        self.defense.load_extra_state(state.get("defense", {}))
+        if "scaler" in state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.start_epoch = int(state["epoch"])
+        self.ctx.global_step = int(state["global_step"])
+        self.history = self._read_history()[: self.start_epoch]
+        self.log(f"resumed {self.run_dir} from {ckpt.name} (epoch {self.start_epoch}/{self.config.run.epochs})")
+
+    def _read_history(self) -> list[dict[str, Any]]:
+        path = self.run_dir / METRICS_FILE
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def _write_history(self) -> None:
+        atomic_write_text(self.run_dir / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in self.history))
+
+    def _save(self, epoch: int) -> Path:
+        state = {
+            "epoch": epoch,
+            "global_step": self.ctx.global_step,
+            "optimizer": self.optimizer.state_dict(),
+            "aux_modules": {k: m.state_dict() for k, m in self.defense.aux_modules().items()},
+            "aux_optimizers": {k: o.state_dict() for k, o in self.defense.aux_optimizers().items()},
+            "defense": self.defense.extra_state(),
+            "rng": rng_state(),
+        }
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
+        return save_checkpoint(self.run_dir, epoch, self.model.state_dict(), state, self.config.to_dict(),
+                               keep=self.config.run.keep_checkpoints)
+
+    # --- training ---------------------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        cfg = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2))
+        self.log(f"training {cfg.model['name']} with {cfg.defense['name']} on {cfg.data.name} "
+                 f"({len(self.dataset.train_x)} train / {len(self.dataset.test_x)} test) on {self.device} "
+                 f"for {cfg.run.epochs} epochs -> {self.run_dir}")
+        for epoch in range(self.start_epoch, cfg.run.epochs):
+            row = self.train_epoch(epoch)
+            self.history.append(row)
+            self._write_history()
+            self._save(epoch + 1)
+            self.log(format_epoch(row))
+        return TrainResult(self.run_dir, cfg.run.epochs, self.history)
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        cfg, model, defense, ctx = self.config, self.model, self.defense, self.ctx
+        ctx.epoch = epoch
+        factor = lr_factor(cfg.schedule, epoch, cfg.run.epochs)
+        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base_lr * factor
+        started = time.perf_counter()
+        defense.on_epoch_start(model, ctx)
+        model.train()
+        sums: dict[str, torch.Tensor] = {}
+        seen = 0
+        x_all, y_all = self.dataset.train_x, self.dataset.train_y
+        n_batches = -(-len(x_all) // cfg.data.batch_size)
+        bar = tqdm(epoch_batches(len(x_all), cfg.data.batch_size, cfg.run.seed, epoch), total=n_batches,
+                   desc=f"epoch {epoch + 1}/{cfg.run.epochs}", disable=not cfg.run.progress or None, leave=False)
+        for idx in bar:
+            x = x_all[idx].to(self.device, non_blocking=True)
+            y = y_all[idx].to(self.device, non_blocking=True)
+            if cfg.data.augment == "crop_flip":
+                x = random_crop_flip(x)
+            if cfg.run.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            defense.before_step(model, x, y, ctx)
+            with ctx.autocast():
+                out = defense.loss(model, x, y, ctx)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(out.loss).backward()
+            defense.after_backward(ctx)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            defense.after_step(model, ctx)
+            ctx.global_step += 1
+            n = len(y)
+            seen += n
+            for key, value in out.metrics.items():
+                sums[key] = sums.get(key, 0) + value.detach().float() * n
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+        row.update({f"train_{k}": round(v.item() / max(seen, 1), 6) for k, v in sums.items()})
+        row.update(defense.on_epoch_end(model, ctx))
+        row["train_time_s"] = round(time.perf_counter() - started, 3)
+        row.update(self.evaluate_epoch(epoch))
+        row["time_s"] = round(time.perf_counter() - started, 3)
+        return row
+
+    def evaluate_epoch(self, epoch: int) -> dict[str, float]:
+        """Clean test accuracy every epoch; robust accuracy every ``eval.every`` epochs on ``eval.subset``."""
+        cfg = self.config.eval
+        x, y = self.dataset.test_x, self.dataset.test_y
+        row = {"test_acc": round(accuracy(self.model, x, y, batch_size=cfg.batch_size, device=self.device), 6)}
+        last = epoch + 1 == self.config.run.epochs
+        if cfg.every and ((epoch + 1) % cfg.every == 0 or last):
+            xs, ys = (x[: cfg.subset], y[: cfg.subset]) if cfg.subset else (x, y)
+            for name, factory in attack_factories(cfg).items():
+                for eps in cfg.eps:
+                    acc = accuracy(self.model, xs, ys, attack=factory(eps), batch_size=cfg.batch_size,
+                                   device=self.device)
+                    row[f"test_{name}_{eps:g}_acc"] = round(acc, 6)
+        return row
+
+
+def build_model_for(config: Config, dataset: ImageDataset) -> RobustModel:
+    options = {k: v for k, v in config.model.items() if k != "name"}
+    return build_model(config.model["name"], in_shape=dataset.in_shape, num_classes=dataset.num_classes,
+                       mean=dataset.mean, std=dataset.std, **options)
+
+
+def format_epoch(row: dict[str, Any]) -> str:
+    parts = [f"epoch {row['epoch']}"]
+    for key, value in row.items():
+        if key != "epoch" and isinstance(value, float):
+            parts.append(f"{key}={value:.4g}")
+    return " ".join(parts)

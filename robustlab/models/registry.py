@@ -1,0 +1,84 @@
+"""Build models by name. A builder takes ``in_shape``, ``num_classes``, ``mean``, ``std`` and its own options."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from robustlab.errors import ConfigError
+from robustlab.models.base import RobustModel
+
+ModelBuilder = Callable[..., RobustModel]
+_MODELS: dict[str, ModelBuilder] = {}
+
+#: Arguments every builder receives from the dataset; the rest are model options from the config.
+DATASET_ARGS = ("in_shape", "num_classes", "mean", "std")
+
+
+def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator: ``@register_model("lenet5") def lenet5(in_shape, num_classes, mean, std, ...)``."""
+
+    def decorator(builder: ModelBuilder) -> ModelBuilder:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} registered twice")
+        _MODELS[name] = builder
+        return builder
+
+    return decorator
+
+
+def available_models() -> list[str]:
+    _load_zoo()
+    return sorted(_MODELS)
+
+
+def model_options(name: str) -> dict[str, inspect.Parameter]:
+    """The builder's own options (not the dataset arguments), for config validation."""
+    builder = _get_builder(name)
+    params = inspect.signature(builder).parameters
+    return {k: p for k, p in params.items() if k not in DATASET_ARGS}
+
+
+def model_option_types(name: str) -> dict[str, Any]:
+    """The annotated type of each option (``Any`` where the builder gives none)."""
+    hints = typing.get_type_hints(_get_builder(name))
+    return {key: hints.get(key, Any) for key in model_options(name)}
+
+
+def build_model(
+    name: str,
+    *,
+    in_shape: Sequence[int],
+    num_classes: int,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    **options: Any,
+) -> RobustModel:
+    """Build a registered model; ``mean``/``std`` default to no normalisation (0 and 1 per channel)."""
+    builder = _get_builder(name)
+    channels = int(in_shape[0])
+    mean = list(mean) if mean is not None else [0.0] * channels
+    std = list(std) if std is not None else [1.0] * channels
+    known = model_options(name)
+    for key in options:
+        if key not in known:
+            raise ConfigError(f"model {name!r} has no option {key!r}; options: {sorted(known) or 'none'}")
+    return builder(in_shape=tuple(int(s) for s in in_shape), num_classes=int(num_classes), mean=mean, std=std,
+                   **options)
+
+
+def _get_builder(name: str) -> ModelBuilder:
+    _load_zoo()
+    if name not in _MODELS:
+        close = difflib.get_close_matches(name, _MODELS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown model {name!r}{hint}; available: {', '.join(sorted(_MODELS))}")
+    return _MODELS[name]
+
+
+def _load_zoo() -> None:
+    # Importing the zoo modules runs their @register_model decorators.
+    import robustlab.models.zoo  # noqa: F401

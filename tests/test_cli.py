@@ -1,0 +1,84 @@
+"""The command line: each bad input is one clear error line, a non-zero exit and nothing half-written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from robustlab.cli import main
+
+TINY = """
+[run]
+epochs = 1
+progress = false
+out_dir = "{out}"
+[data]
+name = "digits"
+batch_size = 128
+[model]
+name = "mlp_a3t"
+[optim]
+name = "adam"
+lr = 0.002
+[defense]
+name = "fgsm_at"
+eps = 0.1
+lam = 0.5
+[eval]
+eps = [0.05, 0.1]
+pgd_steps = 5
+subset = 100
+"""
+
+
+def error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("robustlab: error: "), err
+    return err[0]
+
+
+def test_train_then_eval(tmp_path, capsys):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY.format(out=tmp_path / "run"))
+    assert main(["train", "--config", str(config), "--set", "run.seed=1"]) == 0
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--subset", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "| FGSM ε=0.05 |" in out.replace(" | ", " | ") or "FGSM ε=0.05" in out
+    result = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert result["examples"] == 50 and {p["attack"] for p in result["curve"]} == {"fgsm", "pgd"}
+    accs = {(p["attack"], p["eps"]): p["accuracy"] for p in result["curve"]}
+    assert accs[("pgd", 0.1)] <= accs[("pgd", 0.05)] <= result["clean"]
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda t: t.replace('batch_size = 128', 'batch_size = "x"'), "data.batch_size must be an integer"),
+    (lambda t: t.replace('lam = 0.5', 'lam = 0.5\nlamda = 1'), "unknown config key defense.lamda"),
+    (lambda t: t.replace('name = "digits"', 'name = "mnist"\nroot = "{root}"'), "train-images-idx3-ubyte.gz"),
+])
+def test_bad_train_inputs_fail_cleanly(tmp_path, capsys, edit, match):
+    config = tmp_path / "bad.toml"
+    config.write_text(edit(TINY).format(out=tmp_path / "run", root=tmp_path / "empty"))
+    assert main(["train", "--config", str(config)]) == 2
+    assert match in error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_of_corrupt_or_missing_checkpoint(tmp_path, capsys):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY.format(out=tmp_path / "run"))
+    assert main(["train", "--config", str(config)]) == 0
+    capsys.readouterr()
+    weights = next((tmp_path / "run" / "checkpoints").glob("epoch-*")) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert main(["eval", "--checkpoint", str(tmp_path / "run")]) == 2
+    assert "corrupt" in error_line(capsys)
+    assert main(["eval", "--checkpoint", str(tmp_path / "nowhere")]) == 2
+    assert "not found" in error_line(capsys)
+
+
+def test_list_and_missing_config(capsys, tmp_path):
+    assert main(["list", "defenses"]) == 0
+    assert {"standard", "fgsm_at", "pgd_at"} <= set(capsys.readouterr().out.split())
+    assert main(["train", "--config", str(tmp_path / "none.toml")]) == 2
+    assert "config file not found" in error_line(capsys)

@@ -1,0 +1,61 @@
+"""Config validation: every bad key, type or value is one clear ConfigError naming the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from robustlab.config import apply_override, config_from_dict, load_config
+from robustlab.errors import ConfigError
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_values_round_trip(tmp_path):
+    cfg = load_config(write(tmp_path, '[data]\nname = "digits"\nbatch_size = 32\n[defense]\nname = "pgd_at"\neps = 0.1\n'))
+    assert cfg.data.batch_size == 32 and cfg.defense == {"name": "pgd_at", "eps": 0.1}
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("text, match", [
+    ("[data]\nbatchsize = 3\n", r"unknown config key data\.batchsize \(did you mean 'batch_size'\?\)"),
+    ("[dat]\nname = 'x'\n", r"unknown config key \[dat\]"),
+    ("[data]\nbatch_size = 'big'\n", r"data\.batch_size must be an integer, got str"),
+    ("[data]\nbatch_size = 1.5\n", r"data\.batch_size must be an integer"),
+    ("[run]\nprogress = 1\n", r"run\.progress must be true or false"),
+    ("[optim]\nlr = 'fast'\n", r"optim\.lr must be a number"),
+    ("[run]\ndevice = 'tpu'\n", r"run\.device must be one of"),
+    ("[data]\nbatch_size = 0\n", r"data\.batch_size must be > 0"),
+    ("[eval]\neps = [0.1, 'a']\n", r"eval\.eps\[1\] must be a number"),
+    ("[eval]\nattacks = ['fgsm', 'zzz']\n", r"unknown attack 'zzz'"),
+    ("[model]\nname = 'lenet6'\n", r"unknown model 'lenet6' \(did you mean 'lenet5'\?\)"),
+    ("[model]\nname = 'resnet_v1'\ndepht = 20\n", r"unknown config key model\.depht"),
+    ("[model]\nname = 'resnet_v1'\ndepth = '20'\n", r"model\.depth must be an integer"),
+    ("[defense]\nname = 'pgd_att'\n", r"unknown defense 'pgd_att' \(did you mean 'pgd_at'\?\)"),
+    ("[defense]\nname = 'pgd_at'\nsteps = 'many'\n", r"defense\.steps must be an integer"),
+    ("[defense]\nname = 'pgd_at'\nmix = 'both'\n", r"defense\.mix must be one of"),
+    ("[defense]\nname = 'standard'\neps = 0.3\n", r"unknown config key defense\.eps"),
+    ("[data\n", r"invalid TOML"),
+])
+def test_bad_config_raises_one_clear_error(tmp_path, text, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(write(tmp_path, text))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_overrides_parse_toml_values_and_bare_strings(tmp_path):
+    cfg = load_config(write(tmp_path, ""), ["data.batch_size=16", "eval.eps=[0.1, 0.2]", "data.name=digits",
+                                            "run.progress=false", "defense.name=fgsm_at", "defense.lam=0.3"])
+    assert cfg.data.batch_size == 16 and cfg.eval.eps == [0.1, 0.2] and cfg.data.name == "digits"
+    assert cfg.run.progress is False and cfg.defense["lam"] == 0.3
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_override({}, "data.batch_size")
+    with pytest.raises(ConfigError, match="section.key"):
+        apply_override({}, "batch_size=3")

@@ -1,0 +1,99 @@
+"""The training loop: metrics, checkpoints every epoch, and exact resume after an interruption."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from robustlab.checkpoint import load_checkpoint
+from robustlab.config import config_from_dict
+from robustlab.defenses.adversarial import PGDAdversarialTraining
+from robustlab.engine import Trainer, epoch_batches
+from robustlab.errors import CheckpointError, ConfigError
+from robustlab.schedule import lr_factor
+
+# model_d has dropout (RNG state must be restored), Adam has state, PGD-AT has random starts.
+TINY = {
+    "run": {"seed": 3, "epochs": 3, "progress": False},
+    "data": {"name": "digits", "batch_size": 128, "train_subset": 600, "test_subset": 200},
+    "model": {"name": "model_d", "hidden": 64, "depth": 2},
+    "optim": {"name": "adam", "lr": 0.002},
+    "defense": {"name": "pgd_at", "eps": 0.1, "steps": 2, "warmup_epochs": 1},
+    "eval": {"every": 2, "subset": 100, "pgd_steps": 3, "eps": [0.1]},
+}
+
+
+def tiny_config(out_dir, **overrides):
+    raw = json.loads(json.dumps(TINY))
+    raw["run"]["out_dir"] = str(out_dir)
+    for section, values in overrides.items():
+        raw[section].update(values)
+    return config_from_dict(raw)
+
+
+def test_training_writes_metrics_and_checkpoints(tmp_path):
+    result = Trainer(tiny_config(tmp_path / "run"), log=lambda _: None).fit()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows == result.history
+    assert "train_acc" in rows[0] and "train_acc_adv" in rows[1]  # warm-up epoch is clean, then adversarial
+    assert "test_pgd_0.1_acc" in rows[1] and "test_pgd_0.1_acc" not in rows[0]
+    assert rows[-1]["test_acc"] > 0.3  # chance is 0.1
+    _, state, config = load_checkpoint(tmp_path / "run")
+    assert state["epoch"] == 3 and config["defense"]["name"] == "pgd_at"
+
+
+def test_resume_after_interruption_reproduces_uninterrupted_weights(tmp_path, monkeypatch):
+    full = Trainer(tiny_config(tmp_path / "full"), log=lambda _: None)
+    full.fit()
+
+    calls = {"n": 0}
+    original = PGDAdversarialTraining.loss
+
+    def interrupt_in_epoch_3(self, model, x, y, ctx):
+        if ctx.epoch == 2:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt
+        return original(self, model, x, y, ctx)
+
+    monkeypatch.setattr(PGDAdversarialTraining, "loss", interrupt_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(tiny_config(tmp_path / "cut"), log=lambda _: None).fit()
+    monkeypatch.setattr(PGDAdversarialTraining, "loss", original)
+    assert load_checkpoint(tmp_path / "cut")[1]["epoch"] == 2
+
+    resumed = Trainer(tiny_config(tmp_path / "cut"), resume=True, log=lambda _: None)
+    assert resumed.start_epoch == 2
+    resumed.fit()
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    def untimed(history):
+        return [{k: v for k, v in row.items() if "time" not in k} for row in history]
+
+    assert untimed(full.history) == untimed(resumed.history)
+
+
+def test_run_dir_guards(tmp_path):
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        Trainer(tiny_config(tmp_path / "new"), resume=True)
+    Trainer(tiny_config(tmp_path / "done", run={"epochs": 1}), log=lambda _: None).fit()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        Trainer(tiny_config(tmp_path / "done", run={"epochs": 1}))
+    with pytest.raises(CheckpointError, match="model"):
+        Trainer(tiny_config(tmp_path / "done", model={"hidden": 32}), resume=True)
+
+
+def test_data_order_depends_only_on_seed_and_epoch():
+    a = torch.cat(list(epoch_batches(100, 32, seed=1, epoch=4)))
+    b = torch.cat(list(epoch_batches(100, 32, seed=1, epoch=4)))
+    c = torch.cat(list(epoch_batches(100, 32, seed=1, epoch=5)))
+    assert torch.equal(a, b) and not torch.equal(a, c) and sorted(a.tolist()) == list(range(100))
+
+
+def test_learning_rate_schedules():
+    cfg = config_from_dict({"schedule": {"name": "multistep", "milestones": [2, 4], "gamma": 0.1}}).schedule
+    assert [round(lr_factor(cfg, e, 6), 6) for e in range(6)] == [1, 1, 0.1, 0.1, 0.01, 0.01]
+    cos = config_from_dict({"schedule": {"name": "cosine", "warmup_epochs": 1}}).schedule
+    assert lr_factor(cos, 0, 5) == 0.5 and lr_factor(cos, 1, 5) == 1.0 and lr_factor(cos, 4, 5) < 0.2
