@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# One intra-op thread: the test models are tiny, and on a busy 2-core machine two threads per process thrash.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

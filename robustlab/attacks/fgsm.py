@@ -1,4 +1,7 @@
-"""Single-step attacks: FGSM (Goodfellow et al. 2015); the least-likely-class variant belongs here too."""
+"""Single-step attacks: FGSM (Goodfellow et al. 2015) and the least-likely-class step LL (Kurakin et al. 2017).
+
+Both are one step of size ε of the shared L∞ loop in :mod:`robustlab.attacks.pgd` (no random start).
+"""
 
 from __future__ import annotations
 
@@ -6,17 +9,44 @@ import torch
 from torch import nn
 
 from robustlab.attacks.base import Attack, check_epsilon
-from robustlab.attacks.pgd import linf_steps
+from robustlab.attacks.losses import (check_eot_samples, cross_entropy, least_likely_class,
+                                      targeted_cross_entropy)
+from robustlab.attacks.pgd import LinfBall, gradient_steps
+from robustlab.attacks.registry import register_attack
 
 
+@register_attack("fgsm")
 class FGSM(Attack):
-    """Fast gradient sign method (Goodfellow et al. 2015): x + ε·sign ∇ₓ CE(f(x), y), clipped to [0,1]."""
+    """Fast gradient sign method (Goodfellow et al. 2015): x + ε·sign ∇ₓ CE(f(x), y), clipped to [0,1].
 
-    def __init__(self, eps: float, *, targeted: bool = False, model_mode: str = "eval"):
+    ``targeted=True``: ``y`` holds target labels and the step is x − ε·sign ∇ₓ CE(f(x), y).
+    """
+
+    def __init__(self, eps: float, *, targeted: bool = False, eot_samples: int = 1, model_mode: str = "eval"):
         super().__init__(model_mode=model_mode)
         self.eps = check_epsilon(eps)
         self.targeted = bool(targeted)
+        self.eot_samples = check_eot_samples(eot_samples)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return linf_steps(model, x, y, eps=self.eps, step_size=self.eps, steps=1, random_start=False,
-                          targeted=self.targeted)
+        return gradient_steps(model, x, y, LinfBall(self.eps), step_size=self.eps, steps=1, random_start=False,
+                              loss_fn=targeted_cross_entropy if self.targeted else cross_entropy,
+                              eot_samples=self.eot_samples)
+
+
+@register_attack("ll")
+class LeastLikely(Attack):
+    """Least-likely class step (AT²L appendix): x − ε·sign ∇ₓ CE(f(x), y_LL), y_LL = argmin f(x), clipped to [0,1].
+
+    y_LL is taken from the logits at the clean x; the ``y`` passed in is not used for crafting.
+    """
+
+    def __init__(self, eps: float, *, eot_samples: int = 1, model_mode: str = "eval"):
+        super().__init__(model_mode=model_mode)
+        self.eps = check_epsilon(eps)
+        self.eot_samples = check_eot_samples(eot_samples)
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return gradient_steps(model, x, least_likely_class(model, x), LinfBall(self.eps), step_size=self.eps,
+                              steps=1, random_start=False, loss_fn=targeted_cross_entropy,
+                              eot_samples=self.eot_samples)

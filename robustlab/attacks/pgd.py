@@ -1,16 +1,52 @@
-"""Projected gradient descent in the L∞ ball (Madry et al. 2018) and its special cases.
+"""Projected gradient ascent in an L∞ or L2 ball (Madry et al. 2018) and its special cases.
 
-One loop serves FGSM (one step of size ε, no random start), I-FGSM / BIM (no random start) and PGD (uniform
-random start in the ε-ball). Each step is x ← Π_{B∞(x0, ε) ∩ [0,1]}(x ± α·sign ∇ₓ L). Targeted attacks descend
-the loss of the target label. With restarts, an example keeps the first adversarial example that fools the model.
+A threat model is a small step object (:class:`LinfBall`, :class:`L2Ball`) with ``random_start``, ``step`` and
+``project``; one loop, :func:`gradient_steps`, runs any of them, and :func:`keep_first_success` runs restarts
+for any of them. On top of that loop:
+
+* ``pgd``     L∞ PGD: uniform random start in the ε-ball, ``x ← Π(x + α·sign ∇ₓL)``; restarts; targeted.
+* ``pgd_l2``  L2 PGD: random start uniform in the L2 ε-ball, ``x ← Π(x + α·∇ₓL/‖∇ₓL‖₂)``; restarts; targeted.
+* ``ifgsm``   I-FGSM / BIM (Kurakin et al. 2017): L∞, no random start; AT²L appendix: 10 iterations of 0.03.
+* ``ill``     iterative least-likely class: I-FGSM toward y_LL = argmin f(x) at the clean x (10 × 0.03).
+
+FGSM and LL (one step of size ε) live in :mod:`robustlab.attacks.fgsm` and call the same loop; APGD has its own
+step-size schedule but uses the same threat models. Every loop takes ``eot_samples`` (EOT gradient averaging,
+:mod:`robustlab.attacks.eot`). All of it is vectorised over the batch.
+
+Targeted mode (``targeted=True`` for ``pgd``/``pgd_l2``): the caller passes the *target labels* as ``y``; the
+attack descends CE(f(x), y), and an example counts as a success (for restarts) when it is classified as its
+target.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-from robustlab.attacks.base import Attack, check_epsilon, input_gradient
+from robustlab.attacks.base import Attack, check_epsilon
+from robustlab.attacks.losses import (PerExampleLoss, check_eot_samples, cross_entropy, least_likely_class,
+                                      loss_gradient, targeted_cross_entropy)
+from robustlab.attacks.registry import register_attack
+
+
+def _per_example(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Shape a per-example (N,) tensor to broadcast against the batch ``like`` (N, ...)."""
+    return t.view(-1, *[1] * (like.dim() - 1))
+
+
+def _norms(t: torch.Tensor) -> torch.Tensor:
+    """Per-example L2 norms, shaped (N, 1, ..., 1)."""
+    return _per_example(t.flatten(1).norm(p=2, dim=1), t)
+
+
+def _step_tensor(step_size: float | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
+    """A scalar step, or a per-example (N,) step (APGD) shaped to broadcast."""
+    if isinstance(step_size, torch.Tensor) and step_size.dim() == 1:
+        return _per_example(step_size, like)
+    return step_size
 
 
 def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -18,51 +54,221 @@ def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tens
     return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
 
 
-def linf_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float, steps: int,
-               random_start: bool, targeted: bool = False) -> torch.Tensor:
-    """The shared sign-gradient loop; ``y`` is the true label, or the target label when ``targeted``."""
-    if random_start and eps > 0:
-        x_adv = project_linf(x + torch.empty_like(x).uniform_(-eps, eps), x, eps)
+def project_l2(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Scale δ = x_adv − x onto the L2 ball of radius ``eps``, then clip x + δ to [0,1].
+
+    Clipping to the box only moves coordinates toward ``x`` (which is in the box), so the result stays in the
+    ball: it is feasible, though not the exact Euclidean projection onto the intersection.
+    """
+    delta = x_adv - x
+    factor = torch.clamp(eps / _norms(delta).clamp_min(1e-12), max=1.0)
+    return (x + delta * factor).clamp_(0.0, 1.0)
+
+
+class ThreatModel:
+    """An ε-ball around the clean input intersected with [0,1]: random start, ascent step, projection."""
+
+    norm = ""
+
+    def __init__(self, eps: float):
+        self.eps = check_epsilon(eps)
+
+    def random_start(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def step(self, x_adv: torch.Tensor, grad: torch.Tensor, step_size: float | torch.Tensor) -> torch.Tensor:
+        """One ascent step of length ``step_size`` (a float, or one per example) in the norm's steepest direction."""
+        raise NotImplementedError
+
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(eps={self.eps})"
+
+
+class LinfBall(ThreatModel):
+    """‖δ‖∞ ≤ ε: uniform random start in the cube, sign-gradient steps, coordinate-wise clipping."""
+
+    norm = "linf"
+
+    def random_start(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(x + torch.empty_like(x).uniform_(-self.eps, self.eps), x)
+
+    def step(self, x_adv, grad, step_size):
+        return x_adv + _step_tensor(step_size, x_adv) * grad.sign()
+
+    def project(self, x_adv, x):
+        return project_linf(x_adv, x, self.eps)
+
+
+class L2Ball(ThreatModel):
+    """‖δ‖₂ ≤ ε: random start uniform in the ball, normalised-gradient steps, radial projection."""
+
+    norm = "l2"
+
+    def random_start(self, x: torch.Tensor) -> torch.Tensor:
+        # Uniform in the d-ball: a uniform direction times ε·U^{1/d}.
+        direction = torch.randn_like(x)
+        direction = direction / _norms(direction).clamp_min(1e-12)
+        d = x[0].numel()
+        radius = self.eps * torch.rand(x.shape[0], device=x.device, dtype=x.dtype).pow(1.0 / d)
+        return self.project(x + direction * _per_example(radius, x), x)
+
+    def step(self, x_adv, grad, step_size):
+        # A zero gradient gives a zero step (no division by zero).
+        return x_adv + _step_tensor(step_size, x_adv) * grad / _norms(grad).clamp_min(1e-12)
+
+    def project(self, x_adv, x):
+        return project_l2(x_adv, x, self.eps)
+
+
+THREAT_MODELS: dict[str, type[ThreatModel]] = {"linf": LinfBall, "l2": L2Ball}
+
+
+def threat_model(norm: str, eps: float) -> ThreatModel:
+    """``threat_model("linf", 0.3)``; norm is "linf" or "l2"."""
+    key = str(norm).lower().replace("∞", "inf")
+    if key not in THREAT_MODELS:
+        raise ValueError(f"norm must be one of {sorted(THREAT_MODELS)}, got {norm!r}")
+    return THREAT_MODELS[key](eps)
+
+
+def gradient_steps(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, threat: ThreatModel, *,
+                   step_size: float, steps: int, random_start: bool, loss_fn: PerExampleLoss = cross_entropy,
+                   eot_samples: int = 1) -> torch.Tensor:
+    """The shared projected-gradient loop: ``steps`` ascent steps of ``loss_fn`` inside ``threat``.
+
+    ``loss_fn(logits, labels)`` returns per-example losses to *ascend* (use :func:`targeted_cross_entropy` with
+    target labels for a targeted attack). ``eot_samples`` > 1 averages each gradient over that many passes.
+    """
+    if random_start and threat.eps > 0:
+        x_adv = threat.random_start(x)
     else:
         x_adv = x.clone()
-    direction = -1.0 if targeted else 1.0
     for _ in range(steps):
-        grad, _ = input_gradient(model, x_adv, y)
-        x_adv = project_linf(x_adv + (direction * step_size) * grad.sign(), x, eps)
+        grad = loss_gradient(model, x_adv, labels, loss_fn, eot_samples).grad
+        x_adv = threat.project(threat.step(x_adv, grad, step_size), x)
     return x_adv
 
 
+def linf_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float, steps: int,
+               random_start: bool, targeted: bool = False, eot_samples: int = 1) -> torch.Tensor:
+    """The L∞ sign-gradient loop; ``y`` is the true label, or the target label when ``targeted``."""
+    return gradient_steps(model, x, y, LinfBall(eps), step_size=step_size, steps=steps, random_start=random_start,
+                          loss_fn=targeted_cross_entropy if targeted else cross_entropy, eot_samples=eot_samples)
+
+
+def keep_first_success(model: nn.Module, x: torch.Tensor, y: torch.Tensor, restarts: int,
+                       run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, targeted: bool = False
+                       ) -> torch.Tensor:
+    """Run ``run(x, y) -> x_adv`` up to ``restarts`` times; each example keeps its first successful x_adv.
+
+    Success means misclassified (``pred ≠ y``), or classified as the target (``pred == y``) when ``targeted``.
+    Later restarts attack only the examples not yet successful (a boolean-mask subset, no per-example loop);
+    examples never successful keep the first run's result.
+    """
+    best = run(x, y)
+    if restarts == 1:
+        return best
+
+    def succeeded(x_adv: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            pred = model(x_adv).argmax(1)
+        return pred.eq(labels) if targeted else pred.ne(labels)
+
+    done = succeeded(best, y)
+    for _ in range(restarts - 1):
+        if bool(done.all()):
+            break
+        todo = (~done).nonzero().squeeze(1)
+        x_new = run(x[todo], y[todo])
+        hit = succeeded(x_new, y[todo])
+        best[todo[hit]] = x_new[hit]
+        done[todo[hit]] = True
+    return best
+
+
+@register_attack("pgd")
 class PGD(Attack):
-    """L∞ PGD: ``steps`` sign steps of ``step_size``, random start, optional target labels and restarts."""
+    """L∞ PGD: ``steps`` sign steps of ``step_size`` (default 2.5·ε/steps), random start, restarts, targeted.
+
+    ``targeted=True``: pass the target labels as ``y``. ``eot_samples`` > 1: each gradient is the EOT average.
+    Subclasses change the ball with the ``threat_model`` class attribute and the loss labels with
+    :meth:`loss_labels`.
+    """
+
+    threat_model: type[ThreatModel] = LinfBall
 
     def __init__(self, eps: float, *, steps: int = 40, step_size: float | None = None, random_start: bool = True,
-                 restarts: int = 1, targeted: bool = False, model_mode: str = "eval"):
+                 restarts: int = 1, targeted: bool = False, eot_samples: int = 1, model_mode: str = "eval"):
         super().__init__(model_mode=model_mode)
         self.eps = check_epsilon(eps)
         if steps < 1 or restarts < 1:
             raise ValueError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
         self.steps = int(steps)
         self.step_size = float(step_size) if step_size is not None else 2.5 * self.eps / self.steps
+        if self.step_size < 0 or not math.isfinite(self.step_size):
+            raise ValueError(f"step_size must be a finite number >= 0, got {step_size}")
         self.random_start = bool(random_start)
         self.restarts = int(restarts)
         self.targeted = bool(targeted)
+        self.eot_samples = check_eot_samples(eot_samples)
+
+    @property
+    def norm(self) -> str:
+        return self.threat_model.norm
+
+    def loss_labels(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The labels the loss is computed against (``y``: true labels, or targets when targeted)."""
+        return y
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        best = None
-        for _ in range(self.restarts):
-            x_adv = linf_steps(model, x, y, eps=self.eps, step_size=self.step_size, steps=self.steps,
-                               random_start=self.random_start, targeted=self.targeted)
-            if self.restarts == 1:
-                return x_adv
-            with torch.no_grad():
-                pred = model(x_adv).argmax(1)
-            success = pred.eq(y) if self.targeted else pred.ne(y)
-            if best is None:
-                best, done = x_adv, success
-            else:
-                take = success & ~done
-                best = torch.where(take.view(-1, *[1] * (x.dim() - 1)), x_adv, best)
-                done = done | success
-            if bool(done.all()):
-                break
-        return best
+        threat = self.threat_model(self.eps)
+        labels = self.loss_labels(model, x, y)
+        loss_fn = targeted_cross_entropy if self.targeted else cross_entropy
+
+        def run(xb: torch.Tensor, lb: torch.Tensor) -> torch.Tensor:
+            return gradient_steps(model, xb, lb, threat, step_size=self.step_size, steps=self.steps,
+                                  random_start=self.random_start, loss_fn=loss_fn, eot_samples=self.eot_samples)
+
+        return keep_first_success(model, x, labels, self.restarts, run, targeted=self.targeted)
+
+
+@register_attack("pgd_l2")
+class PGDL2(PGD):
+    """L2 PGD: normalised-gradient steps of ``step_size`` (default 2.5·ε/steps), projection onto the L2 ε-ball and
+    [0,1], random start uniform in the ball; restarts and targeted mode (``y`` = targets) as in :class:`PGD`."""
+
+    threat_model = L2Ball
+
+
+@register_attack("ifgsm")
+class IFGSM(PGD):
+    """I-FGSM / BIM (Kurakin et al. 2017): L∞ sign steps from the clean x, no random start.
+
+    Defaults from the AT²L appendix: 10 iterations of 0.03, projected to the ε-ball and [0,1] (the projection
+    is a resolution [R]; with ε = 0.3 it is never active).
+    """
+
+    def __init__(self, eps: float, *, steps: int = 10, step_size: float = 0.03, targeted: bool = False,
+                 eot_samples: int = 1, model_mode: str = "eval"):
+        super().__init__(eps, steps=steps, step_size=step_size, random_start=False, restarts=1, targeted=targeted,
+                         eot_samples=eot_samples, model_mode=model_mode)
+
+
+@register_attack("ill")
+class IterativeLeastLikely(IFGSM):
+    """Iterative least-likely class (I-LL, Kurakin et al. 2017): I-FGSM targeted at y_LL = argmin f(x).
+
+    y_LL is computed once at the clean x; the ``y`` passed in is not used for crafting. AT²L appendix defaults:
+    10 iterations of 0.03, projected to the ε-ball and [0,1].
+    """
+
+    def __init__(self, eps: float, *, steps: int = 10, step_size: float = 0.03, eot_samples: int = 1,
+                 model_mode: str = "eval"):
+        super().__init__(eps, steps=steps, step_size=step_size, targeted=True, eot_samples=eot_samples,
+                         model_mode=model_mode)
+
+    def loss_labels(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return least_likely_class(model, x)

@@ -1,4 +1,9 @@
-"""Build attacks by name from config values (the evaluation and the defenses both use this)."""
+"""Build attacks by name from config values (the evaluation and the defenses both use this).
+
+Attack classes register themselves with ``@register_attack("name")``; ``families.py`` imports every attack
+module so that the registry is complete. ε-bounded attacks take ``eps`` as their first argument; minimal-
+perturbation attacks (C&W, DeepFool, ...) set ``bounded = False`` on the class and take no ε.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +12,47 @@ from collections.abc import Callable
 from typing import Any
 
 from robustlab.attacks.base import Attack
-from robustlab.attacks.fgsm import FGSM
-from robustlab.attacks.pgd import PGD
 from robustlab.errors import ConfigError
 
-_ATTACKS: dict[str, Callable[..., Attack]] = {
-    "fgsm": FGSM,
-    "pgd": PGD,
-}
+_ATTACKS: dict[str, type[Attack]] = {}
+
+
+def register_attack(name: str) -> Callable[[type[Attack]], type[Attack]]:
+    def decorator(cls: type[Attack]) -> type[Attack]:
+        if name in _ATTACKS:
+            raise ValueError(f"attack {name!r} registered twice")
+        _ATTACKS[name] = cls
+        return cls
+
+    return decorator
+
+
+def _load_all() -> None:
+    import robustlab.attacks.families  # noqa: F401
 
 
 def available_attacks() -> list[str]:
+    _load_all()
     return sorted(_ATTACKS)
 
 
-def build_attack(name: str, eps: float, **options: Any) -> Attack:
-    """``build_attack("pgd", 0.3, steps=40, step_size=0.01)``; unknown names or options raise ConfigError."""
+def attack_class(name: str) -> type[Attack]:
+    _load_all()
     if name not in _ATTACKS:
         close = difflib.get_close_matches(name, _ATTACKS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"unknown attack {name!r}{hint}; available: {', '.join(available_attacks())}")
+    return _ATTACKS[name]
+
+
+def build_attack(name: str, eps: float | None = None, **options: Any) -> Attack:
+    """``build_attack("pgd", 0.3, steps=40, step_size=0.01)``; unknown names or options raise ConfigError."""
+    cls = attack_class(name)
     try:
-        return _ATTACKS[name](eps, **options)
+        if getattr(cls, "bounded", True):
+            if eps is None:
+                raise ConfigError(f"attack {name!r} needs an epsilon")
+            return cls(eps, **options)
+        return cls(**options)
     except TypeError as exc:
         raise ConfigError(f"attack {name!r}: {exc}") from None
