@@ -31,14 +31,37 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config value, e.g. --set data.batch_size=64 (repeatable)")
     train.add_argument("--resume", action="store_true", help="continue the run in run.out_dir from its last checkpoint")
 
-    ev = sub.add_parser("eval", help="evaluate a checkpoint: clean, FGSM and PGD accuracy")
+    ev = sub.add_parser("eval", help="evaluate a checkpoint under an attack suite, with masking checks",
+                        description="Robust accuracy under an attack suite, ρ_adv of minimal-perturbation attacks and "
+                                    "the masking checks. --suite quick (default): the run's [eval] attacks (FGSM, PGD); "
+                                    "--suite full: every attack of the library sized for a CPU (a few minutes for "
+                                    "LeNet-5 on MNIST-5k), see robustlab/suite.py.")
     ev.add_argument("--checkpoint", required=True, help="run directory or checkpoints/epoch-* directory")
-    ev.add_argument("--eps", type=_parse_floats, help="comma-separated ε list (default: the run's eval.eps)")
-    ev.add_argument("--attacks", help="comma-separated attacks (default: the run's eval.attacks)")
-    ev.add_argument("--subset", type=int, help="number of test examples (default: the run's eval.subset)")
-    ev.add_argument("--pgd-steps", type=int, help="PGD iterations (default: the run's eval.pgd_steps)")
+    ev.add_argument("--suite", choices=["quick", "full"], default="quick",
+                    help="quick: the run's eval.attacks at eval.eps; full: every attack (default: quick)")
+    ev.add_argument("--eps", type=_parse_floats,
+                    help="comma-separated L∞ ε list (default: the run's eval.eps; full: ε/3, 2ε/3, ε of its largest)")
+    ev.add_argument("--eps-l2", type=_parse_floats, help="L2 ε list of PGD-L2 in the full suite (default: ε·√d/4)")
+    ev.add_argument("--attacks", help="comma-separated attacks (quick: default the run's eval.attacks; "
+                                      "full: only these suite rows)")
+    ev.add_argument("--subset", type=int,
+                    help="test examples for the ε-bounded attacks (default: the run's eval.subset; full: 500)")
+    ev.add_argument("--minimal-subset", type=int, help="full: examples for C&W and the critic attack (default 100)")
+    ev.add_argument("--deepfool-subset", type=int, help="full: examples for DeepFool (default 200)")
+    ev.add_argument("--few-pixel-subset", type=int, help="full: examples for the few-pixel attacks (default 20)")
+    ev.add_argument("--pgd-steps", type=int, help="PGD iterations (default: the run's eval.pgd_steps; full: 20)")
+    ev.add_argument("--paper", action="store_true",
+                    help="full: the papers' attack settings (PGD-40, APGD-100 × 9 targets, C&W 1000 × 9, DeepFool "
+                         "500, few-pixel 400 × 75, EOT 80 samples): much slower")
+    ev.add_argument("--transfer-source", metavar="CKPT",
+                    help="also attack with PGD transferred from this checkpoint's model (white-box vs transfer check)")
+    ev.add_argument("--eot", action="store_true", help="add EOT-PGD even if the model's predictions are repeatable")
+    ev.add_argument("--eot-samples", type=int, help="gradients averaged per EOT-PGD step (default 10; --paper 80)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of random starts and targets (default 0)")
     ev.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    ev.add_argument("--out", help="write the results as JSON here (default: <run>/eval.json)")
+    ev.add_argument("--out", help="output directory (default: the run directory); a path ending in .json names the "
+                                  "JSON file, the other files go beside it")
+    ev.add_argument("--fail-on-check", action="store_true", help="exit with status 1 if a masking check fails")
 
     demo = sub.add_parser("demo", help="standard training vs PGD-AT of LeNet-5 on MNIST-5k (a few CPU minutes)")
     demo.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
@@ -65,39 +88,104 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _full_suite_eps(eps: list[float]) -> list[float]:
+    """A curve for the full suite from a run's ε list: ε/3, 2ε/3, ε of its largest (plus its other values)."""
+    top = max(eps)
+    return sorted({round(top * k / 3, 6) for k in (1, 2, 3)} | set(eps))
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    from robustlab.checkpoint import atomic_write_text, resolve_checkpoint
+    import dataclasses
+    import time
+
+    from robustlab.checkpoint import resolve_checkpoint
+    from robustlab.checks import any_failed, checks_table, summary_line
     from robustlab.config import config_from_dict
     from robustlab.engine import resolve_device
-    from robustlab.evaluate import attack_factories, load_trained_model, robustness_curve
-    from robustlab.report import markdown_table
+    from robustlab.errors import ConfigError
+    from robustlab.evaluate import load_trained_model
+    from robustlab.report import markdown_table, suite_markdown, write_suite_report
+    from robustlab.suite import SuiteSettings, evaluate_suite
 
+    t0 = time.perf_counter()
     device = resolve_device(args.device)
     model, config, data, state = load_trained_model(args.checkpoint, device)
+    ckpt = resolve_checkpoint(args.checkpoint)
     overrides = config.to_dict()
     if args.eps is not None:
         overrides["eval"]["eps"] = args.eps
-    if args.attacks:
-        overrides["eval"]["attacks"] = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()] if args.attacks else None
+    if attacks and args.suite == "quick":
+        overrides["eval"]["attacks"] = attacks
     if args.subset is not None:
         overrides["eval"]["subset"] = args.subset
     if args.pgd_steps is not None:
         overrides["eval"]["pgd_steps"] = args.pgd_steps
     cfg = config_from_dict(overrides).eval
+    eps = [e for e in cfg.eps if e > 0]
+    if not eps:
+        raise ConfigError("eval.eps holds no ε > 0 to attack at")
     x, y = data.test_x, data.test_y
-    if cfg.subset:
-        x, y = x[: cfg.subset], y[: cfg.subset]
-    clean, points = robustness_curve(model, x, y, attack_factories(cfg), cfg.eps, batch_size=cfg.batch_size,
-                                     device=device, progress=True)
+    common = dict(eot=args.eot, seed=args.seed)
+    if args.eot_samples is not None:
+        common["eot_samples"] = args.eot_samples
+    if args.suite == "quick":
+        settings = SuiteSettings(suite="quick", eps=eps, attacks=cfg.attacks, subset=cfg.subset or len(x),
+                                 batch_size=cfg.batch_size, pgd_steps=cfg.pgd_steps, pgd_step_size=cfg.pgd_step_size,
+                                 pgd_restarts=cfg.pgd_restarts, **common)
+    else:
+        full = dict(eps=eps if args.eps is not None else _full_suite_eps(eps), eps_l2=args.eps_l2, attacks=attacks,
+                    batch_size=cfg.batch_size, **common)
+        for key in ("subset", "minimal_subset", "deepfool_subset", "few_pixel_subset", "pgd_steps"):
+            if getattr(args, key) is not None:
+                full[key] = getattr(args, key)
+        try:
+            settings = SuiteSettings.paper(**full) if args.paper else SuiteSettings(**full)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    source = None
+    if args.transfer_source:
+        from robustlab.attacks import load_source_model
+
+        source = load_source_model(args.transfer_source, device)
     name = f"{config.model['name']} / {config.defense['name']} (epoch {state['epoch']})"
-    print(f"{len(x)} test examples of {config.data.name}; PGD: {cfg.pgd_steps} steps, {cfg.pgd_restarts} restart(s)")
-    print(markdown_table({name: (clean, points)}))
-    ckpt = resolve_checkpoint(args.checkpoint)
-    out = Path(args.out) if args.out else ckpt.parent.parent / "eval.json"
-    atomic_write_text(out, json.dumps({"checkpoint": str(ckpt), "examples": len(x), "clean": clean,
-                                       "eval": vars(cfg), "curve": [vars(p) for p in points]}, indent=2))
-    print(f"wrote {out}")
-    return 0
+    print(f"{name} on {config.data.name}: {args.suite} suite on {min(settings.subset, len(x))} test examples "
+          f"({torch_threads()} torch threads, {device})")
+    try:
+        result = evaluate_suite(model, x, y, settings, num_classes=data.num_classes, transfer_source=source,
+                                device=device, log=print)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+    print()
+    if args.suite == "quick":
+        print(f"{result.n} test examples of {config.data.name}; PGD: {cfg.pgd_steps} steps, "
+              f"{cfg.pgd_restarts} restart(s)")
+        print(markdown_table({name: (result.clean, result.points)}))
+        for row in result.ensemble:
+            print(f"worst case over {', '.join(a.upper() for a in row['attacks'])} at ε={row['eps']:g}: "
+                  f"{100 * row['accuracy']:.1f}%")
+        print("\nMasking checks\n\n" + checks_table(result.checks) + summary_line(result.checks))
+    else:
+        print(suite_markdown(result, title=name))
+
+    if args.out and args.out.endswith(".json"):
+        out_dir, stem = Path(args.out).parent, Path(args.out).stem
+    else:
+        out_dir = Path(args.out) if args.out else ckpt.parent.parent
+        stem = "eval" if args.suite == "quick" else "eval_full"
+    extra = {"checkpoint": str(ckpt), "model": config.model, "defense": config.defense, "dataset": config.data.name,
+             "epoch": state["epoch"], "device": str(device), "eval": dataclasses.asdict(cfg)}
+    files = write_suite_report(result, out_dir, stem=stem, title=name, extra=extra)
+    print(f"wrote {files['json']} and {', '.join(p.name for k, p in files.items() if k != 'json')} "
+          f"({time.perf_counter() - t0:.0f} s in all)")
+    return 1 if args.fail_on_check and any_failed(result.checks) else 0
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -185,8 +185,9 @@ def test_attacks_leave_no_parameter_gradients_and_work_under_no_grad(trained_dig
     model = copy.deepcopy(trained_digits_mlp)
     for p in model.parameters():
         p.grad = None
+    attacks = (LeastLikely(0.1), PGDL2(1.0, steps=2), APGDDLR(0.1, steps=3), EOTPGD(0.1, steps=2, eot_samples=2))
     with torch.no_grad():
-        for attack in (LeastLikely(0.1), PGDL2(1.0, steps=2), APGDDLR(0.1, steps=3), EOTPGD(0.1, steps=2, eot_samples=2)):
+        for attack in attacks:
             assert (attack(model, x, y) - x).abs().max() > 0
     assert all(p.grad is None for p in model.parameters())
 
@@ -221,11 +222,13 @@ def test_iterative_ll_reaches_the_least_likely_class_more_often_than_ll(trained_
     assert (ill.steps, ill.step_size, ill.random_start) == (10, 0.03, False)
 
 
-def test_ifgsm_is_stronger_than_fgsm_at_the_at2l_settings(trained_digits_mlp, testset):
+def test_ifgsm_has_the_at2l_defaults_and_is_stronger_than_fgsm(trained_digits_mlp, testset):
     x, y = testset
     ifgsm = IFGSM(0.3)
     assert (ifgsm.steps, ifgsm.step_size, ifgsm.random_start) == (10, 0.03, False)
-    assert accuracy(trained_digits_mlp, x, y, attack=ifgsm) <= accuracy(trained_digits_mlp, x, y, attack=FGSM(0.3))
+    # At ε = 0.3 both leave ~0% on this model; compare where FGSM is not already saturated.
+    fgsm_acc = accuracy(trained_digits_mlp, x, y, attack=FGSM(0.1))
+    assert accuracy(trained_digits_mlp, x, y, attack=IFGSM(0.1, step_size=0.01)) < fgsm_acc
 
 
 # --- PGD / PGD-L2 details -----------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from torch import nn
 from robustlab.attacks.base import Attack, check_epsilon
 from robustlab.attacks.losses import (check_eot_samples, cross_entropy, dlr_loss, loss_gradient,
                                       targeted_cross_entropy, targeted_dlr_loss)
-from robustlab.attacks.pgd import THREAT_MODELS, ThreatModel, threat_model
+from robustlab.attacks.pgd import THREAT_MODELS, ThreatModel, make_threat_model
 from robustlab.attacks.registry import register_attack
 
 APGD_LOSSES = ("ce", "dlr")
@@ -95,7 +95,7 @@ class APGD(Attack):
         done = clean_logits.argmax(1).ne(y)
         if self.eps == 0:
             return x_out
-        threat = threat_model(self.norm, self.eps)
+        threat = make_threat_model(self.norm, self.eps)
         if self.targeted:
             n_targets = min(self.n_target_classes, clean_logits.shape[1] - 1)
             order = clean_logits.argsort(dim=1, descending=True)

@@ -126,8 +126,8 @@ class L2Ball(ThreatModel):
 THREAT_MODELS: dict[str, type[ThreatModel]] = {"linf": LinfBall, "l2": L2Ball}
 
 
-def threat_model(norm: str, eps: float) -> ThreatModel:
-    """``threat_model("linf", 0.3)``; norm is "linf" or "l2"."""
+def make_threat_model(norm: str, eps: float) -> ThreatModel:
+    """``make_threat_model("linf", 0.3)``; norm is "linf" or "l2"."""
     key = str(norm).lower().replace("∞", "inf")
     if key not in THREAT_MODELS:
         raise ValueError(f"norm must be one of {sorted(THREAT_MODELS)}, got {norm!r}")
