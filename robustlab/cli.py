@@ -99,12 +99,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import time
 
     from robustlab.checkpoint import resolve_checkpoint
-    from robustlab.checks import any_failed, checks_table, summary_line
+    from robustlab.checks import any_failed, summary_line
     from robustlab.config import config_from_dict
     from robustlab.engine import resolve_device
     from robustlab.errors import ConfigError
     from robustlab.evaluate import load_trained_model
-    from robustlab.report import markdown_table, suite_markdown, write_suite_report
+    from robustlab.report import checks_table, markdown_table, suite_markdown, write_suite_report
     from robustlab.suite import SuiteSettings, evaluate_suite
 
     t0 = time.perf_counter()

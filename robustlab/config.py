@@ -235,9 +235,9 @@ def _validate_model(name: str, options: dict[str, Any]) -> None:
 
 
 def _validate_defense(name: str, options: dict[str, Any]) -> None:
-    from robustlab.defenses import defense_options_class
+    from robustlab.defenses import validate_defense_section
 
-    build_dataclass(defense_options_class(name), options, "defense")
+    validate_defense_section({"name": name, **options})
 
 
 def _reject_unknown(values: dict[str, Any], known: Any, prefix: str) -> None:

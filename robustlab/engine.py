@@ -171,8 +171,8 @@ class Trainer:
                                               {k: v for k, v in config.defense.items() if k != "name"})
         self.ctx = TrainContext(config=config, device=self.device, dataset=self.dataset, amp_dtype=self.amp_dtype,
                                 log=log)
-        self.defense.setup(self.model, self.ctx)
-        for module in self.defense.aux_modules().values():
+        self.defense.setup_all(self.model, self.ctx)
+        for module in self.defense.all_aux_modules().values():
             module.to(self.device)
         self.optimizer = build_optimizer(self.defense.trainable_parameters(self.model), config)
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
@@ -199,11 +199,11 @@ class Trainer:
                                   f"the config asks for {self.config.model}")
         self.model.load_state_dict(model_state)
         self.optimizer.load_state_dict(state["optimizer"])
-        for name, module in self.defense.aux_modules().items():
+        for name, module in self.defense.all_aux_modules().items():
             module.load_state_dict(state["aux_modules"][name])
-        for name, opt in self.defense.aux_optimizers().items():
+        for name, opt in self.defense.all_aux_optimizers().items():
             opt.load_state_dict(state["aux_optimizers"][name])
-        self.defense.load_extra_state(state.get("defense", {}))
+        self.defense.load_all_extra_state(state.get("defense", {}))
         if "scaler" in state and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
@@ -226,9 +226,9 @@ class Trainer:
             "epoch": epoch,
             "global_step": self.ctx.global_step,
             "optimizer": self.optimizer.state_dict(),
-            "aux_modules": {k: m.state_dict() for k, m in self.defense.aux_modules().items()},
-            "aux_optimizers": {k: o.state_dict() for k, o in self.defense.aux_optimizers().items()},
-            "defense": self.defense.extra_state(),
+            "aux_modules": {k: m.state_dict() for k, m in self.defense.all_aux_modules().items()},
+            "aux_optimizers": {k: o.state_dict() for k, o in self.defense.all_aux_optimizers().items()},
+            "defense": self.defense.all_extra_state(),
             "rng": rng_state(),
         }
         if self.scaler.is_enabled():
@@ -259,7 +259,7 @@ class Trainer:
         for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base_lr * factor
         started = time.perf_counter()
-        defense.on_epoch_start(model, ctx)
+        defense.on_epoch_start_all(model, ctx)
         model.train()
         sums: dict[str, torch.Tensor] = {}
         seen = 0
@@ -274,15 +274,15 @@ class Trainer:
                 x = random_crop_flip(x)
             if cfg.run.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            defense.before_step(model, x, y, ctx)
+            defense.before_step_all(model, x, y, ctx)
             with ctx.autocast():
-                out = defense.loss(model, x, y, ctx)
+                out = defense.total_loss(model, x, y, ctx)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(out.loss).backward()
-            defense.after_backward(ctx)
+            defense.after_backward_all(ctx)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            defense.after_step(model, ctx)
+            defense.after_step_all(model, ctx)
             ctx.global_step += 1
             n = len(y)
             seen += n
@@ -290,7 +290,7 @@ class Trainer:
                 sums[key] = sums.get(key, 0) + value.detach().float() * n
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
         row.update({f"train_{k}": round(v.item() / max(seen, 1), 6) for k, v in sums.items()})
-        row.update(defense.on_epoch_end(model, ctx))
+        row.update(defense.on_epoch_end_all(model, ctx))
         row["train_time_s"] = round(time.perf_counter() - started, 3)
         row.update(self.evaluate_epoch(epoch))
         row["time_s"] = round(time.perf_counter() - started, 3)

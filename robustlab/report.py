@@ -291,9 +291,10 @@ def plot_gallery(clean, labels, clean_pred, adversarial: Mapping[str, tuple], pa
             else:
                 ax.imshow(img.permute(1, 2, 0).numpy())
             pred, truth = int(preds[i]), int(labels[i])
-            ax.set_title(f"{name_of(pred)}", fontsize=8, color="black" if pred == truth else "red")
+            ax.set_title(f"{name_of(pred)}", fontsize=8, color="black" if pred == truth else "red", pad=2)
             if i == 0:
-                ax.set_title(f"{name}\n{name_of(pred)}", fontsize=8, color="black" if pred == truth else "red")
+                ax.text(0.5, 1.22, name, transform=ax.transAxes, ha="center", va="bottom", fontsize=7,
+                        fontweight="bold")
             if j == 0:
                 ax.set_ylabel(f"y={name_of(truth)}", fontsize=8)
     if title:

@@ -97,3 +97,68 @@ def test_learning_rate_schedules():
     assert [round(lr_factor(cfg, e, 6), 6) for e in range(6)] == [1, 1, 0.1, 0.1, 0.01, 0.01]
     cos = config_from_dict({"schedule": {"name": "cosine", "warmup_epochs": 1}}).schedule
     assert lr_factor(cos, 0, 5) == 0.5 and lr_factor(cos, 1, 5) == 1.0 and lr_factor(cos, 4, 5) < 0.2
+
+
+def test_add_on_terms_get_hooks_and_their_networks_are_checkpointed(tmp_path):
+    """A term with its own network and optimiser: trained alongside, saved, and restored on resume."""
+    from dataclasses import dataclass
+
+    from robustlab.defenses.base import LossTerm, register_term, registered_terms
+
+    @dataclass
+    class ProbeOptions:
+        weight: float = 0.1
+
+    if "probe" not in registered_terms():
+        @register_term("probe", ProbeOptions)
+        class ProbeTerm(LossTerm):
+            def setup(self, model, ctx):
+                self.net = torch.nn.Linear(10, 1)
+                self.opt = torch.optim.SGD(self.net.parameters(), lr=0.1)
+                self.steps = 0
+
+            def before_step(self, model, x, y, ctx):
+                self.opt.zero_grad()
+                self.net(torch.ones(1, 10)).pow(2).sum().backward()  # drives the probe's output to 0
+                self.opt.step()
+                self.steps += 1
+
+            def term(self, model, x, y, out, ctx):
+                assert out.x_adv is not None or ctx.epoch == 0  # reuses the defense's adversarial batch
+                value = self.options.weight * model(x).pow(2).mean()
+                return value, {"value": value.detach()}
+
+            def aux_modules(self):
+                return {"net": self.net}
+
+            def aux_optimizers(self):
+                return {"opt": self.opt}
+
+            def extra_state(self):
+                return {"steps": self.steps}
+
+            def load_extra_state(self, state):
+                self.steps = state["steps"]
+
+    config = tiny_config(tmp_path / "run", run={"epochs": 2})
+    config.defense["terms"] = [{"name": "probe", "weight": 0.5}]
+    trainer = Trainer(config, log=lambda _: None)
+    trainer.fit()
+    term = trainer.defense.terms[0]
+    assert term.steps == 2 * 5  # 600 examples / batch 128 = 5 steps per epoch
+    assert "train_probe_value" in trainer.history[-1]
+    _, state, _ = load_checkpoint(tmp_path / "run")
+    assert state["defense"]["terms"] == [{"steps": 10}]
+    assert torch.equal(state["aux_modules"]["term0_probe.net"]["weight"], term.net.weight)
+    config = tiny_config(tmp_path / "run", run={"epochs": 3})
+    config.defense["terms"] = [{"name": "probe", "weight": 0.5}]
+    resumed = Trainer(config, resume=True, log=lambda _: None)
+    assert resumed.defense.terms[0].steps == 10
+    assert torch.equal(resumed.defense.terms[0].net.weight, term.net.weight)
+
+
+def test_unknown_term_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="unknown term 'triplett'|unknown term"):
+        tiny_config(tmp_path, defense={"terms": [{"name": "triplett"}]})
+    with pytest.raises(ConfigError, match="list of tables"):
+        tiny_config(tmp_path, defense={"terms": "triplet"})

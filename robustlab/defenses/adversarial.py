@@ -97,10 +97,10 @@ class FGSMATOptions:
 class FGSMAdversarialTraining(AdversarialTraining):
     """FGSM adversarial training with the normalised mixed loss of AT²L eq. (1) (Kurakin et al.)."""
 
-    def __init__(self, options: FGSMATOptions):
+    def __init__(self, options: FGSMATOptions, terms=None):
         if min(options.lam, options.eps, options.warmup_epochs, options.eps_ramp_epochs) < 0:
             raise ConfigError("defense.lam, eps, warmup_epochs and eps_ramp_epochs must be >= 0")
-        super().__init__(options)
+        super().__init__(options, terms)
 
     def make_attack(self, eps: float) -> Attack:
         return FGSM(eps, model_mode=self.options.attack_mode)
@@ -128,13 +128,13 @@ class PGDATOptions:
 class PGDAdversarialTraining(AdversarialTraining):
     """Madry PGD-AT (adversarial-only) or the α/β clean/adversarial mix of Learn2Perturb eq. (11)."""
 
-    def __init__(self, options: PGDATOptions):
+    def __init__(self, options: PGDATOptions, terms=None):
         if options.steps < 1:
             raise ConfigError(f"defense.steps must be >= 1, got {options.steps}")
         if min(options.alpha, options.beta, options.eps, options.step_size, options.warmup_epochs,
                options.eps_ramp_epochs) < 0:
             raise ConfigError("defense.alpha, beta, eps, step_size, warmup_epochs and eps_ramp_epochs must be >= 0")
-        super().__init__(options)
+        super().__init__(options, terms)
 
     def make_attack(self, eps: float) -> Attack:
         o = self.options

@@ -3,15 +3,21 @@
 Per batch the engine calls, in order::
 
     defense.before_step(model, x, y, ctx)      # auxiliary updates first (critic, discriminator, θ regulariser)
-    out = defense.loss(model, x, y, ctx)       # the loss of the main model, and metrics
+    out = defense.total_loss(model, x, y, ctx) # the defense's loss plus every add-on term, with metrics
     main optimiser: zero_grad, out.loss.backward()
     defense.after_backward(ctx)                # step optimisers that share the main backward (e.g. θ)
     main optimiser step
     defense.after_step(model, ctx)             # projections / clamps (e.g. θ ≥ θ_min)
 
-and ``on_epoch_start`` / ``on_epoch_end`` around each epoch (AT²L pre-generates its ensemble there). A defense
-owns its auxiliary networks and optimisers and lists them in ``aux_modules`` / ``aux_optimizers`` so the engine
-checkpoints, moves and restores them; ``extra_state`` carries any other JSON-able state (running means, τ).
+and ``on_epoch_start`` / ``on_epoch_end`` around each epoch (AT²L pre-generates its ensemble there).
+
+Composition is first-class: a :class:`LossTerm` (the triplet regulariser, the A3T discriminator) is a recipe
+with the same hooks whose ``term`` adds to another defense's loss, reusing that defense's ``x_adv`` and logits
+from :class:`LossOutput`. A config lists them under ``[[defense.terms]]``; the defense forwards every hook to
+its terms and exposes their auxiliary networks and optimisers (prefixed with the term's name) to the engine.
+
+A recipe owns its auxiliary networks and optimisers and lists them in ``aux_modules`` / ``aux_optimizers`` so
+the engine checkpoints and restores them; ``extra_state`` carries any other state (running means, τ).
 ``trainable_parameters`` picks what the main optimiser updates (all model parameters by default).
 """
 
@@ -43,22 +49,17 @@ class LossOutput:
     logits_adv: torch.Tensor | None = None
 
 
-class Defense:
-    """Base recipe. Subclasses set ``options`` (a dataclass instance) and implement :meth:`loss`."""
+class Recipe:
+    """Hooks and state shared by defenses and add-on loss terms; every method is a no-op by default."""
 
     name: str = "base"
 
     def __init__(self, options: Any):
         self.options = options
 
-    # --- set-up -------------------------------------------------------------------------------------------
     def setup(self, model: nn.Module, ctx: TrainContext) -> None:
         """Create auxiliary networks and optimisers (on ``ctx.device``); called once before training/resume."""
 
-    def trainable_parameters(self, model: nn.Module) -> Iterable[nn.Parameter]:
-        return model.parameters()
-
-    # --- hooks --------------------------------------------------------------------------------------------
     def on_epoch_start(self, model: nn.Module, ctx: TrainContext) -> None:
         pass
 
@@ -69,16 +70,12 @@ class Defense:
     def before_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> None:
         pass
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> LossOutput:
-        raise NotImplementedError
-
     def after_backward(self, ctx: TrainContext) -> None:
         pass
 
     def after_step(self, model: nn.Module, ctx: TrainContext) -> None:
         pass
 
-    # --- state --------------------------------------------------------------------------------------------
     def aux_modules(self) -> dict[str, nn.Module]:
         return {}
 
@@ -93,17 +90,111 @@ class Defense:
         pass
 
 
+class LossTerm(Recipe):
+    """An add-on term: ``term(model, x, y, out, ctx) -> (loss, metrics)`` added to a defense's loss."""
+
+    def term(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: LossOutput, ctx: TrainContext
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+
+class Defense(Recipe):
+    """Base recipe. Subclasses implement :meth:`loss`; ``terms`` are added by :meth:`total_loss`."""
+
+    def __init__(self, options: Any, terms: list[LossTerm] | None = None):
+        super().__init__(options)
+        self.terms: list[LossTerm] = list(terms or [])
+
+    def trainable_parameters(self, model: nn.Module) -> Iterable[nn.Parameter]:
+        return model.parameters()
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> LossOutput:
+        raise NotImplementedError
+
+    def total_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> LossOutput:
+        """The defense's loss plus each term's; term metrics are prefixed with the term's name."""
+        out = self.loss(model, x, y, ctx)
+        for term in self.terms:
+            value, metrics = term.term(model, x, y, out, ctx)
+            out.loss = out.loss + value
+            out.metrics.update({f"{term.name}_{k}": v for k, v in metrics.items()})
+        if self.terms:
+            out.metrics["loss"] = out.loss.detach()
+        return out
+
+    # --- hooks reach the terms too ---------------------------------------------------------------------------
+    def setup_all(self, model: nn.Module, ctx: TrainContext) -> None:
+        self.setup(model, ctx)
+        for term in self.terms:
+            term.setup(model, ctx)
+
+    def on_epoch_start_all(self, model: nn.Module, ctx: TrainContext) -> None:
+        self.on_epoch_start(model, ctx)
+        for term in self.terms:
+            term.on_epoch_start(model, ctx)
+
+    def on_epoch_end_all(self, model: nn.Module, ctx: TrainContext) -> dict[str, float]:
+        row = dict(self.on_epoch_end(model, ctx))
+        for term in self.terms:
+            row.update({f"{term.name}_{k}": v for k, v in term.on_epoch_end(model, ctx).items()})
+        return row
+
+    def before_step_all(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> None:
+        self.before_step(model, x, y, ctx)
+        for term in self.terms:
+            term.before_step(model, x, y, ctx)
+
+    def after_backward_all(self, ctx: TrainContext) -> None:
+        self.after_backward(ctx)
+        for term in self.terms:
+            term.after_backward(ctx)
+
+    def after_step_all(self, model: nn.Module, ctx: TrainContext) -> None:
+        self.after_step(model, ctx)
+        for term in self.terms:
+            term.after_step(model, ctx)
+
+    def all_aux_modules(self) -> dict[str, nn.Module]:
+        return self._collect(lambda r: r.aux_modules())
+
+    def all_aux_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return self._collect(lambda r: r.aux_optimizers())
+
+    def all_extra_state(self) -> dict[str, Any]:
+        return {"defense": self.extra_state(), "terms": [t.extra_state() for t in self.terms]}
+
+    def load_all_extra_state(self, state: dict[str, Any]) -> None:
+        self.load_extra_state(state.get("defense", {}))
+        for term, term_state in zip(self.terms, state.get("terms", [])):
+            term.load_extra_state(term_state)
+
+    def _collect(self, get: Callable[[Recipe], dict[str, Any]]) -> dict[str, Any]:
+        found = dict(get(self))
+        for i, term in enumerate(self.terms):
+            found.update({f"term{i}_{term.name}.{k}": v for k, v in get(term).items()})
+        return found
+
+
 _DEFENSES: dict[str, tuple[type[Defense], type]] = {}
+_TERMS: dict[str, tuple[type[LossTerm], type]] = {}
 
 
 def register_defense(name: str, options_cls: type) -> Callable[[type[Defense]], type[Defense]]:
     """Class decorator: ``@register_defense("pgd_at", PGDATOptions) class PGDAT(Defense): ...``."""
+    return _register(_DEFENSES, name, options_cls)
 
-    def decorator(cls: type[Defense]) -> type[Defense]:
-        if name in _DEFENSES:
-            raise ValueError(f"defense {name!r} registered twice")
+
+def register_term(name: str, options_cls: type) -> Callable[[type[LossTerm]], type[LossTerm]]:
+    """Class decorator for add-on loss terms: ``@register_term("triplet", TripletOptions)``."""
+    return _register(_TERMS, name, options_cls)
+
+
+def _register(table: dict, name: str, options_cls: type):
+    def decorator(cls):
+        if name in table:
+            raise ValueError(f"{name!r} registered twice")
         cls.name = name
-        _DEFENSES[name] = (cls, options_cls)
+        table[name] = (cls, options_cls)
         return cls
 
     return decorator
@@ -111,3 +202,7 @@ def register_defense(name: str, options_cls: type) -> Callable[[type[Defense]], 
 
 def registered_defenses() -> dict[str, tuple[type[Defense], type]]:
     return _DEFENSES
+
+
+def registered_terms() -> dict[str, tuple[type[LossTerm], type]]:
+    return _TERMS

@@ -1,18 +1,27 @@
-"""Build defenses by name from the ``[defense]`` section of a config."""
+"""Build defenses (and their add-on terms) by name from the ``[defense]`` section of a config.
+
+``[defense]`` holds ``name``, the defense's own options and optionally ``terms``, a list of tables each with a
+``name`` and that term's options::
+
+    [defense]
+    name = "pgd_at"
+    eps = 0.3
+    [[defense.terms]]
+    name = "triplet"
+"""
 
 from __future__ import annotations
 
 import difflib
 from typing import Any
 
-from robustlab.defenses.base import Defense, registered_defenses
+from robustlab.defenses.base import Defense, LossTerm, registered_defenses, registered_terms
 from robustlab.errors import ConfigError
 
 
 def _load_all() -> None:
-    # Importing the modules runs their @register_defense decorators.
-    import robustlab.defenses.adversarial  # noqa: F401
-    import robustlab.defenses.standard  # noqa: F401
+    # Importing the modules runs their @register_defense / @register_term decorators.
+    import robustlab.defenses.families  # noqa: F401
 
 
 def available_defenses() -> list[str]:
@@ -20,23 +29,50 @@ def available_defenses() -> list[str]:
     return sorted(registered_defenses())
 
 
+def available_terms() -> list[str]:
+    _load_all()
+    return sorted(registered_terms())
+
+
 def defense_options_class(name: str) -> type:
-    return _lookup(name)[1]
+    return _lookup(registered_defenses, name, "defense")[1]
 
 
-def build_defense(name: str, options: dict[str, Any] | None = None) -> Defense:
-    """Validate ``options`` against the defense's option dataclass and build the recipe."""
+def validate_defense_section(section: dict[str, Any]) -> None:
+    """Check a ``[defense]`` table (name, options, terms) without building anything."""
+    build_defense(section.get("name", "standard"), {k: v for k, v in section.items() if k != "name"},
+                  build=False)
+
+
+def build_defense(name: str, options: dict[str, Any] | None = None, *, build: bool = True) -> Defense:
+    """Validate ``options`` (and ``options["terms"]``) against the option dataclasses and build the recipe."""
     from robustlab.config import build_dataclass
 
-    cls, options_cls = _lookup(name)
-    return cls(build_dataclass(options_cls, dict(options or {}), "defense"))
+    options = dict(options or {})
+    raw_terms = options.pop("terms", [])
+    if not isinstance(raw_terms, list) or not all(isinstance(t, dict) for t in raw_terms):
+        raise ConfigError("defense.terms must be a list of tables, each with a name ([[defense.terms]])")
+    cls, options_cls = _lookup(registered_defenses, name, "defense")
+    defense_options = build_dataclass(options_cls, options, "defense")
+    terms: list[LossTerm] = []
+    for i, raw in enumerate(raw_terms):
+        raw = dict(raw)
+        term_name = raw.pop("name", None)
+        if not isinstance(term_name, str):
+            raise ConfigError(f"defense.terms[{i}] needs a name; available: {', '.join(available_terms())}")
+        term_cls, term_options_cls = _lookup(registered_terms, term_name, f"defense.terms[{i}]")
+        term_options = build_dataclass(term_options_cls, raw, f"defense.terms[{i}]")
+        if build:
+            terms.append(term_cls(term_options))
+    return cls(defense_options, terms) if build else None  # type: ignore[return-value]
 
 
-def _lookup(name: str) -> tuple[type[Defense], type]:
+def _lookup(table, name: str, what: str):
     _load_all()
-    defenses = registered_defenses()
-    if name not in defenses:
-        close = difflib.get_close_matches(name, defenses, n=1)
+    entries = table()
+    if name not in entries:
+        close = difflib.get_close_matches(name, entries, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown defense {name!r}{hint}; available: {', '.join(sorted(defenses))}")
-    return defenses[name]
+        kind = "term" if "terms" in what else "defense"
+        raise ConfigError(f"{what}: unknown {kind} {name!r}{hint}; available: {', '.join(sorted(entries)) or 'none'}")
+    return entries[name]

@@ -1,0 +1,4 @@
+"""Imports every defense and term module so their registration decorators run (one line per module)."""
+
+import robustlab.defenses.adversarial  # noqa: F401
+import robustlab.defenses.standard  # noqa: F401
