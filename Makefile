@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned exactly: this version is the local CPU wheel (a loose pin pulls CUDA packages).
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[test]'
+	# torchattacks is the independent implementation the attack tests cross-check against. Its metadata asks
+	# for torchvision, which it never imports and which would replace the pinned torch: install it alone.
+	$(PY) -m pip install --quiet --no-deps torchattacks==3.5.1
 	touch $(STAMP)
 
 # Real Fashion-MNIST from Debian's package, used by the data tests and the Fashion-MNIST configs (optional).

@@ -84,7 +84,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"\ninterrupted; continue with: robustlab train --config {args.config} --resume"
               + "".join(f" --set {s}" for s in args.set), file=sys.stderr)
         return 130
-    print(f"done: {result.run_dir} (evaluate with: robustlab eval --checkpoint {result.run_dir})")
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if trainer.dist.is_main:
+        print(f"done: {result.run_dir} (evaluate with: robustlab eval --checkpoint {result.run_dir})")
     return 0
 
 

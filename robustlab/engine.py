@@ -1,8 +1,8 @@
 """The one training loop every defense runs in.
 
 The engine owns what is the same for every defense: data order, device, seeds, the main optimiser and its
-learning-rate schedule, mixed precision on CUDA, the progress bar, JSONL metrics, checkpoints every epoch and
-exact resume. It never names a defense: it calls the recipe's hooks (``robustlab/defenses/base.py``).
+learning-rate schedule, mixed precision on CUDA, data-parallel training under ``torchrun`` (``robustlab/distributed.py``), the progress
+bar, JSONL metrics, checkpoints every epoch and exact resume. It never names a defense: it calls the recipe's hooks (``robustlab/defenses/base.py``).
 
 Determinism: the order of the training data in epoch ``e`` depends only on ``(seed, e)``, and the global RNG
 states (torch, numpy, random) are saved with every checkpoint, so a run resumed from epoch ``e`` on the CPU ends
@@ -31,6 +31,8 @@ from robustlab.config import Config, config_from_dict
 from robustlab.data import ImageDataset, load_dataset
 from robustlab.data.augment import random_crop_flip
 from robustlab.defenses import Defense, build_defense
+from robustlab.distributed import (all_reduce_sum, average_gradients, barrier, broadcast_module, init_distributed,
+                                   shard, synchronise_optimizer)
 from robustlab.errors import CheckpointError, ConfigError
 from robustlab.evaluate import accuracy, attack_factories
 from robustlab.models import RobustModel, build_model
@@ -155,12 +157,16 @@ class Trainer:
 
     def __init__(self, config: Config, *, resume: bool = False, log: Callable[[str], None] = print):
         self.config = config
-        self.log = log
         self.run_dir = config.out_dir
         self.resume = resume
         self._check_run_dir()
         seed_everything(config.run.seed)
         self.device = resolve_device(config.run.device)
+        self.dist = init_distributed(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        self.log = log if self.dist.is_main else (lambda _msg: None)
         self.amp_dtype = resolve_amp_dtype(config.run.amp, self.device)
         data = load_dataset(config.data.name, root=config.data.root or None, download=config.data.download)
         self.dataset = data.subset(config.data.train_subset, config.data.test_subset)
@@ -170,17 +176,25 @@ class Trainer:
         self.defense: Defense = build_defense(config.defense["name"],
                                               {k: v for k, v in config.defense.items() if k != "name"})
         self.ctx = TrainContext(config=config, device=self.device, dataset=self.dataset, amp_dtype=self.amp_dtype,
-                                log=log)
+                                rank=self.dist.rank, world_size=self.dist.world_size, log=self.log)
         self.defense.setup_all(self.model, self.ctx)
         for module in self.defense.all_aux_modules().values():
             module.to(self.device)
+        broadcast_module(self.model, self.dist)
+        for module in self.defense.all_aux_modules().values():
+            broadcast_module(module, self.dist)
+        for optimizer in self.defense.all_aux_optimizers().values():
+            synchronise_optimizer(optimizer, self.dist)
         self.optimizer = build_optimizer(self.defense.trainable_parameters(self.model), config)
+        self.main_params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []
         if resume:
             self._restore()
+        if self.dist.rank > 0:  # independent attack starts / dropout masks per process
+            torch.manual_seed(config.run.seed * 1_000_003 + 7919 * self.dist.rank + self.start_epoch)
 
     # --- run directory ----------------------------------------------------------------------------------------
     def _check_run_dir(self) -> None:
@@ -239,16 +253,20 @@ class Trainer:
     # --- training ---------------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         cfg = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_dir / CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2))
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2))
+        procs = f" x {self.dist.world_size} processes" if self.dist.enabled else ""
         self.log(f"training {cfg.model['name']} with {cfg.defense['name']} on {cfg.data.name} "
-                 f"({len(self.dataset.train_x)} train / {len(self.dataset.test_x)} test) on {self.device} "
+                 f"({len(self.dataset.train_x)} train / {len(self.dataset.test_x)} test) on {self.device}{procs} "
                  f"for {cfg.run.epochs} epochs -> {self.run_dir}")
         for epoch in range(self.start_epoch, cfg.run.epochs):
             row = self.train_epoch(epoch)
             self.history.append(row)
-            self._write_history()
-            self._save(epoch + 1)
+            if self.dist.is_main:  # rank 0 alone writes metrics and checkpoints
+                self._write_history()
+                self._save(epoch + 1)
+            barrier(self.dist)
             self.log(format_epoch(row))
         return TrainResult(self.run_dir, cfg.run.epochs, self.history)
 
@@ -265,9 +283,11 @@ class Trainer:
         seen = 0
         x_all, y_all = self.dataset.train_x, self.dataset.train_y
         n_batches = -(-len(x_all) // cfg.data.batch_size)
+        show = cfg.run.progress and self.dist.is_main
         bar = tqdm(epoch_batches(len(x_all), cfg.data.batch_size, cfg.run.seed, epoch), total=n_batches,
-                   desc=f"epoch {epoch + 1}/{cfg.run.epochs}", disable=not cfg.run.progress or None, leave=False)
-        for idx in bar:
+                   desc=f"epoch {epoch + 1}/{cfg.run.epochs}", disable=not show or None, leave=False)
+        for global_idx in bar:
+            idx = shard(global_idx, self.dist)
             x = x_all[idx].to(self.device, non_blocking=True)
             y = y_all[idx].to(self.device, non_blocking=True)
             if cfg.data.augment == "crop_flip":
@@ -279,6 +299,8 @@ class Trainer:
                 out = defense.total_loss(model, x, y, ctx)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(out.loss).backward()
+            if self.dist.enabled:  # before the scaler's inf check, so every process takes the same decision
+                average_gradients(self.main_params, self.dist.world_size)
             defense.after_backward_all(ctx)
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -289,10 +311,14 @@ class Trainer:
             for key, value in out.metrics.items():
                 sums[key] = sums.get(key, 0) + value.detach().float() * n
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+        if self.dist.enabled:
+            seen = int(all_reduce_sum(torch.tensor(float(seen), device=self.device), self.dist).item())
+            sums = {k: all_reduce_sum(v, self.dist) for k, v in sorted(sums.items())}
         row.update({f"train_{k}": round(v.item() / max(seen, 1), 6) for k, v in sums.items()})
         row.update(defense.on_epoch_end_all(model, ctx))
         row["train_time_s"] = round(time.perf_counter() - started, 3)
-        row.update(self.evaluate_epoch(epoch))
+        if self.dist.is_main:
+            row.update(self.evaluate_epoch(epoch))
         row["time_s"] = round(time.perf_counter() - started, 3)
         return row
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-torchattacks = pytest.importorskip("torchattacks")
+import torchattacks  # noqa: E402  (a test dependency: make test installs it)
 
 from robustlab.attacks import (APGDCE, APGDDLR, EOTPGD, FGSM, IFGSM, PGD, PGDL2, IterativeLeastLikely,  # noqa: E402
                                LeastLikely, TransferAttack, available_attacks, build_attack, with_eot)

@@ -18,7 +18,7 @@ from robustlab.attacks import (CarliniWagnerL2, DeepFool, FewPixel, HighConfiden
 from robustlab.attacks.deepfool import closest_boundary_target
 from robustlab.attacks.perturbation import MinimalResult
 
-torchattacks = pytest.importorskip("torchattacks")
+import torchattacks  # noqa: E402  (a test dependency: make test installs it)
 
 
 @pytest.fixture(scope="session", autouse=True)
