@@ -34,6 +34,7 @@ class RunConfig:
     epochs: int = 10
     amp: str = field(default="auto", metadata=_choices("auto", "off", "bf16", "fp16"))
     channels_last: bool = False
+    compile: bool = False  # torch.compile the model for training (measured slower on this CPU: off by default)
     keep_checkpoints: int = 2
     progress: bool = True
 

@@ -108,6 +108,7 @@ class TrainContext:
     amp_dtype: torch.dtype | None = None
     epoch: int = 0  # 0-based epoch being trained
     global_step: int = 0
+    batch_index: torch.Tensor | None = None  # training-set indices of the current batch (AT²L looks up X_adv)
     rank: int = 0
     world_size: int = 1
     log: Callable[[str], None] = print
@@ -187,6 +188,8 @@ class Trainer:
             synchronise_optimizer(optimizer, self.dist)
         self.optimizer = build_optimizer(self.defense.trainable_parameters(self.model), config)
         self.main_params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        # The compiled wrapper shares the parameters; checkpoints keep using the plain module's state dict.
+        self.train_model = torch.compile(self.model) if config.run.compile else self.model
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.start_epoch = 0
@@ -271,7 +274,7 @@ class Trainer:
         return TrainResult(self.run_dir, cfg.run.epochs, self.history)
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
-        cfg, model, defense, ctx = self.config, self.model, self.defense, self.ctx
+        cfg, model, defense, ctx = self.config, self.train_model, self.defense, self.ctx
         ctx.epoch = epoch
         factor = lr_factor(cfg.schedule, epoch, cfg.run.epochs)
         for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
@@ -294,6 +297,7 @@ class Trainer:
                 x = random_crop_flip(x)
             if cfg.run.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            ctx.batch_index = idx
             defense.before_step_all(model, x, y, ctx)
             with ctx.autocast():
                 out = defense.total_loss(model, x, y, ctx)
