@@ -32,22 +32,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in run.out_dir from its last checkpoint")
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint under an attack suite, with masking checks",
-                        description="Robust accuracy under an attack suite, ρ_adv of minimal-perturbation attacks and "
-                                    "the masking checks. --suite quick (default): the run's [eval] attacks (FGSM, PGD); "
-                                    "--suite full: every attack of the library sized for a CPU (a few minutes for "
-                                    "LeNet-5 on MNIST-5k), see robustlab/suite.py.")
+                        description="Robust accuracy under an attack suite, ρ_adv of minimal-perturbation attacks "
+                                    "and the masking checks. --suite quick (default): the run's [eval] attacks (FGSM, "
+                                    "PGD); --suite full: every attack of the library sized for a CPU (a few minutes "
+                                    "for LeNet-5 on MNIST-5k), see robustlab/suite.py.")
     ev.add_argument("--checkpoint", required=True, help="run directory or checkpoints/epoch-* directory")
     ev.add_argument("--suite", choices=["quick", "full"], default="quick",
                     help="quick: the run's eval.attacks at eval.eps; full: every attack (default: quick)")
     ev.add_argument("--eps", type=_parse_floats,
-                    help="comma-separated L∞ ε list (default: the run's eval.eps; full: ε/3, 2ε/3, ε of its largest)")
+                    help="comma-separated L∞ ε list (default: the run's eval.eps; full: ε/2 and ε of its largest)")
     ev.add_argument("--eps-l2", type=_parse_floats, help="L2 ε list of PGD-L2 in the full suite (default: ε·√d/4)")
     ev.add_argument("--attacks", help="comma-separated attacks (quick: default the run's eval.attacks; "
                                       "full: only these suite rows)")
     ev.add_argument("--subset", type=int,
                     help="test examples for the ε-bounded attacks (default: the run's eval.subset; full: 500)")
-    ev.add_argument("--minimal-subset", type=int, help="full: examples for C&W and the critic attack (default 100)")
-    ev.add_argument("--deepfool-subset", type=int, help="full: examples for DeepFool (default 200)")
+    ev.add_argument("--minimal-subset", type=int,
+                    help="full: examples for C&W, DeepFool and the critic attack (default 50; DeepFool 100)")
     ev.add_argument("--few-pixel-subset", type=int, help="full: examples for the few-pixel attacks (default 20)")
     ev.add_argument("--pgd-steps", type=int, help="PGD iterations (default: the run's eval.pgd_steps; full: 20)")
     ev.add_argument("--paper", action="store_true",
@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--eot-samples", type=int, help="gradients averaged per EOT-PGD step (default 10; --paper 80)")
     ev.add_argument("--seed", type=int, default=0, help="seed of random starts and targets (default 0)")
     ev.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ev.add_argument("--threads", type=int,
+                    help="torch CPU threads (default: torch's, one per core; 1 is faster on a busy machine)")
     ev.add_argument("--out", help="output directory (default: the run directory); a path ending in .json names the "
                                   "JSON file, the other files go beside it")
     ev.add_argument("--fail-on-check", action="store_true", help="exit with status 1 if a masking check fails")
@@ -95,9 +97,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _full_suite_eps(eps: list[float]) -> list[float]:
-    """A curve for the full suite from a run's ε list: ε/3, 2ε/3, ε of its largest (plus its other values)."""
+    """The full suite's default ε list from a run's: ε/2 and ε of its largest (a curve with the clean point)."""
     top = max(eps)
-    return sorted({round(top * k / 3, 6) for k in (1, 2, 3)} | set(eps))
+    return [round(top / 2, 6), top]
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -114,6 +116,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from robustlab.suite import SuiteSettings, evaluate_suite
 
     t0 = time.perf_counter()
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     model, config, data, state = load_trained_model(args.checkpoint, device)
     ckpt = resolve_checkpoint(args.checkpoint)
@@ -142,9 +150,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         full = dict(eps=eps if args.eps is not None else _full_suite_eps(eps), eps_l2=args.eps_l2, attacks=attacks,
                     batch_size=cfg.batch_size, **common)
-        for key in ("subset", "minimal_subset", "deepfool_subset", "few_pixel_subset", "pgd_steps"):
+        for key in ("subset", "minimal_subset", "few_pixel_subset", "pgd_steps"):
             if getattr(args, key) is not None:
                 full[key] = getattr(args, key)
+        if args.minimal_subset is not None:
+            full["deepfool_subset"] = args.minimal_subset
         try:
             settings = SuiteSettings.paper(**full) if args.paper else SuiteSettings(**full)
         except ValueError as exc:

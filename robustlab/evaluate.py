@@ -117,7 +117,7 @@ class Outcome:
 
     @property
     def accuracy(self) -> float:
-        return float(self.correct.float().mean()) if len(self.correct) else math.nan
+        return float(self.correct.double().mean()) if len(self.correct) else math.nan
 
 
 def attack_outcome(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack | None = None, *,
@@ -264,7 +264,7 @@ def worst_case_ensemble(model: nn.Module, x: torch.Tensor, y: torch.Tensor, atta
             x_adv[todo[fooled]] = out.x_adv[fooled].to(x_adv.dtype)
             robust[todo[fooled]] = False
         stages.append({"attack": name, "attacked": len(todo), "robust_after": int(robust.sum())})
-    return EnsembleResult(float(robust.float().mean()), robust, x_adv, stages)
+    return EnsembleResult(float(robust.double().mean()), robust, x_adv, stages)
 
 
 def load_trained_model(checkpoint: str, device: torch.device | str = "cpu"):

@@ -1,0 +1,319 @@
+"""AT²L: adversarial training with triplet loss (Li et al., IJCAI 2019; spec METHODS.md §1), and its ensemble.
+
+Loss, eq. (2) [P], on a batch of k clean examples x with adversarial versions x_adv::
+
+    L = [ Σ CE(f(x_i), y_i) + λ1 Σ CE(f(x_i^adv), y_i) ] / ((1+λ1) k)
+        + (λ2/k) Σ max( ‖f(x_i^adv) − f(x_i)‖∞ − ‖f(x_i^adv) − f(x_i^n)‖∞ + α, 0 )
+
+f = the logits [R]; anchor x_adv (a constant input), positive its clean x, negative a clean batch example of the
+class the anchor is predicted as, else of any other class [P §3.2, R]; gradients through all three embeddings
+[R]. The triplet part is the shared machinery of :mod:`robustlab.defenses.triplet` (distance, miner and
+embedding are options). With ``lam2 = 0`` the loss is eq. (1): the paper's adversarial-training baseline, run with
+exactly the same rounds and adversarial examples.
+
+Rounds (Algorithm 1) [P]: ``pretrain_epochs`` epochs of clean training (step 1), then every epoch is one round
+[R]: at its start the adversarial examples of the whole training set are built against the current f (and the
+frozen models of M), then f is retrained for one pass over [X, X_adv] with eq. (2). The paper's tables report
+rounds 1 and 10, i.e. the checkpoints of epochs ``pretrain_epochs + 1`` and ``pretrain_epochs + 10``.
+
+Ensemble (Algorithm 2) [P]: an attack set A (``attacks``; the names ``gradient`` = FGSM, LL, I-FGSM, I-LL,
+``optimization`` = C&W and ``mixed`` = all five expand to the paper's sets) × a model set M = {f} (``include_self``)
+∪ the frozen, pre-trained models loaded from the checkpoints in ``models`` [R, as in Ensemble Adversarial
+Training]. Per step each clean x_i gets one adversarial version, its (a, m) drawn uniformly [R]; the batch is
+B' = B ∪ adv, the positive x_i and the negative from B. ``generation`` chooses how:
+
+* ``"round"`` (default): at the start of each round every training example draws its (a, m) and only that
+  X^{a,m}_i is built. Since one round is one epoch, every example is used exactly once per round, so this has the
+  same distribution as building all |A|·|M| sets and sampling per step, at 1/(|A|·|M|) of the cost and memory [R].
+* ``"round_full"``: Algorithm 2 literally: X^{a,m} for every a, m and every example at the start of the round
+  (|A|·|M| copies of the training set in memory), (a, m) drawn per example at each step.
+* ``"online"``: the adversarial batch is crafted at each step against the current f (FGSM-AT style, no rounds).
+
+"Known" setting [P]: f = A, M = {A, B, C, D}, tested with examples crafted on A. "Unknown": M = {A, B, D}, tested
+with examples transferred from a separately trained C (``robustlab eval --transfer-source``). Both are configs
+(``configs/at2l/``). Attack settings [P appendix]: ε 0.3 for FGSM/LL/I-FGSM/I-LL, 10 iterations of 0.03 for the
+iterative ones; C&W-L2 with 1000 iterations, initial c 1e-3, lr 5e-3 (its binary-search steps are not given; 9
+by default [R]). C&W examples are minimal perturbations, not bounded by ε; where C&W fails the clean x is used.
+
+Pre-generated examples are looked up by the training-set indices of the batch (``TrainContext.batch_index``),
+so the round modes need un-augmented data (``data.augment = "none"``). Under DDP every process builds the round's
+examples of the whole training set (simple, not sharded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustlab.attacks import Attack, build_attack
+from robustlab.defenses.base import Defense, LossOutput, register_defense
+from robustlab.defenses.standard import clean_loss
+from robustlab.defenses.triplet import (_MINERS, EMBEDDINGS, TripletLoss, available_miners, embed, get_distance,
+                                        triplet_hinge)
+from robustlab.errors import ConfigError
+
+#: The paper's attack sets (§3.3).
+ATTACK_SETS: dict[str, tuple[str, ...]] = {
+    "gradient": ("fgsm", "ll", "ifgsm", "ill"),
+    "optimization": ("cw_l2",),
+    "optimisation": ("cw_l2",),
+    "mixed": ("fgsm", "ll", "ifgsm", "ill", "cw_l2"),
+}
+TRAINING_ATTACKS = ("fgsm", "ll", "ifgsm", "ill", "pgd", "cw_l2")
+SELF = "self"  # the name of the defended model f in M
+
+
+def expand_attacks(names: list[str]) -> list[str]:
+    """Expand set names (gradient / optimization / mixed) and drop duplicates, keeping the order."""
+    out: list[str] = []
+    for name in names:
+        for attack in ATTACK_SETS.get(name, (name,)):
+            if attack not in out:
+                out.append(attack)
+    return out
+
+
+def at2l_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, negative_index: torch.Tensor,
+              *, lam1: float, lam2: float, margin: float, distance: str = "linf",
+              valid: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Eq. (2) on given logits, with the negatives given as indices into the clean batch (for checking by hand).
+
+    Returns the loss and its parts: ``ce`` = the normalised cross-entropy part, ``triplet`` = (1/k) Σ hinge.
+    """
+    k = len(y)
+    ce = (F.cross_entropy(logits_clean, y, reduction="sum")
+          + lam1 * F.cross_entropy(logits_adv, y, reduction="sum")) / ((1.0 + lam1) * k)
+    hinge = triplet_hinge(logits_adv, logits_clean, logits_clean[negative_index], margin, distance)
+    if valid is not None:
+        hinge = torch.where(valid, hinge, torch.zeros_like(hinge))
+    triplet = hinge.sum() / k
+    return ce + lam2 * triplet, {"ce": ce, "triplet": triplet, "hinge": hinge}
+
+
+@dataclass
+class AT2LOptions:
+    lam1: float = 0.3               # λ1: weight of the adversarial cross-entropy (MNIST 0.3, CIFAR-10 0.6)
+    lam2: float = 1.0               # λ2: weight of the triplet term (0: eq. 1, the AT baseline)
+    margin: float = 1.0             # α
+    distance: str = "linf"          # linf [P] | l2 | cosine | abs_cosine
+    negatives: str = "predicted"    # predicted [P, R] | random
+    embedding: str = field(default="logits", metadata={"choices": EMBEDDINGS})
+    attacks: list[str] = field(default_factory=lambda: ["fgsm"])  # A: attack names and/or set names
+    eps: float = 0.3                # ε of FGSM, LL, I-FGSM, I-LL, PGD
+    iter_steps: int = 10            # I-FGSM / I-LL / PGD iterations
+    iter_step_size: float = 0.03
+    cw_max_iter: int = 1000
+    cw_binary_steps: int = 9
+    cw_initial_const: float = 1e-3
+    cw_lr: float = 5e-3
+    models: list[str] = field(default_factory=list)  # M besides f: checkpoints of frozen pre-trained models
+    include_self: bool = True       # f ∈ M, its examples regenerated every round
+    generation: str = field(default="round", metadata={"choices": ("round", "round_full", "online")})
+    pretrain_epochs: int = 1        # clean epochs before round 1 (Algorithm 1, step 1)
+    eps_ramp_epochs: int = 0        # ε grows linearly over the first rounds (0: off; not in the paper)
+    gen_batch_size: int = 500       # batch size when pre-generating
+    attack_mode: str = field(default="eval", metadata={"choices": ("eval", "train")})
+    joint_forward: bool = True      # one forward pass of B' = [x; x_adv] (the paper's batch) or two
+
+    def __post_init__(self):
+        get_distance(self.distance)
+        if self.negatives not in _MINERS:
+            raise ConfigError(f"defense.negatives: unknown negative miner {self.negatives!r}; "
+                              f"available: {', '.join(available_miners())}")
+        if min(self.lam1, self.lam2, self.margin, self.eps, self.iter_step_size, self.pretrain_epochs,
+               self.eps_ramp_epochs) < 0:
+            raise ConfigError("defense.lam1, lam2, margin, eps, iter_step_size, pretrain_epochs and "
+                              "eps_ramp_epochs must be >= 0")
+        if min(self.iter_steps, self.cw_max_iter, self.cw_binary_steps, self.gen_batch_size) < 1:
+            raise ConfigError("defense.iter_steps, cw_max_iter, cw_binary_steps and gen_batch_size must be >= 1")
+        attacks = expand_attacks(self.attacks)
+        unknown = [a for a in attacks if a not in TRAINING_ATTACKS]
+        if not attacks or unknown:
+            raise ConfigError(f"defense.attacks: unknown training attack(s) {unknown}; use "
+                              f"{', '.join(TRAINING_ATTACKS)} or a set: {', '.join(ATTACK_SETS)}")
+        if not self.include_self and not self.models:
+            raise ConfigError("defense.include_self = false needs at least one checkpoint in defense.models")
+
+
+@register_defense("at2l", AT2LOptions)
+class AT2L(Defense):
+    """AT²L (eq. 2, Algorithms 1 and 2); see the module docstring."""
+
+    def __init__(self, options: AT2LOptions, terms=None):
+        super().__init__(options, terms)
+        o = options
+        self.attack_names = expand_attacks(o.attacks)
+        self.model_names = ([SELF] if o.include_self else []) + list(o.models)
+        self.pairs = [(a, m) for a in self.attack_names for m in self.model_names]  # (a, m) ∈ A × M
+        self.triplet = TripletLoss(o.margin, o.distance, o.negatives, o.embedding)
+        self.frozen: dict[str, nn.Module] = {}
+        self.attacks: dict[str, Attack] = {}
+        self.eps = 0.0
+        self.store: torch.Tensor | None = None       # round: (N, ...); round_full: (|pairs|, N, ...)
+        self.store_pair: torch.Tensor | None = None  # round: the (a, m) index of each stored example
+        self.generated_rounds = 0
+
+    # --- set-up ------------------------------------------------------------------------------------------------
+    def setup(self, model: nn.Module, ctx) -> None:
+        o = self.options
+        config = getattr(ctx, "config", None)
+        if o.generation != "online" and config is not None and config.data.augment != "none":
+            raise ConfigError(f"defense at2l with generation = {o.generation!r} pre-generates adversarial examples "
+                              f"of the stored training images and needs data.augment = 'none' "
+                              f"(or generation = 'online')")
+        device = getattr(ctx, "device", None) or next(model.parameters()).device
+        for path in o.models:
+            if path not in self.frozen:
+                self.frozen[path] = load_frozen_model(path, device)
+        dataset = getattr(ctx, "dataset", None)
+        if dataset is not None and self.frozen:
+            probe = dataset.train_x[:2].to(device)
+            with torch.no_grad():
+                for path, m in self.frozen.items():
+                    try:
+                        out = m(probe)
+                    except RuntimeError as exc:
+                        raise ConfigError(f"defense.models: {path} does not accept this dataset's images: {exc}"
+                                          ) from None
+                    if out.shape[1] != dataset.num_classes:
+                        raise ConfigError(f"defense.models: {path} predicts {out.shape[1]} classes, the dataset "
+                                          f"has {dataset.num_classes}")
+
+    def model_of(self, name: str, model: nn.Module) -> nn.Module:
+        return model if name == SELF else self.frozen[name]
+
+    def make_attack(self, name: str, eps: float) -> Attack:
+        o = self.options
+        if name in ("fgsm", "ll"):
+            return build_attack(name, eps, model_mode=o.attack_mode)
+        if name in ("ifgsm", "ill"):
+            return build_attack(name, eps, steps=o.iter_steps, step_size=o.iter_step_size, model_mode=o.attack_mode)
+        if name == "pgd":
+            return build_attack("pgd", eps, steps=o.iter_steps, step_size=o.iter_step_size,
+                                model_mode=o.attack_mode)
+        if name == "cw_l2":
+            return build_attack("cw_l2", max_iter=o.cw_max_iter, binary_search_steps=o.cw_binary_steps,
+                                initial_const=o.cw_initial_const, lr=o.cw_lr, model_mode=o.attack_mode)
+        raise ConfigError(f"unknown training attack {name!r}")
+
+    def epoch_eps(self, epoch: int) -> float:
+        """ε for 0-based ``epoch``: 0 while pretraining, then (optionally ramped) ``eps``."""
+        o = self.options
+        round_ = epoch - o.pretrain_epochs
+        if round_ < 0:
+            return 0.0
+        if o.eps_ramp_epochs <= 0:
+            return o.eps
+        return o.eps * min(1.0, (round_ + 1) / o.eps_ramp_epochs)
+
+    # --- rounds ------------------------------------------------------------------------------------------------
+    def on_epoch_start(self, model: nn.Module, ctx) -> None:
+        self.eps = self.epoch_eps(ctx.epoch)
+        self.attacks = {name: self.make_attack(name, self.eps) for name in self.attack_names}
+        self.store = self.store_pair = None
+        if ctx.epoch < self.options.pretrain_epochs or self.options.generation == "online":
+            return
+        self.pregenerate(model, ctx.dataset.train_x, ctx.dataset.train_y, ctx.device)
+
+    def craft(self, pair: int, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Adversarial examples of ``(x, y)`` under the pair ``(a, m) = self.pairs[pair]``."""
+        attack_name, model_name = self.pairs[pair]
+        return self.attacks[attack_name](self.model_of(model_name, model), x, y)
+
+    def _craft_chunks(self, pair: int, model: nn.Module, x: torch.Tensor, y: torch.Tensor, device) -> torch.Tensor:
+        size = self.options.gen_batch_size
+        out = torch.empty_like(x)
+        for start in range(0, len(x), size):
+            xb = x[start:start + size].to(device)
+            yb = y[start:start + size].to(device)
+            out[start:start + size] = self.craft(pair, model, xb, yb).to(out.device, out.dtype)
+        return out
+
+    def pregenerate(self, model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, device) -> None:
+        """Build this round's adversarial examples of the whole training set (stored next to ``train_x``)."""
+        n = len(train_x)
+        if self.options.generation == "round_full":
+            self.store = torch.stack([self._craft_chunks(p, model, train_x, train_y, device)
+                                      for p in range(len(self.pairs))])
+        else:
+            pair_of = torch.randint(len(self.pairs), (n,))
+            store = torch.empty_like(train_x)
+            for p in range(len(self.pairs)):
+                idx = (pair_of == p).nonzero().squeeze(1)
+                if len(idx):
+                    store[idx] = self._craft_chunks(p, model, train_x[idx], train_y[idx], device)
+            self.store, self.store_pair = store, pair_of
+        self.generated_rounds += 1
+
+    def adversarial_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> torch.Tensor:
+        """x_adv for the batch: looked up in this round's examples, or crafted now (``generation = "online"``)."""
+        o = self.options
+        if o.generation == "online":
+            pair_of = torch.randint(len(self.pairs), (len(y),))
+            x_adv = torch.empty_like(x)
+            for p in pair_of.unique().tolist():
+                idx = (pair_of == p).nonzero().squeeze(1).to(x.device)
+                x_adv[idx] = self.craft(p, model, x[idx], y[idx])
+            return x_adv
+        index = getattr(ctx, "batch_index", None)
+        if index is None or self.store is None:
+            raise RuntimeError("at2l with pre-generated rounds needs ctx.batch_index (the training-set indices of "
+                               "the batch, set by the engine) and on_epoch_start to have run")
+        index = index.to(self.store.device)
+        if o.generation == "round_full":
+            pair_of = torch.randint(len(self.pairs), (len(index),), device=self.store.device)
+            x_adv = self.store[pair_of, index]
+        else:
+            x_adv = self.store[index]
+        return x_adv.to(x.device, non_blocking=True)
+
+    # --- the loss ----------------------------------------------------------------------------------------------
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> LossOutput:
+        o = self.options
+        if ctx.epoch < o.pretrain_epochs:
+            return clean_loss(model, x, y)
+        x_adv = self.adversarial_batch(model, x, y, ctx)
+        k = len(y)
+        if o.joint_forward:
+            emb, logits = embed(model, torch.cat([x, x_adv]), o.embedding)
+            emb_clean, emb_adv = emb[:k], emb[k:]
+            logits_clean, logits_adv = logits[:k], logits[k:]
+        else:
+            emb_clean, logits_clean = embed(model, x, o.embedding)
+            emb_adv, logits_adv = embed(model, x_adv, o.embedding)
+        ce_clean = F.cross_entropy(logits_clean, y, reduction="sum")
+        ce_adv = F.cross_entropy(logits_adv, y, reduction="sum")
+        loss = (ce_clean + o.lam1 * ce_adv) / ((1.0 + o.lam1) * k)
+        if o.lam2 > 0:
+            result = self.triplet(model, x, y, x_adv, anchor=emb_adv, clean=emb_clean,
+                                  anchor_logits=logits_adv, ctx=ctx)
+            loss = loss + o.lam2 * result.mean()
+        else:  # eq. (1): the hinge is only measured
+            with torch.no_grad():
+                result = self.triplet(model, x, y, x_adv, anchor=emb_adv.detach(), clean=emb_clean.detach(),
+                                      anchor_logits=logits_adv.detach(), ctx=ctx)
+        metrics: dict[str, Any] = {
+            "loss": loss.detach(), "ce_clean": ce_clean.detach() / k, "ce_adv": ce_adv.detach() / k,
+            "acc": logits_clean.detach().argmax(1).eq(y).float().mean(),
+            "acc_adv": logits_adv.detach().argmax(1).eq(y).float().mean(),
+        }
+        metrics.update({f"triplet_{key}": value for key, value in result.metrics().items()})
+        return LossOutput(loss, metrics, x_adv=x_adv, logits_clean=logits_clean, logits_adv=logits_adv)
+
+    def on_epoch_end(self, model: nn.Module, ctx) -> dict[str, float]:
+        return {"train_eps": self.eps, "round": max(ctx.epoch - self.options.pretrain_epochs + 1, 0)}
+
+
+def load_frozen_model(path: str, device) -> nn.Module:
+    """A pre-trained model of M from its checkpoint: eval mode, no parameter gradients."""
+    from robustlab.evaluate import load_trained_model
+
+    model, _config, _data, _state = load_trained_model(path, device=device)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
