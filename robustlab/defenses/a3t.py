@@ -180,7 +180,7 @@ def module_names(model: nn.Module) -> list[str]:
 
 # --- the discriminator ------------------------------------------------------------------------------------------
 class Discriminator(nn.Module):
-    """D: ``in_features → [hidden → ReLU → Dropout]… → 1``; returns the logit of P(real | z) (one per example).
+    """D: ``in_features → [hidden → ReLU → Dropout]… → 1``; returns the logit of P(real | z), one per example.
 
     Default ``hidden = (128,)``, ``dropout = 0.5``: the paper's "shallow network with 128 hidden units, a ReLU
     activation and a 0.5-dropout". Inputs with more than two dimensions are flattened.
@@ -301,6 +301,8 @@ class FeatureDiscriminatorTerm(LossTerm):
                 hits_clean += (self.disc(split.encoder(x).float()) > 0).sum().item()
                 hits_adv += (self.disc(split.encoder(x_adv).float()) < 0).sum().item()
             seen += len(x)
+        if not seen:
+            return {}
         return {"val_d_acc_clean": round(hits_clean / seen, 6), "val_d_acc_adv": round(hits_adv / seen, 6)}
 
     # --- the per-batch work --------------------------------------------------------------------------------------
@@ -380,7 +382,7 @@ class A3TOptions:
 
 @register_defense("a3t", A3TOptions)
 class A3T(Defense):
-    """L_cls = α CE(f(x)) + (1 − α) CE(f(x_adv)) plus the ``feature_discriminator`` term with β (see module doc)."""
+    """α CE(f(x)) + (1 − α) CE(f(x_adv)) plus the ``feature_discriminator`` term with β (see the module doc)."""
 
     def __init__(self, options: A3TOptions, terms: list[LossTerm] | None = None):
         o = options
