@@ -370,3 +370,22 @@ def test_cli_full_suite_unknown_row_is_one_error_line(tiny_run, capsys):
                  "--subset", "10"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("robustlab: error: ") and "nope" in err[0]
+
+
+def test_paper_settings_and_suite_rows():
+    from robustlab.suite import build_suite
+
+    paper = SuiteSettings.paper(eps=[0.3])
+    assert (paper.cw_iterations, paper.cw_binary_steps, paper.cw_initial_const, paper.cw_lr) == (1000, 9, 1e-3, 1e-2)
+    assert (paper.deepfool_iterations, paper.deepfool_max_step, paper.eot_samples) == (500, 0.1, 80)
+    rows = [e.label for e in build_suite(SuiteSettings(eps=[0.3]), num_classes=10, in_shape=(1, 28, 28))]
+    assert rows == ["fgsm", "ll", "ifgsm", "ill", "pgd", "pgd_targeted", "apgd_ce", "apgd_dlr_t", "pgd_l2", "cw_l2",
+                    "deepfool", "critic_hc", "few_pixel_1", "few_pixel_3"]
+    l2 = next(e for e in build_suite(SuiteSettings(eps=[0.3]), num_classes=10, in_shape=(1, 28, 28))
+              if e.label == "pgd_l2")
+    assert l2.eps == [2.1]  # 0.3·√784/4
+    three = [e.label for e in build_suite(SuiteSettings(eps=[0.3]), num_classes=3, in_shape=(1, 8, 8),
+                                          randomised=True)]
+    assert "apgd_dlr_t" not in three and "eot_pgd" in three  # targeted DLR needs 4 classes
+    with pytest.raises(ValueError, match="suite must be one of"):
+        SuiteSettings(suite="everything")
