@@ -10,7 +10,6 @@ defense's option dataclass.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import tomllib
 import types
 import typing
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from robustlab.errors import ConfigError
+from robustlab.errors import ConfigError, did_you_mean
 
 
 def _choices(*values: str) -> dict[str, tuple[str, ...]]:
@@ -245,8 +244,7 @@ def _reject_unknown(values: dict[str, Any], known: Any, prefix: str) -> None:
     for key in values:
         if key not in known:
             where = f"{prefix}.{key}" if prefix else f"[{key}]"
-            close = difflib.get_close_matches(key, list(known), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(key, known)
             raise ConfigError(f"unknown config key {where}{hint}; known: {', '.join(sorted(known))}")
 
 

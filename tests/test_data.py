@@ -355,5 +355,5 @@ def test_registry():
     assert set(available_datasets()) == {"mnist", "fashion_mnist", "cifar10", "cifar100", "mnist5k", "digits"}
     with pytest.raises(ConfigError, match=r"unknown dataset 'cifar_10' \(did you mean 'cifar10'\?\).*mnist5k"):
         load_dataset("cifar_10")
-    with pytest.raises(ConfigError, match="available: mnist, fashion_mnist"):
+    with pytest.raises(ConfigError, match="available: cifar10, cifar100, digits, fashion_mnist, mnist, mnist5k"):
         load_dataset("imagenet")

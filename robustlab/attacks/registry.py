@@ -7,12 +7,11 @@ perturbation attacks (C&W, DeepFool, ...) set ``bounded = False`` on the class a
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from typing import Any
 
 from robustlab.attacks.base import Attack
-from robustlab.errors import ConfigError
+from robustlab.errors import ConfigError, unknown_name
 
 _ATTACKS: dict[str, type[Attack]] = {}
 
@@ -39,9 +38,7 @@ def available_attacks() -> list[str]:
 def attack_class(name: str) -> type[Attack]:
     _load_all()
     if name not in _ATTACKS:
-        close = difflib.get_close_matches(name, _ATTACKS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown attack {name!r}{hint}; available: {', '.join(available_attacks())}")
+        raise unknown_name("attack", name, _ATTACKS)
     return _ATTACKS[name]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Callable
 
@@ -10,7 +9,7 @@ from robustlab.data.base import ImageDataset
 from robustlab.data.cifar import load_cifar10, load_cifar100
 from robustlab.data.embedded import load_digits, load_mnist5k
 from robustlab.data.mnist import load_fashion_mnist, load_mnist
-from robustlab.errors import ConfigError
+from robustlab.errors import unknown_name
 
 Loader = Callable[[str | os.PathLike | None, bool], ImageDataset]
 
@@ -38,7 +37,5 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, download: boo
     """
     loader = _LOADERS.get(name)
     if loader is None:
-        hint = difflib.get_close_matches(str(name), _LOADERS, n=1)
-        raise ConfigError(f"unknown dataset {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                          + f"; available: {', '.join(_LOADERS)}")
+        raise unknown_name("dataset", name, _LOADERS)
     return loader(root, download)

@@ -12,11 +12,10 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 from robustlab.defenses.base import Defense, LossTerm, registered_defenses, registered_terms
-from robustlab.errors import ConfigError
+from robustlab.errors import ConfigError, unknown_name
 
 
 def _load_all() -> None:
@@ -71,8 +70,6 @@ def _lookup(table, name: str, what: str):
     _load_all()
     entries = table()
     if name not in entries:
-        close = difflib.get_close_matches(name, entries, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
         kind = "term" if "terms" in what else "defense"
-        raise ConfigError(f"{what}: unknown {kind} {name!r}{hint}; available: {', '.join(sorted(entries)) or 'none'}")
+        raise ConfigError(f"{what}: {unknown_name(kind, name, entries)}")
     return entries[name]

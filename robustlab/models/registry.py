@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from robustlab.errors import ConfigError
+from robustlab.errors import ConfigError, unknown_name
 from robustlab.models.base import RobustModel
 
 ModelBuilder = Callable[..., RobustModel]
@@ -73,9 +72,7 @@ def build_model(
 def _get_builder(name: str) -> ModelBuilder:
     _load_zoo()
     if name not in _MODELS:
-        close = difflib.get_close_matches(name, _MODELS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown model {name!r}{hint}; available: {', '.join(sorted(_MODELS))}")
+        raise unknown_name("model", name, _MODELS)
     return _MODELS[name]
 
 
