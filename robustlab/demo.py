@@ -28,7 +28,7 @@ def recipe_path(filename: str) -> Path:
 
 
 def run_demo(out_dir: str | Path = "runs/demo", *, epochs_scale: float = 1.0, eval_subset: int = 1000,
-             pgd_steps: int = 40, log=print) -> dict:
+             pgd_steps: int = 40, pgd_step_size: float = 0.01, log=print) -> dict:
     """Train (or reuse) both demo models, evaluate them on ``eval_subset`` test images, write the report."""
     out_dir = Path(out_dir)
     results = {}
@@ -44,6 +44,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, epochs_scale: float = 1.0, ev
             Trainer(config, resume=ckpt is not None, log=log).fit()
         model, config, data, _ = load_trained_model(str(run_dir))
         config.eval.pgd_steps = pgd_steps
+        config.eval.pgd_step_size = pgd_step_size  # 0: 2.5ε/steps
         config.eval.attacks = ["fgsm", "pgd"]
         x, y = data.test_x[:eval_subset], data.test_y[:eval_subset]
         log(f"[{label}] evaluating on {len(x)} test images: FGSM and PGD-{pgd_steps} at ε in {DEMO_EPS}")
