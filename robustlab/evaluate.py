@@ -41,16 +41,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: Atta
     """Fraction of ``(x, y)`` classified correctly, after ``attack`` if given; the model is evaluated in eval mode."""
     if len(x) == 0:
         raise ValueError("cannot compute accuracy on an empty set")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    with model_mode(model, "eval"):
-        for start in tqdm(range(0, len(x), batch_size), desc=desc, disable=not progress, leave=False):
-            xb = x[start:start + batch_size].to(device, non_blocking=True)
-            yb = y[start:start + batch_size].to(device, non_blocking=True)
-            if attack is not None:
-                xb = attack(model, xb, yb)
-            correct += _predict(model, xb).eq(yb).sum()
-    return correct.item() / len(x)
+    return attack_outcome(model, x, y, attack, batch_size=batch_size, device=device, progress=progress,
+                          desc=desc).accuracy
 
 
 def attack_factories(cfg: EvalConfig) -> dict[str, AttackFactory]:

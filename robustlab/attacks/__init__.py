@@ -1,6 +1,6 @@
 """Attacks behind one contract: ``attack(model, x, y) -> x_adv`` (see ``base.py``)."""
 
-from robustlab.attacks.base import Attack, input_gradient, model_mode
+from robustlab.attacks.base import Attack, model_mode
 from robustlab.attacks.apgd import APGD, APGDCE, APGDDLR
 from robustlab.attacks.eot import EOTPGD, with_eot
 from robustlab.attacks.fgsm import FGSM, LeastLikely
@@ -11,7 +11,7 @@ from robustlab.attacks.transfer import TransferAttack, load_source_model
 
 __all__ = ["APGD", "APGDCE", "APGDDLR", "EOTPGD", "IFGSM", "IterativeLeastLikely", "L2Ball", "LeastLikely",
            "LinfBall", "PGDL2", "ThreatModel", "TransferAttack", "load_source_model", "project_l2", "with_eot",
-           "Attack", "FGSM", "PGD", "available_attacks", "build_attack", "input_gradient", "model_mode",
+           "Attack", "FGSM", "PGD", "available_attacks", "build_attack", "model_mode",
            "project_linf"]
 
 # Minimal-perturbation attacks (no ε): C&W, DeepFool, the adversary-critic attack, few-pixel; ρ_adv.

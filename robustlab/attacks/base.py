@@ -3,17 +3,17 @@
 An attack is constructed with its threat model (norm, ε, steps, ...) and called on a batch. It works on the
 model's device, returns a detached tensor in the [0,1] box, puts the model in the mode it asks for (eval by
 default: dropout off, batch-norm statistics frozen) and restores every submodule's mode afterwards. Gradients
-are taken with ``torch.autograd.grad`` with respect to the input only, so nothing accumulates on parameters.
+are taken with ``torch.autograd.grad`` with respect to the input only (``losses.loss_gradient``), so nothing
+accumulates on parameters.
 """
 
 from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 MODEL_MODES = ("eval", "train", "keep")
@@ -34,23 +34,6 @@ def model_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
     finally:
         for module, training in saved:
             module.training = training
-
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def cross_entropy_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy: each example's input gradient does not depend on the batch size."""
-    return F.cross_entropy(logits, y, reduction="sum")
-
-
-def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn = cross_entropy_sum
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradient of ``loss_fn(model(x), y)`` w.r.t. ``x`` (not the parameters), and the logits at ``x``."""
-    x = x.detach().requires_grad_(True)
-    logits = model(x)
-    (grad,) = torch.autograd.grad(loss_fn(logits, y), x)
-    return grad, logits.detach()
 
 
 class Attack(ABC):
