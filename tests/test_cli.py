@@ -7,29 +7,9 @@ import json
 import pytest
 
 from robustlab.cli import main
+from tiny_run import tiny_run_toml
 
-TINY = """
-[run]
-epochs = 1
-progress = false
-out_dir = "{out}"
-[data]
-name = "digits"
-batch_size = 128
-[model]
-name = "mlp_a3t"
-[optim]
-name = "adam"
-lr = 0.002
-[defense]
-name = "fgsm_at"
-eps = 0.1
-lam = 0.5
-[eval]
-eps = [0.05, 0.1]
-pgd_steps = 5
-subset = 100
-"""
+TINY = tiny_run_toml()
 
 
 def error_line(capsys):

@@ -17,6 +17,7 @@ from robustlab.cli import main
 from robustlab.evaluate import accuracy, attack_outcome, minimal_attack_outcome, worst_case_ensemble
 from robustlab.report import json_safe, write_suite_report
 from robustlab.suite import SuiteSettings, evaluate_suite
+from tiny_run import tiny_run_toml
 
 PNG = b"\x89PNG\r\n\x1a\n"
 BOUNDED_ROWS = {"fgsm", "ll", "ifgsm", "ill", "pgd", "pgd_targeted", "apgd_ce", "apgd_dlr_t", "pgd_l2", "transfer",
@@ -304,24 +305,7 @@ def test_rho_of_deepfool_on_a_linear_model_is_the_distance_to_the_boundary():
 
 # --- the command line ----------------------------------------------------------------------------------------
 
-TINY_RUN = """
-[run]
-epochs = 1
-progress = false
-out_dir = "{out}"
-[data]
-name = "digits"
-batch_size = 128
-[model]
-name = "mlp_a3t"
-[optim]
-name = "adam"
-lr = 0.002
-[eval]
-eps = [0.2]
-pgd_steps = 5
-subset = 100
-"""
+TINY_RUN = tiny_run_toml(defense='name = "standard"', eps="[0.2]")
 
 
 @pytest.fixture(scope="module")
