@@ -37,7 +37,9 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -m "not slow"
 
+# The peer libraries are bench-only dependencies (benchmarks/peers.py compares against them).
 bench: setup
+	$(PY) -m pip install --quiet -e '.[bench]'
 	@ls benchmarks/*.py >/dev/null 2>&1 && for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done \
 		|| echo "no benchmarks yet"
 

@@ -357,3 +357,28 @@ def test_registry():
         load_dataset("cifar_10")
     with pytest.raises(ConfigError, match="available: cifar10, cifar100, digits, fashion_mnist, mnist, mnist5k"):
         load_dataset("imagenet")
+
+
+def test_register_dataset_makes_a_custom_loader_reachable_by_name_and_refuses_a_taken_name():
+    from robustlab.data import ImageDataset, available_datasets, load_dataset, register_dataset
+    from robustlab.data import registry
+
+    x = torch.rand(6, 1, 4, 4)
+    y = torch.arange(6) % 3
+    calls = []
+
+    def loader(root, download):
+        calls.append((root, download))
+        return ImageDataset("tiny_custom", x, y, x[:2], y[:2], 3, (0.5,), (0.25,))
+
+    register_dataset("tiny_custom", loader)
+    try:
+        data = load_dataset("tiny_custom", root="somewhere", download=True)
+        assert calls == [("somewhere", True)] and data.num_classes == 3 and "tiny_custom" in available_datasets()
+        with pytest.raises(ValueError, match="already registered"):
+            register_dataset("tiny_custom", loader)
+        with pytest.raises(ValueError, match="already registered"):
+            register_dataset("mnist", loader)
+        register_dataset("tiny_custom", loader, replace=True)
+    finally:
+        registry._LOADERS.pop("tiny_custom", None)

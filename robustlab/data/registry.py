@@ -23,6 +23,19 @@ _LOADERS: dict[str, Loader] = {
 }
 
 
+def register_dataset(name: str, loader: Loader, *, replace: bool = False) -> None:
+    """Make ``load_dataset(name, root, download)`` (and so configs and the CLI) call ``loader(root, download)``.
+
+    For datasets of your own (or synthetic data in benchmarks); the loader returns an :class:`ImageDataset`.
+    Registering a taken name raises unless ``replace`` is true.
+    """
+    if not name or not callable(loader):
+        raise ValueError("register_dataset needs a non-empty name and a callable loader(root, download)")
+    if name in _LOADERS and not replace:
+        raise ValueError(f"dataset {name!r} is already registered (pass replace=True to override it)")
+    _LOADERS[name] = loader
+
+
 def available_datasets() -> list[str]:
     """The names :func:`load_dataset` accepts."""
     return list(_LOADERS)
