@@ -36,6 +36,7 @@ class RunConfig:
     compile: bool = False  # torch.compile the model for training (measured slower on this CPU: off by default)
     keep_checkpoints: int = 2
     progress: bool = True
+    init_from: str = ""  # start from the weights of this checkpoint (fine-tuning); resume takes precedence
 
 
 @dataclass
@@ -47,6 +48,9 @@ class DataConfig:
     train_subset: int = 0
     test_subset: int = 0
     augment: str = field(default="none", metadata=_choices("none", "crop_flip"))
+    # Keep the whole dataset in device memory, so that batches never cross CPU -> GPU ("auto": on CUDA when the
+    # tensors take under 4 GiB).
+    on_device: str = field(default="auto", metadata=_choices("auto", "always", "never"))
 
 
 @dataclass

@@ -162,3 +162,18 @@ def test_unknown_term_is_a_config_error(tmp_path):
         tiny_config(tmp_path, defense={"terms": [{"name": "triplett"}]})
     with pytest.raises(ConfigError, match="list of tables"):
         tiny_config(tmp_path, defense={"terms": "triplet"})
+
+
+def test_dataset_on_device_follows_the_policy_and_moves_every_tensor():
+    from robustlab.data import load_dataset
+    from robustlab.engine import dataset_on
+
+    data = load_dataset("digits").subset(64, 32)
+    meta = torch.device("meta")  # stands in for an accelerator: tensors move without memory
+    assert dataset_on(data, torch.device("cpu"), "always") is data
+    assert dataset_on(data, meta, "never") is data
+    assert dataset_on(data, meta, "auto") is data  # "auto" moves only to CUDA
+    moved = dataset_on(data, meta, "always")
+    assert all(t.device.type == "meta" for t in (moved.train_x, moved.train_y, moved.test_x, moved.test_y))
+    assert moved.train_x.shape == data.train_x.shape and moved.num_classes == data.num_classes
+    assert moved.mean == data.mean and data.train_x.device.type == "cpu"
