@@ -30,6 +30,14 @@ def test_train_then_eval(tmp_path, capsys):
     accs = {(p["attack"], p["eps"]): p["accuracy"] for p in result["curve"]}
     assert accs[("pgd", 0.1)] <= accs[("pgd", 0.05)] <= result["clean"]
 
+    # The same evaluation with the attacks under bf16 autocast agrees with fp32 within a few points.
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--subset", "50", "--amp", "bf16",
+                 "--out", str(tmp_path / "bf16.json")]) == 0
+    low = json.loads((tmp_path / "bf16.json").read_text())
+    assert low["amp"] == "bf16"
+    for p in low["curve"]:
+        assert abs(p["accuracy"] - accs[(p["attack"], p["eps"])]) <= 0.06, (p, accs)
+
 
 @pytest.mark.parametrize("edit, match", [
     (lambda t: t.replace('batch_size = 128', 'batch_size = "x"'), "data.batch_size must be an integer"),
