@@ -22,7 +22,11 @@ Pluggable pieces, each with a small registry so that other defenses can add thei
   reused, no extra forward pass) or negative *inputs* from elsewhere (re-forwarded with gradient), which is how a
   pool-based miner (TLA's semi-hard negatives from a pool of training images) plugs in: subclass
   :class:`NegativeMiner`, implement :meth:`~NegativeMiner.mine` returning ``Negatives(x=...)``, and register it.
+  ``pool`` — TLA's semi-hard negatives [C]: each step a pool of K clean training images, the nearest other-class
+  pool item by cosine similarity (:func:`nearest_other_class`), or a random other-class pool item (ablation).
   Anchors for which no negative exists (a batch holding a single class) get no triplet and contribute 0.
+* **positives**: the anchor's own clean x, or other images (:func:`sample_positive_indices`: TLA's different
+  training image of the same class).
 
 The regulariser R(x, y) = (λ/k) Σ hinge (AT²L §3.4) is :class:`TripletTerm`, registered as the add-on term
 ``triplet``; add it to any defense with ``[[defense.terms]]``. It reuses the defense's ``x_adv`` and logits
@@ -40,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustlab.attacks.base import model_mode
 from robustlab.defenses.base import LossOutput, LossTerm, register_term
 from robustlab.errors import ConfigError
 
@@ -111,6 +116,7 @@ class MiningRequest:
     anchor_logits: torch.Tensor | None    # logits at the anchors (for the predicted-class rule), (N, C)
     ctx: Any = None                       # the TrainContext (dataset, device, epoch) when called from training
     generator: torch.Generator | None = None
+    embedding: str = "logits"             # what the anchors are embedded as ("logits" | "features")
 
 
 @dataclass
@@ -210,6 +216,82 @@ class RandomOtherClassMiner(NegativeMiner):
         return Negatives(index=index, valid=valid)
 
 
+# --- pool-based mining and positives (TLA) ---------------------------------------------------------------------
+
+def nearest_other_class(anchor: torch.Tensor, pool: torch.Tensor, anchor_labels: torch.Tensor,
+                        pool_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """TLA's semi-hard negative [C]: per anchor, the pool item of another class with the highest cosine similarity.
+
+    ``anchor`` (N, D) and ``pool`` (K, D) are embeddings; S = cos(anchor_i, pool_j), entries with the anchor's own
+    label set to −∞ [R], then argmax over j: the plain cosine as in the reference code, not the |cos| of the
+    ``abs_cosine`` distance. Returns ``(index into the pool, valid)``; an anchor whose pool holds only its own
+    class gets index 0 and ``valid`` False.
+    """
+    similarity = F.normalize(anchor.flatten(1), dim=1, eps=1e-8) @ F.normalize(pool.flatten(1), dim=1, eps=1e-8).T
+    same = anchor_labels[:, None] == pool_labels[None, :]
+    similarity = similarity.masked_fill(same, float("-inf"))
+    return similarity.argmax(dim=1), (~same).any(dim=1)
+
+
+def draw_pool(train_x: torch.Tensor, train_y: torch.Tensor, size: int,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``size`` training images and labels drawn uniformly without replacement (all of them if ``size`` ≥ N)."""
+    order = torch.randperm(len(train_y), generator=generator, device=train_y.device)[:size]
+    return train_x[order], train_y[order]
+
+
+def sample_positive_indices(train_y: torch.Tensor, y: torch.Tensor, exclude: torch.Tensor | None = None,
+                            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """TLA's positives [C]: per label ``y[i]`` a training index of the same class drawn uniformly, other than
+    ``exclude[i]`` (the anchor's own training index, so the positive is a *different* image).
+
+    Returns ``(index into the training set, valid)``; a class with no other training image gives ``valid`` False.
+    """
+    y = y.to(train_y.device)
+    mask = train_y[None, :] == y[:, None]
+    if exclude is not None:
+        mask[torch.arange(len(y), device=mask.device), exclude.to(mask.device)] = False
+    return sample_uniform(mask, generator)
+
+
+POOL_CHOICES = ("nearest", "random")
+
+
+@register_miner("pool")
+class PoolMiner(NegativeMiner):
+    """TLA [C]: every call draws a pool of ``pool_size`` (K) clean training images from ``ctx.dataset``.
+
+    ``choice = "nearest"``: the pool and the anchors ``x_adv`` are embedded in eval mode without gradient and each
+    anchor takes :func:`nearest_other_class` (semi-hard: the pool size sets the hardness). ``"random"``: a uniform
+    other-class pool item (the random-negative ablation). The chosen images are returned as inputs, so
+    :class:`TripletLoss` re-forwards them with gradient.
+    """
+
+    def __init__(self, pool_size: int = 50, choice: str = "nearest"):
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+            raise ConfigError(f"pool_size must be an integer >= 1, got {pool_size!r}")
+        if choice not in POOL_CHOICES:
+            raise ConfigError(f"pool choice must be one of {list(POOL_CHOICES)}, got {choice!r}")
+        self.pool_size = pool_size
+        self.choice = choice
+
+    def mine(self, request: MiningRequest) -> Negatives:
+        dataset = getattr(request.ctx, "dataset", None)
+        if dataset is None:
+            raise ValueError("the 'pool' miner draws its pool from the training set and needs ctx.dataset")
+        pool_x, pool_y = draw_pool(dataset.train_x, dataset.train_y, self.pool_size)
+        device = request.x_adv.device
+        pool_x, pool_y, y = pool_x.to(device), pool_y.to(device), request.y.to(device)
+        if self.choice == "random":
+            index, valid = sample_uniform(pool_y[None, :] != y[:, None], request.generator)
+        else:
+            with torch.no_grad(), model_mode(request.model, "eval"):
+                pool_emb = embed(request.model, pool_x, request.embedding)[0]
+                anchor_emb = embed(request.model, request.x_adv, request.embedding)[0]
+            index, valid = nearest_other_class(anchor_emb, pool_emb, y, pool_y)
+        return Negatives(x=pool_x[index], valid=valid)
+
+
 # --- the triplet loss ------------------------------------------------------------------------------------------
 
 def triplet_hinge(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float,
@@ -299,7 +381,8 @@ class TripletLoss:
         positive = positive.flatten(1)
         request = MiningRequest(model=model, x=x, y=y, x_adv=x_adv, anchor=anchor.detach(),
                                 clean=clean.detach() if clean is not None else None,
-                                anchor_logits=anchor_logits.detach(), ctx=ctx, generator=generator)
+                                anchor_logits=anchor_logits.detach(), ctx=ctx, generator=generator,
+                                embedding=self.embedding)
         negatives = self.miner.mine(request)
         if negatives.index is not None:
             if clean is None:
@@ -324,7 +407,7 @@ class TripletOptions:
     weight: float = 1.0             # λ of R (λ2 in eq. 2)
     margin: float = 1.0             # α
     distance: str = "linf"          # linf | l2 | cosine | abs_cosine (or any registered distance)
-    negatives: str = "predicted"    # predicted | random (or any registered miner)
+    negatives: str = "predicted"    # predicted | random | pool (or any registered miner)
     embedding: str = field(default="logits", metadata={"choices": EMBEDDINGS})
     attack: str = ""                # craft x_adv with this attack when the defense has none ("": R = 0 then)
     eps: float = 0.3                # ε of ``attack``

@@ -1,0 +1,59 @@
+"""ALP: adversarial logit pairing (Kannan, Kurakin & Goodfellow 2018), the baseline of TLA (spec METHODS.md §3).
+
+Loss on a batch of k clean examples x with PGD examples x'::
+
+    L = α·CE(f(x), y) + β·CE(f(x'), y) + λ · (1/k) Σ_i ‖f(x_i) − f(x'_i)‖₂²
+
+f = the logits. The CE part is PGD-AT's clean/adversarial mix (:func:`mixed_adversarial_loss`); ALP trains on a
+half-clean, half-adversarial minibatch, i.e. ``mix = "weighted"`` with α = β = 0.5 (the default here);
+``mix = "adversarial"`` keeps only the adversarial CE (the pairing still uses a clean forward pass). The pairing
+loss is the squared L2 distance of the logits, averaged over the batch; λ = ``lam_pair`` (0.5 by default [R]: the
+weight is a tuned hyperparameter in the paper; keep it configurable). The attack and its schedule (warm-up, ε ramp,
+BN in eval mode) are PGD-AT's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from robustlab.defenses.adversarial import PGDAdversarialTraining, PGDATOptions, mixed_adversarial_loss
+from robustlab.defenses.base import LossOutput, register_defense
+from robustlab.defenses.standard import clean_loss
+from robustlab.errors import ConfigError
+
+
+def logit_pairing(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
+    """(1/k) Σ_i ‖z_i − z'_i‖₂²: the ALP pairing term on clean and adversarial logits."""
+    return (logits_clean - logits_adv).pow(2).sum(dim=1).mean()
+
+
+@dataclass
+class ALPOptions(PGDATOptions):
+    mix: str = field(default="weighted", metadata={"choices": ("adversarial", "weighted")})
+    lam_pair: float = 0.5           # λ: weight of the logit pairing [R]
+
+
+@register_defense("alp", ALPOptions)
+class ALP(PGDAdversarialTraining):
+    """PGD-AT's mixed CE plus λ × logit pairing; see the module docstring."""
+
+    def __init__(self, options: ALPOptions, terms=None):
+        if options.lam_pair < 0:
+            raise ConfigError(f"defense.lam_pair must be >= 0, got {options.lam_pair}")
+        super().__init__(options, terms)
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> LossOutput:
+        if ctx.epoch < self.options.warmup_epochs:
+            return clean_loss(model, x, y)
+        x_adv = self.attack(model, x, y)
+        w_clean, w_adv = self.weights()
+        out = mixed_adversarial_loss(model, x, x_adv, y, w_clean, w_adv)
+        if out.logits_clean is None:
+            out.logits_clean = model(x)
+        pairing = logit_pairing(out.logits_clean, out.logits_adv)
+        out.loss = out.loss + self.options.lam_pair * pairing
+        out.metrics.update(pairing=pairing.detach(), loss=out.loss.detach())
+        return out
