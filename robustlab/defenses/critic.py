@@ -1,0 +1,229 @@
+"""Adversary critic defense (Matyasko & Chau 2018, "Improved network robustness with adversary critic"; spec §2).
+
+A critic D (:class:`~robustlab.models.critic.AdversaryCritic`) learns to tell real pairs (x, y) from adversarial
+pairs (x̂, ŷ), x̂ = A_f(x) the classifier's own differentiable high-confidence attack
+(:mod:`robustlab.attacks.critic_unrolled`), ŷ = argmax f(x̂). The classifier learns to make its adversarial
+examples look real to D, i.e. to need perturbations that really change the class.
+
+Per batch (the engine calls ``before_step`` then ``loss``; schedule of the reference code):
+
+1. ``before_step``: clean logits → running confidence m updated (:class:`RunningConfidence`, [R] before the attack
+   reads it); t = closest boundary from the predicted label; x̂ = A_f(x) with C = m[t], its graph to the weights
+   kept for step 3 (the model does not change before then, so the critic step sees the same x̂, detached);
+2. one critic Adam step (lr 1e-3, β1 0.5) on (:func:`critic_loss`)
+   L_D = BCE(D(x)_y, 1) + BCE(D(x̂)_ŷ, 0) + λ_grad·[mean(‖∇ₓD(x)_y‖ − 1)² + mean(‖∇_x̂ D(x̂)_ŷ‖ − 1)²],
+   the gradient penalty at the real and at the adversarial points separately (no interpolation);
+3. the classifier loss (paper eqs. 3, 6), M = {i : argmax f(x̂_i) ≠ argmax f(x_i)}:
+   L_f = CE(f(x), y) + λ·mean_M BCE(D(x̂)_ŷ, 1) + λ_rec·mean_M ‖x − x_rec‖₂² (``cycle = "squared"``, the code) or
+   ‖x − x_rec‖₂ (``"l2"``, the paper's eq. 6) [R], x_rec = A_f(stopgrad(x̂)) toward argmax f(x) with per-example
+   C = max softmax f(x) (detached) [R]. x̂ and x_rec keep their graph: the gradient reaches the weights through the
+   attacks (second order). D's parameters enter L_f detached, so the main backward never touches D. Empty M: the
+   two terms are 0.
+
+Pretraining (``pretrain_epochs`` = 1): CE + ``pretrain_weight_decay``·½Σ‖W‖² over the weight matrices of every layer
+but the output layer (the last ``nn.Linear``, [R]); m is updated there too, so the attack starts from an estimate.
+The critic's learning rate follows the classifier's schedule (halved every 40 epochs in the paper) [R].
+D's noise layers are on in both steps (train mode). m is saved in the checkpoint (``extra_state``): resume is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from robustlab.attacks.critic_unrolled import RunningConfidence, training_target, unrolled_high_confidence_attack
+from robustlab.attacks.perturbation import flat_norm
+from robustlab.defenses.base import Defense, LossOutput, register_defense
+from robustlab.errors import ConfigError
+from robustlab.models.critic import AdversaryCritic
+from robustlab.schedule import lr_factor
+
+
+def gradient_penalty(score: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(z, mean_i (‖∇ₓ z_i‖₂ − 1)²)`` with z = score(x) per example; differentiable in score's parameters."""
+    x = x.detach().requires_grad_(True)
+    z = score(x)
+    (g,) = torch.autograd.grad(z.sum(), x, create_graph=True)
+    return z, (flat_norm(g) - 1).square().mean()
+
+
+def critic_loss(critic: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, y_adv: torch.Tensor,
+                grad_weight: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L_D of spec §2: real pairs (x, y) → 1, adversarial pairs (x̂, ŷ) → 0, gradient penalty at each separately."""
+    z_real, gp_real = gradient_penalty(lambda v: critic(v, y), x)
+    z_adv, gp_adv = gradient_penalty(lambda v: critic(v, y_adv), x_adv)
+    bce = (F.binary_cross_entropy_with_logits(z_real, torch.ones_like(z_real))
+           + F.binary_cross_entropy_with_logits(z_adv, torch.zeros_like(z_adv)))
+    loss = bce + grad_weight * (gp_real + gp_adv)
+    metrics = {"critic_loss": loss.detach(), "critic_gp": (gp_real + gp_adv).detach(),
+               "critic_acc_real": (z_real.detach() > 0).float().mean(),
+               "critic_acc_adv": (z_adv.detach() < 0).float().mean()}
+    return loss, metrics
+
+
+def cycle_distance(x: torch.Tensor, x_rec: torch.Tensor, squared: bool) -> torch.Tensor:
+    """Per-example ‖x − x_rec‖₂² (``squared``) or ‖x − x_rec‖₂."""
+    sq = (x - x_rec).flatten(1).square().sum(1)
+    return sq if squared else torch.sqrt(sq + 1e-12)
+
+
+def output_layer(model: nn.Module) -> nn.Linear:
+    """The classifier's output layer: its last ``nn.Linear`` module [R]."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"{type(model).__name__} has no nn.Linear output layer for the pretraining weight decay")
+    return linears[-1]
+
+
+def hidden_weight_decay(model: nn.Module) -> torch.Tensor:
+    """½Σ‖W‖² over the weight matrices / kernels (dim ≥ 2) of every layer but the output layer."""
+    skip = {id(p) for p in output_layer(model).parameters()}
+    weights = [p for p in model.parameters() if p.dim() >= 2 and id(p) not in skip]
+    return 0.5 * sum(w.square().sum() for w in weights)
+
+
+@dataclass
+class AdversaryCriticOptions:
+    lam: float = 0.5  # λ: weight of the critic term (paper: 0.5 FC, 0.1 LeNet-5)
+    lam_rec: float = 0.01  # λ_rec: cycle-consistency weight
+    lam_grad: float = 10.0  # λ_grad: gradient-penalty weight in the critic loss
+    cycle: str = field(default="squared", metadata={"choices": ("squared", "l2")})  # code / paper eq. (6) [R]
+    steps: int = 5  # N unrolled attack steps
+    overshoot: float = 0.05
+    attack_eps: float = 1e-8
+    confidence_momentum: float = 0.5  # running-mean momentum μ [R]
+    pretrain_epochs: int = 1
+    pretrain_weight_decay: float = 5e-6
+    critic_lr: float = 1e-3
+    critic_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    critic_hidden: list[int] = field(default_factory=lambda: [1200, 1200])
+    critic_input_noise: float = 0.1
+    critic_hidden_noise: float = 0.5
+    critic_negative_slope: float = 0.2
+
+
+@register_defense("adversary_critic", AdversaryCriticOptions)
+class AdversaryCriticDefense(Defense):
+    """Critic step in ``before_step``, classifier loss in ``loss`` (see the module docstring)."""
+
+    def __init__(self, options: AdversaryCriticOptions, terms=None):
+        o = options
+        if min(o.lam, o.lam_rec, o.lam_grad, o.overshoot, o.pretrain_weight_decay,
+               o.critic_input_noise, o.critic_hidden_noise, o.critic_negative_slope) < 0:
+            raise ConfigError("defense.lam, lam_rec, lam_grad, overshoot, pretrain_weight_decay and the critic's "
+                              "noise and slope must be >= 0")
+        if o.steps < 1 or o.pretrain_epochs < 0 or o.attack_eps <= 0:
+            raise ConfigError("defense.steps must be >= 1, pretrain_epochs >= 0 and attack_eps > 0")
+        if not 0 <= o.confidence_momentum < 1:
+            raise ConfigError(f"defense.confidence_momentum must be in [0, 1), got {o.confidence_momentum}")
+        if o.critic_lr <= 0 or len(o.critic_betas) != 2 or not all(0 <= b < 1 for b in o.critic_betas):
+            raise ConfigError("defense.critic_lr must be > 0 and critic_betas two numbers in [0, 1)")
+        if not o.critic_hidden or any(h < 1 for h in o.critic_hidden):
+            raise ConfigError(f"defense.critic_hidden must list sizes >= 1, got {o.critic_hidden}")
+        super().__init__(options, terms)
+        self.critic: AdversaryCritic | None = None
+        self.critic_opt: torch.optim.Optimizer | None = None
+        self.confidence: RunningConfidence | None = None
+        self._prepared: tuple | None = None
+
+    # --- state ---------------------------------------------------------------------------------------------------
+    def setup(self, model: nn.Module, ctx) -> None:
+        o, data = self.options, ctx.dataset
+        self.critic = AdversaryCritic(data.train_x[0].numel(), data.num_classes, o.critic_hidden,
+                                      o.critic_input_noise, o.critic_hidden_noise, o.critic_negative_slope
+                                      ).to(ctx.device)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=o.critic_lr, betas=tuple(o.critic_betas))
+        self.confidence = RunningConfidence(data.num_classes, o.confidence_momentum)
+        output_layer(model)  # fail early on a model without one
+
+    def aux_modules(self) -> dict[str, nn.Module]:
+        return {"critic": self.critic} if self.critic is not None else {}
+
+    def aux_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"critic_opt": self.critic_opt} if self.critic_opt is not None else {}
+
+    def extra_state(self) -> dict:
+        return {"confidence": self.confidence.state_dict()["mean"]} if self.confidence is not None else {}
+
+    def load_extra_state(self, state: dict) -> None:
+        if "confidence" in state:
+            self.confidence.load_state_dict({"mean": state["confidence"]})
+
+    def on_epoch_start(self, model: nn.Module, ctx) -> None:
+        factor = lr_factor(ctx.config.schedule, ctx.epoch, ctx.config.run.epochs)
+        for group in self.critic_opt.param_groups:
+            group["lr"] = self.options.critic_lr * factor
+
+    def on_epoch_end(self, model: nn.Module, ctx) -> dict[str, float]:
+        return {"confidence_mean": round(float(self.confidence.mean.mean()), 6)}
+
+    def pretraining(self, ctx) -> bool:
+        return ctx.epoch < self.options.pretrain_epochs
+
+    # --- per batch -----------------------------------------------------------------------------------------------
+    def before_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> None:
+        """Update m; unless pretraining: x̂ = A_f(x) (graph kept for :meth:`loss`) and one critic step."""
+        self._prepared = None
+        if self.pretraining(ctx):
+            with torch.no_grad():
+                self.confidence.update(model(x))
+            return
+        target, logits = training_target(model, x)
+        self.confidence.update(logits)
+        o = self.options
+        x_hat = unrolled_high_confidence_attack(model, x, target, self.confidence[target], steps=o.steps,
+                                                overshoot=o.overshoot, eps=o.attack_eps, differentiable=True)
+        with torch.no_grad():
+            y_hat = model(x_hat).argmax(1)
+        self.critic.train()
+        loss, metrics = critic_loss(self.critic, x, y, x_hat.detach(), y_hat, o.lam_grad)
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.critic_opt.step()
+        metrics["rho_adv"] = (flat_norm(x_hat.detach() - x) / flat_norm(x).clamp_min(1e-12)).mean()
+        self._prepared = (x, x_hat, y_hat, metrics)
+
+    def critic_logit_for_classifier(self, x_hat: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
+        """D(x̂)_ŷ with D's parameters detached: its gradient reaches x̂ (and through it f) only."""
+        params = {name: p.detach() for name, p in self.critic.named_parameters()}
+        return functional_call(self.critic, params, (x_hat, y_hat))
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> LossOutput:
+        o = self.options
+        logits = model(x)
+        ce = F.cross_entropy(logits, y)
+        metrics = {"ce": ce.detach(), "acc": logits.detach().argmax(1).eq(y).float().mean()}
+        if self.pretraining(ctx):
+            loss = ce + o.pretrain_weight_decay * hidden_weight_decay(model)
+            metrics["loss"] = loss.detach()
+            return LossOutput(loss, metrics, logits_clean=logits)
+        prepared, self._prepared = self._prepared, None
+        if prepared is None or prepared[0] is not x:  # called without before_step (e.g. directly in a test)
+            self.before_step(model, x, y, ctx)
+            prepared, self._prepared = self._prepared, None
+        _, x_hat, y_hat, step_metrics = prepared
+        metrics.update(step_metrics)
+        predicted = logits.detach().argmax(1)
+        fooled = y_hat.ne(predicted)
+        metrics["fooled"] = fooled.float().mean()
+        adv_term = rec_term = torch.zeros((), dtype=logits.dtype, device=x.device)
+        if fooled.any():
+            z = self.critic_logit_for_classifier(x_hat[fooled], y_hat[fooled])
+            adv_term = F.binary_cross_entropy_with_logits(z, torch.ones_like(z))
+            confidence = F.softmax(logits.detach()[fooled], dim=1).amax(1)
+            x_rec = unrolled_high_confidence_attack(model, x_hat[fooled].detach(), predicted[fooled], confidence,
+                                                    steps=o.steps, overshoot=o.overshoot, eps=o.attack_eps)
+            rec_term = cycle_distance(x[fooled], x_rec, o.cycle == "squared").mean()
+        loss = ce + o.lam * adv_term + o.lam_rec * rec_term
+        metrics.update({"adv_term": adv_term.detach(), "rec_term": rec_term.detach(), "loss": loss.detach()})
+        return LossOutput(loss, metrics, x_adv=x_hat, logits_clean=logits)
+
+
+__all__ = ["AdversaryCriticDefense", "AdversaryCriticOptions", "critic_loss", "cycle_distance",
+           "gradient_penalty", "hidden_weight_decay", "output_layer"]
