@@ -84,6 +84,17 @@ def all_reduce_sum(tensor: torch.Tensor, env: DistributedEnv) -> torch.Tensor:
     return tensor
 
 
+def sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over the data-parallel processes in place (identity when not running under torchrun).
+
+    For statistics a defense keeps per batch (the adversary critic's running confidence), where the recipe has
+    no :class:`DistributedEnv` at hand.
+    """
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
 def barrier(env: DistributedEnv) -> None:
     if env.enabled:
         dist.barrier()

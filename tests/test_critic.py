@@ -150,6 +150,23 @@ def test_running_confidence_by_hand():
         restored.load_state_dict({"mean": torch.ones(4)})
 
 
+def test_running_confidence_reduced_over_processes_equals_the_global_batch():
+    """Under torchrun each process sees half the batch; summing the per-class statistics gives the global m."""
+    torch.manual_seed(0)
+    logits = torch.randn(40, 4) * 3
+    first, second = logits[:20], logits[20:]
+    seen = {}
+    RunningConfidence(4).update(second, reduce=lambda t: seen.setdefault("other", t.clone()))
+    split = RunningConfidence(4)
+    split.update(first, reduce=lambda t: t + seen["other"])  # what all_reduce(sum) returns on process 0
+    whole = RunningConfidence(4)
+    whole.update(logits)
+    assert torch.allclose(split.mean, whole.mean)
+    alone = RunningConfidence(4)
+    alone.update(first)
+    assert not torch.allclose(alone.mean, whole.mean)  # without the reduction the processes would disagree
+
+
 # --- critic, gradient penalty, cycle term ------------------------------------------------------------------------
 def test_gradient_penalty_by_hand():
     w = torch.tensor([0.0, 3.0, 4.0])  # ‖w‖ = 5

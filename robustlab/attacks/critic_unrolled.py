@@ -19,6 +19,8 @@ c (b_c = m_c when none), once per batch, is a resolution [R] of the reference co
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -68,13 +70,23 @@ class RunningConfidence:
         self.mean = torch.ones(num_classes, dtype=torch.float64)
 
     @torch.no_grad()
-    def update(self, logits: torch.Tensor) -> torch.Tensor:
+    def update(self, logits: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+               ) -> torch.Tensor:
+        """One batch's update, on the logits' device (no host sync).
+
+        ``reduce`` sums a tensor over data-parallel processes (``robustlab.distributed.sum_over_processes``): the
+        per-class counts and confidence sums are reduced before b is formed, so every process holds the m of the
+        global batch.
+        """
         probs = F.softmax(logits.detach().double(), dim=1)
         conf, pred = probs.max(1)
         k = self.mean.numel()
-        pred, conf = pred.cpu(), conf.cpu()
+        self.mean = self.mean.to(logits.device)
         counts = torch.bincount(pred, minlength=k).double()
-        sums = torch.zeros(k, dtype=torch.float64).index_add_(0, pred, conf)
+        sums = torch.zeros(k, dtype=torch.float64, device=logits.device).index_add_(0, pred, conf)
+        if reduce is not None:
+            stacked = reduce(torch.stack([counts, sums]))
+            counts, sums = stacked[0], stacked[1]
         batch = torch.where(counts > 0, sums / counts.clamp_min(1), self.mean)
         self.mean = self.momentum * self.mean + (1 - self.momentum) * batch
         return self.mean
@@ -84,7 +96,7 @@ class RunningConfidence:
         return self.mean.to(classes.device)[classes]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"mean": self.mean.clone()}
+        return {"mean": self.mean.detach().cpu().clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         mean = torch.as_tensor(state["mean"], dtype=torch.float64).cpu()

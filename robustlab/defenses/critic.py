@@ -39,6 +39,7 @@ from torch.func import functional_call
 from robustlab.attacks.critic_unrolled import RunningConfidence, training_target, unrolled_high_confidence_attack
 from robustlab.attacks.perturbation import flat_norm
 from robustlab.defenses.base import Defense, LossOutput, register_defense
+from robustlab.distributed import sum_over_processes
 from robustlab.errors import ConfigError
 from robustlab.models.critic import AdversaryCritic
 from robustlab.schedule import lr_factor
@@ -172,10 +173,10 @@ class AdversaryCriticDefense(Defense):
         self._prepared = None
         if self.pretraining(ctx):
             with torch.no_grad():
-                self.confidence.update(model(x))
+                self.confidence.update(model(x), reduce=sum_over_processes)
             return
         target, logits = training_target(model, x)
-        self.confidence.update(logits)
+        self.confidence.update(logits, reduce=sum_over_processes)
         o = self.options
         x_hat = unrolled_high_confidence_attack(model, x, target, self.confidence[target], steps=o.steps,
                                                 overshoot=o.overshoot, eps=o.attack_eps, differentiable=True)
