@@ -34,9 +34,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import train_or_reuse  # noqa: E402
 from robustlab.attacks import build_attack  # noqa: E402
-from robustlab.checkpoint import atomic_write_text, find_latest_checkpoint  # noqa: E402
-from robustlab.config import load_config  # noqa: E402
+from robustlab.checkpoint import atomic_write_text  # noqa: E402
 from robustlab.engine import Trainer  # noqa: E402
 from robustlab.evaluate import accuracy  # noqa: E402
 
@@ -63,22 +63,12 @@ def slug(label: str) -> str:
 def train_one(label: str, config_path: str, overrides: list[str], seed: int, epochs: int | None, runs: Path,
               log) -> tuple[Trainer, float]:
     run_dir = runs / f"{slug(label)}_s{seed}"
-    sets = [*overrides, f"run.seed={seed}", f"run.out_dir={json.dumps(str(run_dir))}", "run.progress=false",
-            "run.device=\"cpu\"",
-            # Figure 2: the classifier's test accuracy, clean and FGSM, every epoch (cheap for the MLP).
-            "eval.every=1", "eval.attacks=[\"fgsm\"]", "eval.eps=[0.1, 0.25]", "eval.subset=1000",
-            "defense.eval_subset=1000"]
-    if epochs:
-        sets.append(f"run.epochs={epochs}")
-    config = load_config(ROOT / config_path, sets)
-    ckpt = find_latest_checkpoint(run_dir) if run_dir.exists() else None
+    overrides = [*overrides,
+                 # Figure 2: the classifier's test accuracy, clean and FGSM, every epoch (cheap for the MLP).
+                 "eval.every=1", "eval.attacks=[\"fgsm\"]", "eval.eps=[0.1, 0.25]", "eval.subset=1000",
+                 "defense.eval_subset=1000"]
     started = time.perf_counter()
-    trainer = Trainer(config, resume=ckpt is not None, log=lambda m: None)
-    if trainer.start_epoch < config.run.epochs:
-        log(f"[{label} seed {seed}] training {config.run.epochs - trainer.start_epoch} epochs -> {run_dir}")
-        trainer.fit()
-    else:
-        log(f"[{label} seed {seed}] reusing the finished run in {run_dir}")
+    trainer = train_or_reuse(config_path, run_dir, label, seed=seed, overrides=overrides, epochs=epochs, log=log)
     return trainer, time.perf_counter() - started
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import mean_std  # noqa: E402
 from robustlab.attacks import build_attack  # noqa: E402
 from robustlab.checkpoint import find_latest_checkpoint, load_checkpoint  # noqa: E402
 from robustlab.config import load_config  # noqa: E402
@@ -116,14 +116,6 @@ def evaluate(run_dir: Path, epoch: int, args, final: bool) -> dict:
         n = args.cw_subset
         row["cw"] = 1 - accuracy(model, x[:n], y[:n], attack=cw, batch_size=n)
     return {k: 100 * v for k, v in row.items()}
-
-
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 def table(results: dict, args) -> str:

@@ -36,8 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.a3t import machine_facts  # noqa: E402
+from common import train_or_reuse  # noqa: E402
 from robustlab.attacks import build_attack  # noqa: E402
-from robustlab.checkpoint import atomic_write_text, find_latest_checkpoint  # noqa: E402
+from robustlab.checkpoint import atomic_write_text  # noqa: E402
 from robustlab.config import load_config  # noqa: E402
 from robustlab.engine import Trainer  # noqa: E402
 from robustlab.evaluate import accuracy, minimal_attack_outcome  # noqa: E402
@@ -57,20 +58,8 @@ RHO_ATTACKS = ("deepfool", "cw_l2", "critic_hc")
 
 
 def train_one(arch: str, defense: str, seed: int, args, log) -> Trainer:
-    run_dir = Path(args.runs) / f"{arch}_{defense}_s{seed}"
-    sets = [f"run.seed={seed}", f"run.out_dir={json.dumps(str(run_dir))}", "run.progress=false",
-            'run.device="cpu"']
-    if args.epochs:
-        sets.append(f"run.epochs={args.epochs}")
-    if args.train_subset:
-        sets.append(f"data.train_subset={args.train_subset}")
-    config = load_config(ROOT / f"configs/critic/cpu/{arch}_{defense}.toml", sets)
-    ckpt = find_latest_checkpoint(run_dir) if run_dir.exists() else None
-    trainer = Trainer(config, resume=ckpt is not None, log=lambda m: None)
-    if trainer.start_epoch < config.run.epochs:
-        log(f"[{arch} {defense} seed {seed}] training {config.run.epochs - trainer.start_epoch} epochs -> {run_dir}")
-        trainer.fit()
-    return trainer
+    return train_or_reuse(f"configs/critic/cpu/{arch}_{defense}.toml", Path(args.runs) / f"{arch}_{defense}_s{seed}",
+                          f"{arch} {defense}", seed=seed, epochs=args.epochs, train_subset=args.train_subset, log=log)
 
 
 def rho_attacks(args) -> dict[str, object]:

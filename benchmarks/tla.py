@@ -44,6 +44,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import mean_std  # noqa: E402
 from robustlab.attacks import build_attack  # noqa: E402
 from robustlab.checkpoint import find_latest_checkpoint, load_checkpoint  # noqa: E402
 from robustlab.config import load_config  # noqa: E402
@@ -139,14 +140,6 @@ def evaluate(run_dir: Path, args, long_steps: list[int]) -> tuple[dict, dict]:
     row["knn_clean"] = knn_retrieval_precision(emb[:n], ys, train_emb, data.train_y, k=args.knn_k)
     row["knn_adv"] = knn_retrieval_precision(emb[n:], ys, train_emb, data.train_y, k=args.knn_k)
     return {k: 100 * v for k, v in row.items()}, curves
-
-
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 def columns(args) -> list[tuple[str, str]]:

@@ -1,0 +1,50 @@
+"""Helpers shared by the reproduction benchmarks: train-or-reuse a run, and mean ± std cells."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from robustlab.checkpoint import find_latest_checkpoint  # noqa: E402
+from robustlab.config import load_config  # noqa: E402
+from robustlab.engine import Trainer  # noqa: E402
+
+
+def train_or_reuse(config_file: str | Path, run_dir: Path, label: str, *, seed: int, overrides: list[str] = (),
+                   epochs: int | None = None, train_subset: int | None = None,
+                   log: Callable[[str], None] = print) -> Trainer:
+    """Train ``config_file`` (relative to the repo) into ``run_dir`` on the CPU, without progress bars.
+
+    A finished run is reused and an interrupted one resumed from its last checkpoint, so a rerun of a benchmark
+    only trains what is missing (training is seeded and deterministic on the CPU: the numbers do not change).
+    """
+    sets = [*overrides, f"run.seed={seed}", f"run.out_dir={json.dumps(str(run_dir))}", "run.progress=false",
+            'run.device="cpu"']
+    if epochs:
+        sets.append(f"run.epochs={epochs}")
+    if train_subset:
+        sets.append(f"data.train_subset={train_subset}")
+    config = load_config(ROOT / config_file, sets)
+    ckpt = find_latest_checkpoint(run_dir) if run_dir.exists() else None
+    trainer = Trainer(config, resume=ckpt is not None, log=lambda m: None)
+    if trainer.start_epoch < config.run.epochs:
+        log(f"[{label} seed {seed}] training {config.run.epochs - trainer.start_epoch} epochs -> {run_dir}")
+        trainer.fit()
+    else:
+        log(f"[{label} seed {seed}] reusing the finished run in {run_dir}")
+    return trainer
+
+
+def mean_std(values: list[float], digits: int = 1) -> str:
+    """"m ± s" (sample std) over seeds; one value alone; "–" for none."""
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
