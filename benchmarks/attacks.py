@@ -234,8 +234,9 @@ def compare(batch: int = 256, repeats: int = 3, budget: float = 120.0, attacks: 
         for lib in result.libraries:
             suites[lib][attack](x[:WARMUP], y[:WARMUP])
             best[lib], spent[lib], done[lib] = float("inf"), 0.0, 0
-        for _ in range(repeats):
-            for lib in result.libraries:
+        for round_index in range(repeats):
+            shift = round_index % len(result.libraries)  # rotate who goes first: no library always runs cold
+            for lib in result.libraries[shift:] + result.libraries[:shift]:
                 if done[lib] and spent[lib] >= budget:
                     continue
                 torch.manual_seed(0)
@@ -256,8 +257,8 @@ def settings_text(repeats: int, budget: float) -> list[str]:
     return [f"settings: PGD-40 L∞ ε {EPS}, step {ALPHA}, random start; PGD-40 L2 ε {L2_EPS}, step {L2_ALPHA}, "
             f"random start; C&W-L2 {CW_STEPS} iterations, 1 binary step, c {CW_C:g}, lr {CW_LR}, κ 0 (robustlab "
             f"without early abort); DeepFool {DF_STEPS} steps, overshoot {DF_OVERSHOOT}, all classes",
-            f"timing: warm-up on {WARMUP} images, then {repeats} rounds in which the libraries alternate, one call "
-            f"each on the whole batch; the best call counts (fewer calls for a library whose calls already took "
+            f"timing: warm-up on {WARMUP} images, then {repeats} rounds in which the libraries alternate (the first "
+            f"one rotating), one call each on the whole batch; the best call counts (fewer calls for a library whose calls already took "
             f"{budget:g} s); images/s = batch size / best time; in parentheses the "
             "accuracy left after the attack and the forward passes per image of the model (counted by a hook)"]
 

@@ -35,6 +35,25 @@ def test_attack_restores_each_module_mode_and_leaves_no_parameter_gradients(trai
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_attacks_run_with_parameters_frozen_and_restore_each_flag(batch):
+    from robustlab.attacks import DeepFool
+    from robustlab.attacks.base import parameters_frozen
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    model[3].bias.requires_grad_(False)  # a deliberately frozen parameter stays frozen
+    seen = []
+    model.register_forward_hook(lambda m, i, o: seen.append(any(p.requires_grad for p in m.parameters())))
+    x, y = batch
+    PGD(0.1, steps=2)(model, x, y)
+    DeepFool(max_iter=2)(model, x, y)
+    assert seen and not any(seen)  # no forward pass inside an attack records parameter gradients
+    assert [p.requires_grad for p in model.parameters()] == [True, True, True, False]
+    with pytest.raises(RuntimeError):
+        with parameters_frozen(model):
+            raise RuntimeError("boom")
+    assert [p.requires_grad for p in model.parameters()] == [True, True, True, False]  # restored on errors too
+
+
 def test_model_mode_context_sets_and_restores():
     model = nn.Sequential(nn.Linear(2, 2), nn.Dropout())
     with model_mode(model, "eval"):

@@ -3,8 +3,8 @@
 An attack is constructed with its threat model (norm, ε, steps, ...) and called on a batch. It works on the
 model's device, returns a detached tensor in the [0,1] box, puts the model in the mode it asks for (eval by
 default: dropout off, batch-norm statistics frozen) and restores every submodule's mode afterwards. Gradients
-are taken with ``torch.autograd.grad`` with respect to the input only (``losses.loss_gradient``), so nothing
-accumulates on parameters.
+are taken with ``torch.autograd.grad`` with respect to the input only (``losses.loss_gradient``), with the
+parameters' ``requires_grad`` off for the call, so nothing accumulates on parameters.
 """
 
 from __future__ import annotations
@@ -36,6 +36,25 @@ def model_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
             module.training = training
 
 
+@contextlib.contextmanager
+def parameters_frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Turn off ``requires_grad`` on the model's parameters for the duration of an attack, then restore each flag.
+
+    Attacks differentiate with respect to the input only; with the parameters frozen, autograd neither records nor
+    keeps what their gradients would need, which makes every attack step cheaper (about 5% for PGD on LeNet-5 here,
+    ``benchmarks/peers.py``). The differentiable training attack of the adversary critic, which needs parameter
+    gradients through the attack, does not go through an :class:`Attack` call.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 class Attack(ABC):
     """Base class: subclasses implement :meth:`perturb`; ``__call__`` owns the model mode and detaching."""
 
@@ -47,7 +66,7 @@ class Attack(ABC):
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x and y disagree on the batch size: {x.shape[0]} vs {y.shape[0]}")
-        with model_mode(model, self.model_mode):
+        with model_mode(model, self.model_mode), parameters_frozen(model):
             x_adv = self.perturb(model, x.detach(), y.detach())
         return x_adv.detach()
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from robustlab.attacks.base import Attack, model_mode
+from robustlab.attacks.base import Attack, model_mode, parameters_frozen
 
 
 def flat_norm(t: torch.Tensor) -> torch.Tensor:
@@ -93,7 +93,7 @@ class MinimalAttack(Attack):
         """Like ``__call__`` (checks, model mode, detaching) but returns the whole :class:`MinimalResult`."""
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x and y disagree on the batch size: {x.shape[0]} vs {y.shape[0]}")
-        with model_mode(model, self.model_mode):
+        with model_mode(model, self.model_mode), parameters_frozen(model):
             return self.search(model, x.detach(), y.detach())
 
     def perturb_with_success(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
