@@ -258,8 +258,8 @@ def settings_text(repeats: int, budget: float) -> list[str]:
             f"random start; C&W-L2 {CW_STEPS} iterations, 1 binary step, c {CW_C:g}, lr {CW_LR}, κ 0 (robustlab "
             f"without early abort); DeepFool {DF_STEPS} steps, overshoot {DF_OVERSHOOT}, all classes",
             f"timing: warm-up on {WARMUP} images, then {repeats} rounds in which the libraries alternate (the first "
-            f"one rotating), one call each on the whole batch; the best call counts (fewer calls for a library whose calls already took "
-            f"{budget:g} s); images/s = batch size / best time; in parentheses the "
+            f"one rotating), one call each on the whole batch; the best call counts (fewer calls for a library "
+            f"whose calls already took {budget:g} s); images/s = batch size / best time; in parentheses the "
             "accuracy left after the attack and the forward passes per image of the model (counted by a hook)"]
 
 

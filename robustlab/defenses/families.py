@@ -5,3 +5,10 @@ import robustlab.defenses.adversarial  # noqa: F401
 import robustlab.defenses.standard  # noqa: F401
 import robustlab.defenses.at2l  # noqa: F401
 import robustlab.defenses.triplet  # noqa: F401
+import robustlab.defenses.critic  # noqa: F401
+import robustlab.defenses.vat  # noqa: F401
+import robustlab.defenses.margin  # noqa: F401
+import robustlab.defenses.tla  # noqa: F401
+import robustlab.defenses.alp  # noqa: F401
+import robustlab.defenses.l2p  # noqa: F401
+import robustlab.defenses.pni  # noqa: F401
