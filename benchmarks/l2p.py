@@ -37,12 +37,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.a3t import machine_facts, mean_std  # noqa: E402
+from a3t import machine_facts, mean_std  # noqa: E402  (benchmarks/ is on sys.path: this script's folder)
+from common import train_or_reuse  # noqa: E402
 from robustlab import checks as masking  # noqa: E402
 from robustlab.attacks import build_attack  # noqa: E402
 from robustlab.attacks.transfer import TransferAttack  # noqa: E402
-from robustlab.checkpoint import atomic_write_text, find_latest_checkpoint  # noqa: E402
-from robustlab.config import load_config  # noqa: E402
+from robustlab.checkpoint import atomic_write_text  # noqa: E402
 from robustlab.engine import Trainer  # noqa: E402
 from robustlab.evaluate import accuracy, minimal_attack_outcome  # noqa: E402
 
@@ -54,21 +54,8 @@ NOISE_KEYS = {"PNI": "alpha_mean", "L2P-R": "theta_mean", "L2P": "theta_mean"}
 
 def train_one(label: str, seed: int, args, runs: Path, log) -> Trainer:
     run_dir = runs / f"{label.lower().replace('-', '_')}_s{seed}"
-    sets = [f"run.seed={seed}", f"run.out_dir={json.dumps(str(run_dir))}", "run.progress=false",
-            'run.device="cpu"']
-    if args.epochs:
-        sets.append(f"run.epochs={args.epochs}")
-    if args.train_subset:
-        sets.append(f"data.train_subset={args.train_subset}")
-    config = load_config(ROOT / METHODS[label], sets)
-    ckpt = find_latest_checkpoint(run_dir) if run_dir.exists() else None
-    trainer = Trainer(config, resume=ckpt is not None, log=lambda m: None)
-    if trainer.start_epoch < config.run.epochs:
-        log(f"[{label} seed {seed}] training {config.run.epochs - trainer.start_epoch} epochs -> {run_dir}")
-        trainer.fit()
-    else:
-        log(f"[{label} seed {seed}] reusing the finished run in {run_dir}")
-    return trainer
+    return train_or_reuse(METHODS[label], run_dir, label, seed=seed, epochs=args.epochs or None,
+                          train_subset=args.train_subset or None, log=log)
 
 
 def repeated(measure, repeats: int, seed: int) -> list[float]:
