@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         print(message, flush=True)
 
     started = time.perf_counter()
+    result = overhead = rows = None  # the sections that are skipped stay None
     command = "nice -n 10 .venv/bin/python benchmarks/peers.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     out = ["# Performance: robustlab vs its peers", "",
@@ -183,8 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 "throughput to 50,000 training images (a CIFAR-10 epoch) — the headline figure on a GPU.", "",
                 training_options.table(rows), ""]
 
-    out += ["## What the numbers say", "", *analysis(locals().get("result"), locals().get("overhead"),
-                                                      locals().get("rows"), args.device), ""]
+    out += ["## What the numbers say", "", *analysis(result, overhead, rows, args.device), ""]
     out.append(f"Total benchmark time {(time.perf_counter() - started) / 60:.1f} min; load average at the end "
                f"{os.getloadavg()[0]:.1f}.")
     Path(args.write).parent.mkdir(parents=True, exist_ok=True)
