@@ -48,11 +48,10 @@ from common import mean_std  # noqa: E402
 from robustlab.attacks import build_attack  # noqa: E402
 from robustlab.checkpoint import find_latest_checkpoint, load_checkpoint  # noqa: E402
 from robustlab.config import load_config  # noqa: E402
-from robustlab.detection import (centroid_scores, class_centroids, detection_auc, plot_roc,  # noqa: E402
-                                 softmax_scores)
+from robustlab.detection import plot_roc  # noqa: E402
 from robustlab.engine import Trainer  # noqa: E402
+from robustlab.metric_analysis import analyse_metric  # noqa: E402
 from robustlab.evaluate import attack_outcome, load_trained_model  # noqa: E402
-from robustlab.retrieval import feature_embeddings, knn_retrieval_precision  # noqa: E402
 
 CONFIGS = ROOT / "configs" / "tla" / "cpu"
 METHODS = {"AT": "at.toml", "ALP": "alp.toml", "TLA": "tla.toml"}
@@ -124,21 +123,11 @@ def evaluate(run_dir: Path, args, long_steps: list[int]) -> tuple[dict, dict]:
     m = min(args.long_subset, len(x))
     for steps in [100, *long_steps] if long_steps else []:
         row[f"pgd{steps}_sub"] = attack_outcome(model, x[:m], y[:m], attack=pgd(steps)).accuracy
-    # detection on clean ∪ PGD-100 inputs
-    inputs = torch.cat([xs, pgd100.x_adv])
-    labels = torch.cat([ys, ys])
-    with torch.no_grad():
-        logits = torch.cat([model(inputs[i:i + 500]) for i in range(0, len(inputs), 500)])
-    predicted = logits.argmax(1)
-    wrong = predicted.ne(labels)
-    emb = feature_embeddings(model, inputs)
-    train_emb = feature_embeddings(model, data.train_x)
-    centroids = class_centroids(train_emb, data.train_y, data.num_classes)
-    curves = {"softmax": detection_auc(softmax_scores(logits), wrong),
-              "centroid": detection_auc(centroid_scores(emb, predicted, centroids), wrong)}
-    row["auc_softmax"], row["auc_centroid"] = curves["softmax"].auc, curves["centroid"].auc
-    row["knn_clean"] = knn_retrieval_precision(emb[:n], ys, train_emb, data.train_y, k=args.knn_k)
-    row["knn_adv"] = knn_retrieval_precision(emb[n:], ys, train_emb, data.train_y, k=args.knn_k)
+    # detection on clean ∪ PGD-100 inputs, kNN for clean and PGD-100 queries
+    analysis = analyse_metric(model, xs, pgd100.x_adv, ys, data.train_x, data.train_y, data.num_classes,
+                              k=args.knn_k)
+    row.update({key: analysis.to_dict()[key] for key in ("auc_softmax", "auc_centroid", "knn_clean", "knn_adv")})
+    curves = analysis.curves
     return {k: 100 * v for k, v in row.items()}, curves
 
 

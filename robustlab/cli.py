@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="torch CPU threads (default: torch's, one per core; 1 is faster on a busy machine)")
     ev.add_argument("--out", help="output directory (default: the run directory); a path ending in .json names the "
                                   "JSON file, the other files go beside it")
+    ev.add_argument("--metric", action="store_true",
+                    help="also analyse the learned metric (TLA): misclassification-detection ROC-AUC from the max "
+                         "softmax and from the distance to class centroids, and kNN retrieval precision, on clean and "
+                         "PGD inputs (the first ε, the run's PGD settings, up to 1000 examples); writes a ROC plot")
     ev.add_argument("--fail-on-check", action="store_true", help="exit with status 1 if a masking check fails")
 
     demo = sub.add_parser("demo", help="standard training vs PGD-AT of LeNet-5 on MNIST-5k (a few CPU minutes)")
@@ -103,6 +107,31 @@ def _full_suite_eps(eps: list[float]) -> list[float]:
     """The full suite's default ε list from a run's: ε/2 and ε of its largest (a curve with the clean point)."""
     top = max(eps)
     return [round(top / 2, 6), top]
+
+
+def metric_report(model, data, x, y, eps: float, cfg, roc_path: Path, device) -> dict:
+    """``eval --metric``: :func:`robustlab.metric_analysis.analyse_metric` on clean and PGD inputs, printed and plotted."""
+    from robustlab.attacks import PGD
+    from robustlab.detection import plot_roc
+    from robustlab.metric_analysis import analyse_metric
+
+    n = min(len(x), cfg.subset or len(x), 1000)
+    xs, ys = x[:n].to(device), y[:n].to(device)
+    attack = PGD(eps, steps=cfg.pgd_steps, step_size=cfg.pgd_step_size or None)
+    x_adv = torch_cat_batches(lambda a, b: attack(model, a, b), xs, ys, cfg.batch_size)
+    analysis = analyse_metric(model, xs, x_adv, ys, data.train_x, data.train_y, data.num_classes)
+    plot_roc(analysis.curves, roc_path, title=f"Misclassification detection (clean ∪ PGD ε={eps:g}, {n} each)")
+    print(f"\nLearned metric on {n} clean + {n} PGD (ε={eps:g}) test inputs: detection ROC-AUC "
+          f"{100 * analysis.auc_softmax:.1f}% (max softmax), {100 * analysis.auc_centroid:.1f}% (centroid distance); "
+          f"kNN@{analysis.k} precision {100 * analysis.knn_clean:.1f}% clean, {100 * analysis.knn_adv:.1f}% PGD; "
+          f"ROC plot {roc_path}")
+    return {**analysis.to_dict(), "examples": n, "eps": eps, "roc_plot": str(roc_path)}
+
+
+def torch_cat_batches(fn, x, y, batch_size: int):
+    import torch
+
+    return torch.cat([fn(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -201,6 +230,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         stem = "eval" if args.suite == "quick" else "eval_full"
     extra = {"checkpoint": str(ckpt), "model": config.model, "defense": config.defense, "dataset": config.data.name,
              "epoch": state["epoch"], "device": str(device), "amp": args.amp, "eval": dataclasses.asdict(cfg)}
+    if args.metric:
+        extra["metric"] = metric_report(model, data, x, y, eps[0], cfg, out_dir / f"{stem}_roc.png", device)
     files = write_suite_report(result, out_dir, stem=stem, title=name, extra=extra)
     print(f"wrote {files['json']} and {', '.join(p.name for k, p in files.items() if k != 'json')} "
           f"({time.perf_counter() - t0:.0f} s in all)")

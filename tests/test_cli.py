@@ -38,6 +38,14 @@ def test_train_then_eval(tmp_path, capsys):
     for p in low["curve"]:
         assert abs(p["accuracy"] - accs[(p["attack"], p["eps"])]) <= 0.06, (p, accs)
 
+    # --metric adds the learned-metric analysis (detection AUC, kNN retrieval) and its ROC plot.
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--subset", "50", "--metric",
+                 "--out", str(tmp_path / "metric.json")]) == 0
+    metric = json.loads((tmp_path / "metric.json").read_text())["metric"]
+    assert metric["examples"] == 50 and 0.5 < metric["auc_softmax"] <= 1 and 0 <= metric["knn_adv"] <= 1
+    assert (tmp_path / "metric_roc.png").stat().st_size > 1000
+    assert "detection ROC-AUC" in capsys.readouterr().out
+
 
 @pytest.mark.parametrize("edit, match", [
     (lambda t: t.replace('batch_size = 128', 'batch_size = "x"'), "data.batch_size must be an integer"),

@@ -318,3 +318,18 @@ def test_alp_and_tla_short_runs_and_init_from(tmp_path):
     bad.model = {"name": "fc1200x3"}
     with pytest.raises(CheckpointError, match="init_from"):
         Trainer(bad, log=lambda _m: None)
+
+
+def test_analyse_metric_on_a_trained_model_separates_errors_and_loses_retrieval_under_attack(trained_digits_mlp,
+                                                                                              digits):
+    from robustlab.attacks import PGD
+    from robustlab.metric_analysis import analyse_metric
+
+    x, y = digits.test_x[:200], digits.test_y[:200]
+    x_adv = PGD(0.1, steps=10, step_size=0.02)(trained_digits_mlp, x, y)
+    result = analyse_metric(trained_digits_mlp, x, x_adv, y, digits.train_x, digits.train_y, 10, k=5)
+    assert 0.6 < result.auc_softmax <= 1.0 and 0.5 < result.auc_centroid <= 1.0  # both scores beat chance
+    assert result.knn_clean > 0.8 and result.knn_adv < result.knn_clean - 0.2  # the attack moves h(x) away
+    assert set(result.curves) == {"softmax", "centroid"} and result.to_dict()["k"] == 5
+    with pytest.raises(ValueError):
+        analyse_metric(trained_digits_mlp, x, x_adv[:10], y, digits.train_x, digits.train_y, 10)
