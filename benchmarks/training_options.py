@@ -4,7 +4,7 @@ mixed precision (``run.channels_last``, ``run.compile``, ``run.amp``).
 Each variant is a real robustlab training run (the engine, the ``pgd_at`` defense: ε 8/255, 7 steps, batch 128, SGD)
 of two epochs on ``--images`` training images; the second epoch's training time is the steady state (the first
 includes torch.compile's compilation, reported separately). On a CPU the times are the process's CPU seconds
-(``train_cpu_s``), on a GPU wall-clock seconds. Images/s are scaled to the headline figure: the time
+(``train_cpu_time_s``), on a GPU wall-clock seconds. Images/s are scaled to the headline figure: the time
 of one epoch of the 50,000 CIFAR-10 training images.
 
 Models: ResNet-V1(20) on CIFAR-10-shaped inputs (3×32×32, 10 classes) and LeNet-5 on Fashion-MNIST. The speed of a
@@ -89,7 +89,7 @@ def epoch_times(model: str, dataset: str, images: int, variant: Variant, device:
     trainer = Trainer(config, log=lambda _: None)
     trainer.fit()
     # CPU: this process's CPU seconds (not inflated by other jobs on a shared machine); GPU: wall-clock.
-    key = "train_time_s" if device.startswith("cuda") else "train_cpu_s"
+    key = "train_time_s" if device.startswith("cuda") else "train_cpu_time_s"
     first, second = (row[key] for row in trainer.history[:2])
     return first, second
 

@@ -324,7 +324,7 @@ class Trainer:
         row.update({f"train_{k}": round(v.item() / max(seen, 1), 6) for k, v in sums.items()})
         row.update(defense.on_epoch_end_all(model, ctx))
         row["train_time_s"] = round(time.perf_counter() - started, 3)
-        row["train_cpu_s"] = round(time.process_time() - cpu_started, 3)  # this process's CPU time, all threads
+        row["train_cpu_time_s"] = round(time.process_time() - cpu_started, 3)  # this process's CPU time, all threads
         if self.dist.is_main:
             row.update(self.evaluate_epoch(epoch))
         row["time_s"] = round(time.perf_counter() - started, 3)
