@@ -2,11 +2,11 @@
 
 Both do the same work on the same data in the same order: LeNet-5, Fashion-MNIST (first ``--train`` images),
 batch 128, Adam 1e-3, Madry PGD-AT (ε 0.1, 7 steps of 2.5ε/7, random start, attack in eval mode, loss on the
-adversarial batch only). Both are timed in CPU seconds of the process (``time.process_time``; for the engine its
-``train_cpu_time_s``: hooks, metrics and progress included), which other jobs on a shared machine do not inflate as they
-do wall-clock time; the engine's per-epoch test evaluation and checkpoint are timed separately (wall-clock). After
-a short warm-up, runs alternate (hand, engine) for ``--repeats`` rounds and the best of each is reported. Target
-(issue: performance): overhead ≤ 5%.
+adversarial batch only). Both are timed in CPU seconds of the process (``time.process_time``; for the engine
+its ``train_cpu_time_s``: hooks, metrics and progress included), which other jobs on a shared machine do not
+inflate as they do wall-clock time; the engine's per-epoch test evaluation and checkpoint are timed separately
+(wall-clock). After a short warm-up, runs alternate (hand, engine) for ``--repeats`` rounds and the best of each
+is reported. Target (issue: performance): overhead ≤ 5%.
 
     .venv/bin/python benchmarks/engine_overhead.py [--train 10000] [--repeats 3] [--dataset fashion_mnist]
 """
