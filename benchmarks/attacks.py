@@ -45,6 +45,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import write_report  # noqa: E402
 from robustlab.attacks import PGD, PGDL2, CarliniWagnerL2, DeepFool  # noqa: E402
 from robustlab.data import load_dataset  # noqa: E402
 from robustlab.models import build_model  # noqa: E402
@@ -291,9 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                 *[f"- {h}" for h in result.header + settings_text(args.repeats, args.budget)],
                 f"- libraries: {', '.join(result.versions.values())}", "", result.table(), "",
                 *[f"{v}.  " for v in result.verdicts()], *result.missing]
-        Path(args.write).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.write).write_text("\n".join(text).rstrip() + "\n")
-        print(f"wrote {args.write}")
+        write_report(args.write, text)
     return 0
 
 

@@ -48,3 +48,10 @@ def mean_std(values: list[float], digits: int = 1) -> str:
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def write_report(path: str | Path, lines: list[str]) -> None:
+    """Write a markdown report (parent folders created), one trailing newline."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("\n".join(lines).rstrip() + "\n")
+    print(f"wrote {path}", flush=True)

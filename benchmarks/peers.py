@@ -37,6 +37,7 @@ sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
 import attacks as attack_bench  # noqa: E402
+from common import write_report  # noqa: E402
 import engine_overhead  # noqa: E402
 import training_options  # noqa: E402
 
@@ -189,9 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     out += ["## What the numbers say", "", *analysis(result, overhead, rows, args.device), ""]
     out.append(f"Total benchmark time {(time.perf_counter() - started) / 60:.1f} min; load average at the end "
                f"{os.getloadavg()[0]:.1f}.")
-    Path(args.write).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.write).write_text("\n".join(out).rstrip() + "\n")
-    log(f"wrote {args.write}")
+    write_report(args.write, out)
     return 0
 
 
