@@ -113,12 +113,13 @@ def metric_report(model, data, x, y, eps: float, cfg, roc_path: Path, device) ->
     """``eval --metric``: :func:`robustlab.metric_analysis.analyse_metric` on clean and PGD inputs, printed and plotted."""
     from robustlab.attacks import PGD
     from robustlab.detection import plot_roc
+    from robustlab.evaluate import attack_outcome
     from robustlab.metric_analysis import analyse_metric
 
     n = min(len(x), cfg.subset or len(x), 1000)
-    xs, ys = x[:n].to(device), y[:n].to(device)
+    xs, ys = x[:n], y[:n]
     attack = PGD(eps, steps=cfg.pgd_steps, step_size=cfg.pgd_step_size or None)
-    x_adv = torch_cat_batches(lambda a, b: attack(model, a, b), xs, ys, cfg.batch_size)
+    x_adv = attack_outcome(model, xs, ys, attack, batch_size=cfg.batch_size, device=device, keep=n).x_adv
     analysis = analyse_metric(model, xs, x_adv, ys, data.train_x, data.train_y, data.num_classes)
     plot_roc(analysis.curves, roc_path, title=f"Misclassification detection (clean ∪ PGD ε={eps:g}, {n} each)")
     print(f"\nLearned metric on {n} clean + {n} PGD (ε={eps:g}) test inputs: detection ROC-AUC "
@@ -126,12 +127,6 @@ def metric_report(model, data, x, y, eps: float, cfg, roc_path: Path, device) ->
           f"kNN@{analysis.k} precision {100 * analysis.knn_clean:.1f}% clean, {100 * analysis.knn_adv:.1f}% PGD; "
           f"ROC plot {roc_path}")
     return {**analysis.to_dict(), "examples": n, "eps": eps, "roc_plot": str(roc_path)}
-
-
-def torch_cat_batches(fn, x, y, batch_size: int):
-    import torch
-
-    return torch.cat([fn(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

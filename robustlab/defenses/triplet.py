@@ -47,6 +47,7 @@ from torch import nn
 from robustlab.attacks.base import model_mode
 from robustlab.defenses.base import LossOutput, LossTerm, register_term
 from robustlab.errors import ConfigError
+from robustlab.retrieval import pairwise_distance
 
 # --- distances -------------------------------------------------------------------------------------------------
 
@@ -227,10 +228,10 @@ def nearest_other_class(anchor: torch.Tensor, pool: torch.Tensor, anchor_labels:
     ``abs_cosine`` distance. Returns ``(index into the pool, valid)``; an anchor whose pool holds only its own
     class gets index 0 and ``valid`` False.
     """
-    similarity = F.normalize(anchor.flatten(1), dim=1, eps=1e-8) @ F.normalize(pool.flatten(1), dim=1, eps=1e-8).T
+    distance = pairwise_distance(anchor.flatten(1), pool.flatten(1), "cosine")  # 1 − cos: nearest = most similar
     same = anchor_labels[:, None] == pool_labels[None, :]
-    similarity = similarity.masked_fill(same, float("-inf"))
-    return similarity.argmax(dim=1), (~same).any(dim=1)
+    distance = distance.masked_fill(same, float("inf"))
+    return distance.argmin(dim=1), (~same).any(dim=1)
 
 
 def draw_pool(train_x: torch.Tensor, train_y: torch.Tensor, size: int,
