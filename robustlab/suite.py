@@ -201,8 +201,7 @@ def build_suite(settings: SuiteSettings, *, num_classes: int, in_shape: tuple[in
         bounded("apgd_ce", lambda e: build_attack("apgd_ce", e, steps=s.apgd_steps), f"{s.apgd_steps} steps")
         if num_classes >= 4:
             targets = min(s.apgd_targets, num_classes - 1)
-            bounded("apgd_dlr_t", lambda e: build_attack("apgd_dlr", e, steps=s.apgd_steps, targeted=True,
-                                                         n_target_classes=targets),
+            bounded("apgd_dlr_t", lambda e: build_attack("apgd_dlr", e, steps=s.apgd_steps, top_targets=targets),
                     f"{s.apgd_steps} steps × {targets} target classes")
         bounded("pgd_l2", lambda e: build_attack("pgd_l2", e, steps=s.pgd_steps),
                 f"{s.pgd_steps} steps, α 2.5ε/{s.pgd_steps}, random start", norm="l2",

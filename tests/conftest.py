@@ -37,3 +37,28 @@ def trained_digits_mlp(digits):
             torch.nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def robust_digits_cnn(digits):
+    """A small CNN adversarially trained (PGD-5, ε 0.1) on the 8×8 digits for a few seconds: partly robust at ε 0.1,
+    the model the AutoAttack-component cross-checks compare on (a non-robust model makes every attack agree at 0%)."""
+    from robustlab.attacks import PGD
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(16, 32, 3, stride=2, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(32 * 16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    attack = PGD(0.1, steps=5, step_size=0.03)
+    for _ in range(15):
+        perm = torch.randperm(len(digits.train_x))
+        for start in range(0, len(perm), 64):
+            idx = perm[start:start + 64]
+            x, y = digits.train_x[idx], digits.train_y[idx]
+            x_adv = attack(net, x, y)
+            net.train()
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x_adv), y).backward()
+            opt.step()
+    return net.eval()

@@ -80,7 +80,7 @@ def test_fgsm_equals_torchattacks(trained_digits_mlp, dropout_convnet, testset, 
 def test_pgd_without_random_start_equals_torchattacks(trained_digits_mlp, dropout_convnet, testset, which):
     model = trained_digits_mlp if which == "mlp" else dropout_convnet
     x, y = testset
-    ours = PGD(0.1, steps=10, step_size=0.02, random_start=False)(model, x, y)
+    ours = PGD(0.1, steps=10, step_size=0.02, random_start=False, early_stop=False)(model, x, y)
     theirs = _run_torchattacks(torchattacks.PGD(model, eps=0.1, alpha=0.02, steps=10, random_start=False), x, y)
     assert (ours - theirs).abs().max().item() <= 1e-6
 
@@ -98,7 +98,7 @@ def test_pgd_with_random_start_matches_torchattacks_robust_accuracy(trained_digi
 def test_pgd_l2_matches_torchattacks(trained_digits_mlp, testset):
     x, y = testset
     model = trained_digits_mlp
-    ours = PGDL2(0.8, steps=10, step_size=0.2, random_start=False)(model, x, y)
+    ours = PGDL2(0.8, steps=10, step_size=0.2, random_start=False, early_stop=False)(model, x, y)
     theirs = _run_torchattacks(torchattacks.PGDL2(model, eps=0.8, alpha=0.2, steps=10, random_start=False), x, y)
     # torchattacks normalises the gradient of the batch-*mean* loss by ‖g‖ + 1e-10, which changes the step of
     # examples whose gradient is tiny (true-class probability within ~1e-4 of 1); elsewhere the steps coincide.
@@ -128,7 +128,7 @@ def test_apgd_matches_torchattacks(trained_digits_mlp, testset, loss):
 def test_targeted_apgd_dlr_matches_torchattacks_apgdt(trained_digits_mlp, testset):
     x, y = testset
     torch.manual_seed(0)
-    ours = APGDDLR(0.1, steps=20, targeted=True, n_target_classes=3)(trained_digits_mlp, x, y)
+    ours = APGDDLR(0.1, steps=20, top_targets=3)(trained_digits_mlp, x, y)
     theirs = _run_torchattacks(torchattacks.APGDT(trained_digits_mlp, eps=0.1, steps=20, n_classes=10), x, y)
     ours_acc, theirs_acc = _acc(trained_digits_mlp, ours, y), _acc(trained_digits_mlp, theirs, y)
     assert abs(ours_acc - theirs_acc) <= 0.02
@@ -157,7 +157,7 @@ BOUNDED = [
     ("ill", "linf", {"steps": 5}), ("pgd_l2", "l2", {"steps": 5, "restarts": 2}),
     ("pgd", "linf", {"steps": 3, "targeted": True}), ("pgd_l2", "l2", {"steps": 3, "targeted": True}),
     ("apgd_ce", "linf", {"steps": 8, "restarts": 2}), ("apgd_dlr", "linf", {"steps": 8}),
-    ("apgd_ce", "l2", {"steps": 8, "norm": "l2"}), ("apgd_dlr", "l2", {"steps": 8, "norm": "l2", "targeted": True}),
+    ("apgd_ce", "l2", {"steps": 8, "norm": "l2"}), ("apgd_dlr", "l2", {"steps": 8, "norm": "l2", "top_targets": 3}),
     ("eot_pgd", "linf", {"steps": 3, "eot_samples": 2}),
 ]
 

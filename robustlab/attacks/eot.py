@@ -35,9 +35,10 @@ class EOTPGD(PGD):
     at ε = 8/255 with random start."""
 
     def __init__(self, eps: float, *, eot_samples: int = 80, steps: int = 40, step_size: float | None = None,
-                 random_start: bool = True, restarts: int = 1, targeted: bool = False, model_mode: str = "eval"):
+                 random_start: bool = True, restarts: int = 1, targeted: bool = False, early_stop: bool = True,
+                 model_mode: str = "eval"):
         super().__init__(eps, steps=steps, step_size=step_size, random_start=random_start, restarts=restarts,
-                         targeted=targeted, eot_samples=eot_samples, model_mode=model_mode)
+                         targeted=targeted, eot_samples=eot_samples, early_stop=early_stop, model_mode=model_mode)
 
 
 def with_eot(attack: Attack, samples: int) -> Attack:

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab.attacks.perturbation import MinimalAttack, MinimalResult, finalize, fooled
+from robustlab.attacks.active import success_mask
+from robustlab.attacks.perturbation import MinimalAttack, MinimalResult, finalize
 from robustlab.attacks.registry import register_attack
 
 
@@ -84,7 +85,7 @@ class FewPixel(MinimalAttack):
                 y_rep = ys.repeat_interleave(num)
                 p = F.softmax(logits, dim=1).gather(1, y_rep[:, None]).squeeze(1)
                 fits.append((1 - p if self.targeted else p).view(len(xs), num))
-                fools.append(fooled(logits, y_rep, self.targeted).view(len(xs), num))
+                fools.append(success_mask(logits, y_rep, self.targeted).view(len(xs), num))
         return torch.cat(fits), torch.cat(fools)
 
     def search(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MinimalResult:

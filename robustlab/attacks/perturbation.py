@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from robustlab.attacks.active import success_mask
 from robustlab.attacks.base import Attack, model_mode, parameters_frozen
 
 
@@ -47,12 +48,6 @@ def clip_l2(r: torch.Tensor, max_norm: float | None) -> torch.Tensor:
     norm = flat_norm(r)
     scale = torch.clamp(max_norm / norm.clamp_min(1e-12), max=1.0)
     return r * batch_view(scale, r)
-
-
-def fooled(logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
-    """Bool mask: the prediction differs from ``y`` (untargeted) or equals the target ``y`` (targeted)."""
-    pred = logits.argmax(1)
-    return pred.eq(y) if targeted else pred.ne(y)
 
 
 @dataclass(frozen=True)
@@ -112,7 +107,7 @@ def finalize(model: nn.Module, x: torch.Tensor, y: torch.Tensor, candidate: torc
     a failure and is returned unchanged). ``candidate`` is also the last iterate used for failures.
     """
     with torch.no_grad():
-        success = found & fooled(model(candidate), y, targeted)
+        success = found & success_mask(model(candidate), y, targeted)
     candidate = candidate.detach()
     return MinimalResult(torch.where(batch_view(success, x), candidate, x), success, candidate)
 

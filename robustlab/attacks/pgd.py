@@ -1,7 +1,8 @@
 """Projected gradient ascent in an L∞ or L2 ball (Madry et al. 2018) and its special cases.
 
 A threat model is a small step object (:class:`LinfBall`, :class:`L2Ball`) with ``random_start``, ``step`` and
-``project``; one loop, :func:`gradient_steps`, runs any of them, and :func:`keep_first_success` runs restarts
+``project``; one loop, :func:`projected_ascent`, runs any of them on the shared active set, and
+:func:`robustlab.attacks.active.run_copies` runs restarts
 for any of them. On top of that loop:
 
 * ``pgd``     L∞ PGD: uniform random start in the ε-ball, ``x ← Π(x + α·sign ∇ₓL)``; restarts; targeted.
@@ -21,31 +22,27 @@ target.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from robustlab.attacks.active import ActiveSet, deterministic_success, run_copies, success_mask
 from robustlab.attacks.base import Attack, check_epsilon
+from robustlab.attacks.perturbation import batch_view
 from robustlab.attacks.losses import (PerExampleLoss, check_eot_samples, cross_entropy, least_likely_class,
                                       loss_gradient, targeted_cross_entropy)
 from robustlab.attacks.registry import register_attack
 
 
-def _per_example(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Shape a per-example (N,) tensor to broadcast against the batch ``like`` (N, ...)."""
-    return t.view(-1, *[1] * (like.dim() - 1))
-
-
 def _norms(t: torch.Tensor) -> torch.Tensor:
     """Per-example L2 norms, shaped (N, 1, ..., 1)."""
-    return _per_example(t.flatten(1).norm(p=2, dim=1), t)
+    return batch_view(t.flatten(1).norm(p=2, dim=1), t)
 
 
 def _step_tensor(step_size: float | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
     """A scalar step, or a per-example (N,) step (APGD) shaped to broadcast."""
     if isinstance(step_size, torch.Tensor) and step_size.dim() == 1:
-        return _per_example(step_size, like)
+        return batch_view(step_size, like)
     return step_size
 
 
@@ -113,7 +110,7 @@ class L2Ball(ThreatModel):
         direction = direction / _norms(direction).clamp_min(1e-12)
         d = x[0].numel()
         radius = self.eps * torch.rand(x.shape[0], device=x.device, dtype=x.dtype).pow(1.0 / d)
-        return self.project(x + direction * _per_example(radius, x), x)
+        return self.project(x + direction * batch_view(radius, x), x)
 
     def step(self, x_adv, grad, step_size):
         # A zero gradient gives a zero step (no division by zero).
@@ -137,56 +134,42 @@ def make_threat_model(norm: str, eps: float) -> ThreatModel:
 def gradient_steps(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, threat: ThreatModel, *,
                    step_size: float, steps: int, random_start: bool, loss_fn: PerExampleLoss = cross_entropy,
                    eot_samples: int = 1) -> torch.Tensor:
-    """The shared projected-gradient loop: ``steps`` ascent steps of ``loss_fn`` inside ``threat``.
+    """``steps`` ascent steps of ``loss_fn`` inside ``threat`` on every example (no early exit): the last iterate.
 
     ``loss_fn(logits, labels)`` returns per-example losses to *ascend* (use :func:`targeted_cross_entropy` with
     target labels for a targeted attack). ``eot_samples`` > 1 averages each gradient over that many passes.
+    The single-step attacks (FGSM, LL) are one such step.
     """
-    if random_start and threat.eps > 0:
-        x_adv = threat.random_start(x)
-    else:
-        x_adv = x.clone()
+    x_adv = threat.random_start(x) if random_start and threat.eps > 0 else x.clone()
     for _ in range(steps):
         grad = loss_gradient(model, x_adv, labels, loss_fn, eot_samples).grad
         x_adv = threat.project(threat.step(x_adv, grad, step_size), x)
     return x_adv
 
 
-def linf_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float, steps: int,
-               random_start: bool, targeted: bool = False, eot_samples: int = 1) -> torch.Tensor:
-    """The L∞ sign-gradient loop; ``y`` is the true label, or the target label when ``targeted``."""
-    return gradient_steps(model, x, y, LinfBall(eps), step_size=step_size, steps=steps, random_start=random_start,
-                          loss_fn=targeted_cross_entropy if targeted else cross_entropy, eot_samples=eot_samples)
+def projected_ascent(model: nn.Module, active: ActiveSet, threat: ThreatModel, *, step_size: float, steps: int,
+                     random_start: bool, targeted: bool = False, eot_samples: int = 1, early_stop: bool = True,
+                     final_check: bool = True) -> None:
+    """The PGD loop on the rows of ``active``: each step ascends CE (or descends the target's CE when ``targeted``).
 
-
-def keep_first_success(model: nn.Module, x: torch.Tensor, y: torch.Tensor, restarts: int,
-                       run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, targeted: bool = False
-                       ) -> torch.Tensor:
-    """Run ``run(x, y) -> x_adv`` up to ``restarts`` times; each example keeps its first successful x_adv.
-
-    Success means misclassified (``pred ≠ y``), or classified as the target (``pred == y``) when ``targeted``.
-    Later restarts attack only the examples not yet successful (a boolean-mask subset, no per-example loop);
-    examples never successful keep the first run's result.
+    ``early_stop``: a row whose current iterate already fools the model leaves with that point (the logits of
+    each gradient pass give this for free). ``final_check``: one forward pass of the last iterate records its
+    successes (needed by restarts; skipped for a single training run, where it would only cost time).
     """
-    best = run(x, y)
-    if restarts == 1:
-        return best
-
-    def succeeded(x_adv: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    loss_fn = targeted_cross_entropy if targeted else cross_entropy
+    x_adv = threat.random_start(active.x) if random_start and threat.eps > 0 else active.x.clone()
+    for _ in range(steps):
+        g = loss_gradient(model, x_adv, active.y, loss_fn, eot_samples)
+        grad = g.grad
+        if early_stop:
+            x_adv, grad = active.retire(success_mask(g.logits, active.y, targeted), x_adv, x_adv, grad)
+            if active.empty:
+                return
+        x_adv = threat.project(threat.step(x_adv, grad, step_size), active.x)
+    if final_check or early_stop:
         with torch.no_grad():
-            pred = model(x_adv).argmax(1)
-        return pred.eq(labels) if targeted else pred.ne(labels)
-
-    done = succeeded(best, y)
-    for _ in range(restarts - 1):
-        if bool(done.all()):
-            break
-        todo = (~done).nonzero().squeeze(1)
-        x_new = run(x[todo], y[todo])
-        hit = succeeded(x_new, y[todo])
-        best[todo[hit]] = x_new[hit]
-        done[todo[hit]] = True
-    return best
+            (x_adv,) = active.retire(success_mask(model(x_adv), active.y, targeted), x_adv, x_adv)
+    active.finish(x_adv)
 
 
 @register_attack("pgd")
@@ -201,7 +184,8 @@ class PGD(Attack):
     threat_model: type[ThreatModel] = LinfBall
 
     def __init__(self, eps: float, *, steps: int = 40, step_size: float | None = None, random_start: bool = True,
-                 restarts: int = 1, targeted: bool = False, eot_samples: int = 1, model_mode: str = "eval"):
+                 restarts: int = 1, targeted: bool = False, eot_samples: int = 1, early_stop: bool = True,
+                 model_mode: str = "eval"):
         super().__init__(model_mode=model_mode)
         self.eps = check_epsilon(eps)
         if steps < 1 or restarts < 1:
@@ -214,6 +198,7 @@ class PGD(Attack):
         self.restarts = int(restarts)
         self.targeted = bool(targeted)
         self.eot_samples = check_eot_samples(eot_samples)
+        self.early_stop = bool(early_stop)
 
     @property
     def norm(self) -> str:
@@ -225,14 +210,14 @@ class PGD(Attack):
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         threat = self.threat_model(self.eps)
-        labels = self.loss_labels(model, x, y)
-        loss_fn = targeted_cross_entropy if self.targeted else cross_entropy
 
-        def run(xb: torch.Tensor, lb: torch.Tensor) -> torch.Tensor:
-            return gradient_steps(model, xb, lb, threat, step_size=self.step_size, steps=self.steps,
-                                  random_start=self.random_start, loss_fn=loss_fn, eot_samples=self.eot_samples)
+        def core(model: nn.Module, active: ActiveSet) -> None:
+            projected_ascent(model, active, threat, step_size=self.step_size, steps=self.steps,
+                             random_start=self.random_start, targeted=self.targeted, eot_samples=self.eot_samples,
+                             early_stop=self.early_stop and deterministic_success(self.eot_samples, self.model_mode),
+                             final_check=self.restarts > 1)
 
-        return keep_first_success(model, x, labels, self.restarts, run, targeted=self.targeted)
+        return run_copies(model, x, self.loss_labels(model, x, y), core, restarts=self.restarts, batched=False)[0]
 
 
 @register_attack("pgd_l2")
@@ -252,9 +237,9 @@ class IFGSM(PGD):
     """
 
     def __init__(self, eps: float, *, steps: int = 10, step_size: float = 0.03, targeted: bool = False,
-                 eot_samples: int = 1, model_mode: str = "eval"):
+                 eot_samples: int = 1, early_stop: bool = True, model_mode: str = "eval"):
         super().__init__(eps, steps=steps, step_size=step_size, random_start=False, restarts=1, targeted=targeted,
-                         eot_samples=eot_samples, model_mode=model_mode)
+                         eot_samples=eot_samples, early_stop=early_stop, model_mode=model_mode)
 
 
 @register_attack("ill")
@@ -266,9 +251,9 @@ class IterativeLeastLikely(IFGSM):
     """
 
     def __init__(self, eps: float, *, steps: int = 10, step_size: float = 0.03, eot_samples: int = 1,
-                 model_mode: str = "eval"):
+                 early_stop: bool = True, model_mode: str = "eval"):
         super().__init__(eps, steps=steps, step_size=step_size, targeted=True, eot_samples=eot_samples,
-                         model_mode=model_mode)
+                         early_stop=early_stop, model_mode=model_mode)
 
     def loss_labels(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return least_likely_class(model, x)

@@ -53,3 +53,12 @@ def build_attack(name: str, eps: float | None = None, **options: Any) -> Attack:
         return cls(**options)
     except TypeError as exc:
         raise ConfigError(f"attack {name!r}: {exc}") from None
+
+
+def build_training_attack(name: str, eps: float | None = None, **options: Any) -> Attack:
+    """:func:`build_attack` for crafting training examples: early exit off (``early_stop=False`` where the attack
+    has it), so that training sees the last iterate of every example, as the papers' training loops do."""
+    attack = build_attack(name, eps, **options)
+    if hasattr(attack, "early_stop"):
+        attack.early_stop = False
+    return attack

@@ -211,7 +211,8 @@ def make_training_attack(kind: str, eps: float, *, steps: int, step_size: float,
     """FGSM (paper) or L∞ PGD (``step_size`` 0: 2.5·ε/steps) for crafting the training examples."""
     if kind == "fgsm":
         return FGSM(eps, model_mode=model_mode)
-    return PGD(eps, steps=steps, step_size=step_size or None, random_start=random_start, model_mode=model_mode)
+    return PGD(eps, steps=steps, step_size=step_size or None, random_start=random_start, early_stop=False,
+               model_mode=model_mode)
 
 
 def _check_attack_options(o, prefix: str) -> None:

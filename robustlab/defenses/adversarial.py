@@ -139,7 +139,7 @@ class PGDAdversarialTraining(AdversarialTraining):
     def make_attack(self, eps: float) -> Attack:
         o = self.options
         return PGD(eps, steps=o.steps, step_size=o.step_size or None, random_start=o.random_start,
-                   model_mode=o.attack_mode)
+                   early_stop=False, model_mode=o.attack_mode)
 
     def weights(self) -> tuple[float, float]:
         if self.options.mix == "adversarial":

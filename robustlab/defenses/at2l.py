@@ -49,7 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab.attacks import Attack, build_attack
+from robustlab.attacks import Attack
+from robustlab.attacks.registry import build_training_attack
 from robustlab.defenses.base import Defense, LossOutput, register_defense
 from robustlab.defenses.standard import clean_loss
 from robustlab.defenses.triplet import (_MINERS, EMBEDDINGS, TripletLoss, available_miners, embed, get_distance,
@@ -189,15 +190,16 @@ class AT2L(Defense):
     def make_attack(self, name: str, eps: float) -> Attack:
         o = self.options
         if name in ("fgsm", "ll"):
-            return build_attack(name, eps, model_mode=o.attack_mode)
+            return build_training_attack(name, eps, model_mode=o.attack_mode)
         if name in ("ifgsm", "ill"):
-            return build_attack(name, eps, steps=o.iter_steps, step_size=o.iter_step_size, model_mode=o.attack_mode)
+            return build_training_attack(name, eps, steps=o.iter_steps, step_size=o.iter_step_size,
+                                         model_mode=o.attack_mode)
         if name == "pgd":
-            return build_attack("pgd", eps, steps=o.iter_steps, step_size=o.iter_step_size,
-                                model_mode=o.attack_mode)
+            return build_training_attack("pgd", eps, steps=o.iter_steps, step_size=o.iter_step_size,
+                                         model_mode=o.attack_mode)
         if name == "cw_l2":
-            return build_attack("cw_l2", max_iter=o.cw_max_iter, binary_search_steps=o.cw_binary_steps,
-                                initial_const=o.cw_initial_const, lr=o.cw_lr, model_mode=o.attack_mode)
+            return build_training_attack("cw_l2", max_iter=o.cw_max_iter, binary_search_steps=o.cw_binary_steps,
+                                         initial_const=o.cw_initial_const, lr=o.cw_lr, model_mode=o.attack_mode)
         raise ConfigError(f"unknown training attack {name!r}")
 
     def epoch_eps(self, epoch: int) -> float:

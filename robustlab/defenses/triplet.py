@@ -439,9 +439,9 @@ class TripletTerm(LossTerm):
         self.triplet = TripletLoss(options.margin, options.distance, options.negatives, options.embedding)
         self.attack = None
         if options.attack:
-            from robustlab.attacks import build_attack
+            from robustlab.attacks.registry import build_training_attack
 
-            self.attack = build_attack(options.attack, options.eps)
+            self.attack = build_training_attack(options.attack, options.eps)
 
     def term(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: LossOutput, ctx
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

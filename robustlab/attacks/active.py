@@ -1,0 +1,156 @@
+"""The one "active examples" loop state shared by every iterative attack, and the one restart/target wrapper.
+
+An iterative attack works on *rows*; each row attacks one example of the caller's batch. Several rows may attack
+the same example: restarts and AutoAttack-style target classes run as copies of the batch in one call (where
+memory allows) instead of one call after another. As soon as one row fools the model, its example leaves the
+batch with *all* of its rows and keeps that row's point ("early exit": an example that is already misclassified
+costs nothing more, and the point returned for it is adversarial). An example that no row fools gets the final
+point of its first row.
+
+Conventions (the same for every attack, DESIGN.md):
+
+* ``y`` is what the caller passed: the true labels, or the target labels when the attack is ``targeted``;
+  success is ``pred != y`` (untargeted) or ``pred == y`` (targeted) — :func:`success_mask`;
+* ``target`` is an optional per-row class that only *steers* the loss (APGD-T, FAB-T: the most likely other
+  classes, :func:`top_other_classes`); success stays ``pred != y``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+
+def success_mask(logits: torch.Tensor, y: torch.Tensor, targeted: bool = False) -> torch.Tensor:
+    """Bool mask: the prediction differs from ``y`` (untargeted) or equals the target ``y`` (targeted)."""
+    pred = logits.argmax(1)
+    return pred.eq(y) if targeted else pred.ne(y)
+
+
+@torch.no_grad()
+def top_other_classes(logits: torch.Tensor, k: int) -> list[torch.Tensor]:
+    """The ``k`` most likely classes after the top one, per example: ``[(B,), ...]`` (AutoAttack's APGD-T/FAB-T).
+
+    ``k`` is capped at ``num_classes − 1``.
+    """
+    k = min(int(k), logits.shape[1] - 1)
+    order = logits.argsort(dim=1, descending=True)
+    return [order[:, i] for i in range(1, k + 1)]
+
+
+def deterministic_success(eot_samples: int, model_mode: str) -> bool:
+    """Whether a success seen during the attack is the success the evaluation will see.
+
+    Early exit keeps the first point that fools the model. With EOT (a randomised model) or a model attacked
+    outside eval mode (dropout on), a fooling draw says little about the evaluation's prediction, and keeping it
+    would *weaken* the attack: such attacks run every step and return their highest-loss point instead.
+    """
+    return eot_samples == 1 and model_mode == "eval"
+
+
+def _first_per_example(examples: torch.Tensor, n: int) -> torch.Tensor:
+    """Bool mask over rows: true at the first row (lowest position) of each example."""
+    pos = torch.arange(len(examples), device=examples.device)
+    first = torch.full((n,), len(examples), dtype=pos.dtype, device=examples.device)
+    first.scatter_reduce_(0, examples, pos, reduce="amin")
+    return first[examples].eq(pos)
+
+
+class ActiveSet:
+    """Rows still being attacked, each mapped to an example of the output batch (see the module docstring).
+
+    ``x``, ``y``, ``target``: the rows' clean inputs, labels and steering classes (``target`` may be None);
+    ``example``: the output position of each row. ``out`` holds the result per example; ``success`` whether a
+    row fooled the model for it. Attacks shrink their own per-row state with the tensors :meth:`retire` returns.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None, *,
+                 example: torch.Tensor | None = None, out: torch.Tensor | None = None,
+                 success: torch.Tensor | None = None):
+        self.x, self.y, self.target = x, y, target
+        self.example = torch.arange(len(x), device=x.device) if example is None else example
+        self.out = x.clone() if out is None else out
+        self.success = (torch.zeros(len(self.out), dtype=torch.bool, device=x.device) if success is None
+                        else success)
+
+    def __len__(self) -> int:
+        return len(self.example)
+
+    @property
+    def empty(self) -> bool:
+        return len(self.example) == 0
+
+    def retire(self, fooled: torch.Tensor, x_rows: torch.Tensor, *state: torch.Tensor | None
+               ) -> list[torch.Tensor | None]:
+        """Examples with a fooling row leave (keeping that row's point), with all their rows.
+
+        ``fooled``: bool per row; ``x_rows``: the rows' current points. Returns ``state`` restricted to the rows
+        that stay (``None`` entries pass through), and restricts ``x``, ``y``, ``target`` and ``example``.
+        """
+        if bool(fooled.any()):
+            rows = fooled.nonzero().squeeze(1)
+            ex = self.example[rows]
+            first = _first_per_example(ex, len(self.out))
+            self.out[ex[first]] = x_rows[rows[first]].to(self.out.dtype)
+            self.success[ex] = True
+        keep = ~self.success[self.example]
+        if bool(keep.all()):
+            return list(state)
+        self.x, self.y, self.example = self.x[keep], self.y[keep], self.example[keep]
+        if self.target is not None:
+            self.target = self.target[keep]
+        return [None if s is None else s[keep] for s in state]
+
+    def finish(self, x_rows: torch.Tensor) -> None:
+        """The examples nobody fooled get the final point of their first remaining row."""
+        if self.empty:
+            return
+        first = _first_per_example(self.example, len(self.out))
+        self.out[self.example[first]] = x_rows[first].to(self.out.dtype)
+
+
+# core(model, active) runs the attack's iterations on the rows of ``active`` and calls ``active.finish``.
+Core = Callable[[nn.Module, ActiveSet], None]
+
+
+def run_copies(model: nn.Module, x: torch.Tensor, y: torch.Tensor, core: Core, *, restarts: int = 1,
+               targets: Sequence[torch.Tensor | None] = (None,), batched: bool = True,
+               skip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one restart/target wrapper: ``restarts × len(targets)`` runs of ``core``; ``(x_out, success)``.
+
+    ``batched``: all runs as copies of the batch in one call (each example leaves with all its copies when one
+    fools the model); else one run after another, each on the examples not yet fooled. The order of the runs is
+    target-major (every restart of the first target, then the next target), as AutoAttack. ``skip``: examples not
+    to attack at all (e.g. misclassified clean); they are returned unchanged with ``success`` true.
+    """
+    n = len(x)
+    out = x.clone()
+    success = torch.zeros(n, dtype=torch.bool, device=x.device) if skip is None else skip.clone()
+    runs = [t for t in targets for _ in range(restarts)]
+    if batched and len(runs) > 1:
+        todo = (~success).nonzero().squeeze(1)
+        if len(todo) == 0:
+            return out, success
+        example = todo.repeat(len(runs))
+        target = None if runs[0] is None else torch.cat([t[todo] for t in runs])
+        active = ActiveSet(x[example], y[example], target, example=example, out=out, success=success)
+        core(model, active)
+        return out, success
+    for i, t in enumerate(runs):
+        todo = (~success).nonzero().squeeze(1)
+        if len(todo) == 0:
+            break
+        if i == 0:
+            active = ActiveSet(x[todo], y[todo], None if t is None else t[todo], example=todo, out=out,
+                               success=success)
+            core(model, active)
+        else:  # a later run replaces nothing unless it fools the model
+            scratch = out.clone()
+            active = ActiveSet(x[todo], y[todo], None if t is None else t[todo], example=todo, out=scratch,
+                               success=success)
+            core(model, active)
+            hit = todo[success[todo]]
+            out[hit] = scratch[hit]
+    return out, success
