@@ -20,6 +20,9 @@ these checks and prints them next to the numbers (DESIGN.md, "Rules that keep it
                            same ε
 =========================  ==========================================================================================
 
+With the ``standard`` suite, ``blackbox_beats_whitebox`` (AutoAttack's flag): Square, run after the white-box
+attacks, fools at most a tolerance of the examples they left robust.
+
 Tolerances: comparisons of two accuracies on ``n`` examples allow ``tol + 1/n`` (default ``tol`` 0.01, i.e. one
 percentage point plus one example) so that the sampling noise of randomised attacks does not fail a check.
 
@@ -212,6 +215,22 @@ def whitebox_vs_blackbox(*, whitebox: Mapping[float, float] | None = None,
     return Check("whitebox_vs_blackbox", ok, "; ".join(parts))
 
 
+def blackbox_beats_whitebox(fooled_by_blackbox: int, n: int, *, whitebox: Sequence[str] = (),
+                            blackbox: str = "square", tol: float = DEFAULT_TOL) -> Check:
+    """AutoAttack's flag: the black-box attack, run after the white-box ones, must fool (almost) nothing more.
+
+    Square only queries the model's outputs; if it fools examples that every gradient attack left robust, the
+    gradients are misleading (masked, shattered, obfuscated) and the white-box numbers overstate robustness.
+    """
+    frac = fooled_by_blackbox / n if n else 0.0
+    allow = _allow(tol, n)
+    detail = (f"{blackbox} fooled {fooled_by_blackbox}/{n} examples ({_pct(frac)}) that "
+              f"{', '.join(whitebox) or 'the white-box attacks'} left robust (allowed ≤ {_pct(allow)})")
+    if frac > allow:
+        detail += ": the gradients mislead the white-box attacks (gradient masking)"
+    return Check("blackbox_beats_whitebox", frac <= allow, detail)
+
+
 def monotone_in_eps(curves: Mapping[str, Mapping[float, float]], clean: float, *, n: int = 0,
                     tol: float = DEFAULT_TOL) -> Check:
     """For each attack, accuracy must not rise with ε (clean accuracy at ε = 0), up to the tolerance."""
@@ -248,6 +267,6 @@ def any_failed(checks: Iterable[Check]) -> bool:
     return any(not c.passed for c in checks)
 
 
-__all__ = ["Check", "DEFAULT_TOL", "any_failed", "input_gradients", "iterative_vs_single", "large_eps",
+__all__ = ["Check", "DEFAULT_TOL", "any_failed", "blackbox_beats_whitebox", "input_gradients", "iterative_vs_single", "large_eps",
            "monotone_in_eps", "noise_weaker", "stable_predictions", "summary_line", "whitebox_vs_blackbox"]
 

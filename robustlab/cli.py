@@ -11,7 +11,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from robustlab.errors import RobustlabError
+from robustlab.errors import ConfigError, RobustlabError
 
 
 def _parse_floats(text: str) -> list[float]:
@@ -31,27 +31,39 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config value, e.g. --set data.batch_size=64 (repeatable)")
     train.add_argument("--resume", action="store_true", help="continue the run in run.out_dir from its last checkpoint")
 
-    ev = sub.add_parser("eval", help="evaluate a checkpoint under an attack suite, with masking checks",
-                        description="Robust accuracy under an attack suite, ρ_adv of minimal-perturbation attacks "
-                                    "and the masking checks. --suite quick (default): the run's [eval] attacks (FGSM, "
-                                    "PGD); --suite full: every attack of the library sized for a CPU (a few minutes "
-                                    "for LeNet-5 on MNIST-5k), see robustlab/suite.py.")
-    ev.add_argument("--checkpoint", required=True, help="run directory or checkpoints/epoch-* directory")
-    ev.add_argument("--suite", choices=["quick", "full"], default="quick",
-                    help="quick: the run's eval.attacks at eval.eps; full: every attack (default: quick)")
+    ev = sub.add_parser("eval", help="robust accuracy of a checkpoint or your own model, with masking checks",
+                        description="Robust accuracy under an attack suite, with the masking checks. --suite "
+                                    "standard (default): AutoAttack's standard attacks and settings (APGD-CE, APGD-T, "
+                                    "FAB-T, Square), the headline number; rand: EOT attacks for randomised models "
+                                    "(chosen automatically); fast: every attack of the library with cut budgets "
+                                    "(ρ_adv, curves; not a robustness claim); quick: the run's [eval] attacks. "
+                                    "Interrupted standard/rand evaluations continue from the state in --out.")
+    source = ev.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="run directory or checkpoints/epoch-* directory")
+    source.add_argument("--model", metavar="MODULE:FUNCTION",
+                        help="your own model: package.module:function returning an nn.Module on [0,1] inputs "
+                             "(needs --dataset)")
+    ev.add_argument("--weights", help="--model: a safetensors file of weights to load into it")
+    ev.add_argument("--dataset", help="--model: the dataset whose test split to evaluate on (robustlab list datasets)")
+    ev.add_argument("--suite", choices=["standard", "rand", "fast", "quick", "full"],
+                    help="standard (default; fast with --paper), rand, fast or quick; 'full' is the old name of fast")
+    ev.add_argument("--norm", choices=["linf", "l2"], default="linf", help="standard/rand: the threat model")
+    ev.add_argument("--fresh", action="store_true",
+                    help="standard/rand: discard the saved state of an interrupted evaluation in --out")
     ev.add_argument("--eps", type=_parse_floats,
-                    help="comma-separated L∞ ε list (default: the run's eval.eps; full: ε/2 and ε of its largest)")
-    ev.add_argument("--eps-l2", type=_parse_floats, help="L2 ε list of PGD-L2 in the full suite (default: ε·√d/4)")
+                    help="standard/rand: one ε (default: the run's largest eval.eps); fast/quick: a comma-separated L∞ "
+                         "ε list (default: the run's eval.eps; fast: ε/2 and ε of its largest)")
+    ev.add_argument("--eps-l2", type=_parse_floats, help="L2 ε list of PGD-L2 in the fast suite (default: ε·√d/4)")
     ev.add_argument("--attacks", help="comma-separated attacks (quick: default the run's eval.attacks; "
-                                      "full: only these suite rows)")
+                                      "fast: only these suite rows)")
     ev.add_argument("--subset", type=int,
-                    help="test examples for the ε-bounded attacks (default: the run's eval.subset; full: 500)")
+                    help="test examples (default: the run's eval.subset, or 500 with --model; fast: 500)")
     ev.add_argument("--minimal-subset", type=int,
-                    help="full: examples for C&W, DeepFool and the critic attack (default 50; DeepFool 100)")
-    ev.add_argument("--few-pixel-subset", type=int, help="full: examples for the few-pixel attacks (default 20)")
-    ev.add_argument("--pgd-steps", type=int, help="PGD iterations (default: the run's eval.pgd_steps; full: 20)")
+                    help="fast: examples for C&W, DeepFool and the critic attack (default 50; DeepFool 100)")
+    ev.add_argument("--few-pixel-subset", type=int, help="fast: examples for the few-pixel attacks (default 20)")
+    ev.add_argument("--pgd-steps", type=int, help="fast/quick: PGD iterations (default: the run's eval.pgd_steps; fast: 20)")
     ev.add_argument("--paper", action="store_true",
-                    help="full: the papers' attack settings (PGD-40, APGD-100 × 9 targets, C&W 1000 × 9, DeepFool "
+                    help="fast: the papers' attack settings (PGD-40, APGD-100 × 9 targets, C&W 1000 × 9, DeepFool "
                          "500, few-pixel 400 × 75, EOT 80 samples): much slower")
     ev.add_argument("--transfer-source", metavar="CKPT",
                     help="also attack with PGD transferred from this checkpoint's model (white-box vs transfer check)")
@@ -103,8 +115,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _full_suite_eps(eps: list[float]) -> list[float]:
-    """The full suite's default ε list from a run's: ε/2 and ε of its largest (a curve with the clean point)."""
+def _fast_suite_eps(eps: list[float]) -> list[float]:
+    """The fast suite's default ε list from a run's: ε/2 and ε of its largest (a curve with the clean point)."""
     top = max(eps)
     return [round(top / 2, 6), top]
 
@@ -129,29 +141,149 @@ def metric_report(model, data, x, y, eps: float, cfg, roc_path: Path, device) ->
     return {**analysis.to_dict(), "examples": n, "eps": eps, "roc_plot": str(roc_path)}
 
 
+def _output_location(out: str | None, default_dir: Path, stem: str) -> tuple[Path, str]:
+    """``--out`` as (directory, file stem), checked for writability before any compute."""
+    if out and out.endswith(".json"):
+        out_dir, stem = Path(out).parent, Path(out).stem
+    else:
+        out_dir = Path(out) if out else default_dir
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".{stem}.write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"cannot write the evaluation's output to {out_dir}: {exc.strerror or exc}") from None
+    return out_dir, stem
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    import dataclasses
     import time
 
-    from robustlab.checkpoint import resolve_checkpoint
-    from robustlab.checks import any_failed, summary_line
-    from robustlab.config import config_from_dict
+    import torch
+
+    from robustlab.distributed import init_distributed
     from robustlab.engine import resolve_device
-    from robustlab.errors import ConfigError
-    from robustlab.evaluate import load_trained_model
-    from robustlab.report import checks_table, markdown_table, suite_markdown, write_suite_report
-    from robustlab.suite import SuiteSettings, evaluate_suite
 
     t0 = time.perf_counter()
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-        import torch
-
         torch.set_num_threads(args.threads)
+    if args.suite == "full":
+        print("note: --suite full is now called fast", file=sys.stderr)
+        args.suite = "fast"
+    args.suite = args.suite or ("fast" if args.paper else "standard")
+    if args.paper and args.suite != "fast":
+        raise ConfigError(f"--paper sets the fast suite's attacks to the papers' settings; the {args.suite} suite "
+                          f"already runs AutoAttack's")
     device = resolve_device(args.device)
-    model, config, data, state = load_trained_model(args.checkpoint, device)
-    ckpt = resolve_checkpoint(args.checkpoint)
+    env = init_distributed(device.type)
+    if env.enabled and device.type == "cuda":
+        device = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(device)
+    if args.model:
+        from robustlab.data import load_dataset
+        from robustlab.user_model import load_user_model
+
+        if not args.dataset:
+            raise ConfigError("--model needs --dataset (the test split to evaluate on)")
+        if args.suite not in ("standard", "rand"):
+            raise ConfigError(f"--suite {args.suite} needs a --checkpoint (it uses the run's [eval] section)")
+        model = load_user_model(args.model, args.weights).to(device)
+        data = load_dataset(args.dataset)
+        loaded = {"model": model, "config": None, "data": data, "epoch": None, "name": args.model,
+                  "default_dir": Path("runs") / "eval" / args.model.replace(":", ".")}
+    else:
+        from robustlab.checkpoint import resolve_checkpoint
+        from robustlab.evaluate import load_trained_model
+
+        if args.weights or args.dataset:
+            raise ConfigError("--weights and --dataset go with --model; a checkpoint holds its own")
+        model, config, data, state = load_trained_model(args.checkpoint, device)
+        ckpt = resolve_checkpoint(args.checkpoint)
+        loaded = {"model": model, "config": config, "data": data, "epoch": state["epoch"], "checkpoint": ckpt,
+                  "name": f"{config.model['name']} / {config.defense['name']} (epoch {state['epoch']})",
+                  "default_dir": ckpt.parent.parent}
+    precision = contextlib.nullcontext()
+    if args.amp != "off":
+        precision = torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[args.amp])
+    try:
+        with precision:
+            if args.suite in ("standard", "rand"):
+                code = _eval_standard(args, loaded, device, env)
+            else:
+                code = _eval_fast(args, loaded, device)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if env.is_main:
+        print(f"({time.perf_counter() - t0:.0f} s in all)")
+    return code
+
+
+def _eval_standard(args: argparse.Namespace, loaded: dict, device, env) -> int:
+    """``eval --suite standard|rand``: the AutoAttack-strength headline (robustlab/standard.py)."""
+    import shutil
+
+    from robustlab.checks import any_failed
+    from robustlab.report import standard_markdown, write_standard_report
+    from robustlab.standard import StandardSettings, evaluate_standard
+
+    config, data = loaded["config"], loaded["data"]
+    if args.eps is not None:
+        eps = args.eps
+    elif config is not None:
+        eps = [max(config.eval.eps)]
+    else:
+        raise ConfigError("--model needs --eps (the radius of the threat model)")
+    if len(eps) != 1:
+        raise ConfigError(f"the {args.suite} suite runs at one ε (use --suite fast for a curve), got {eps}")
+    subset = args.subset if args.subset is not None else (config.eval.subset if config is not None else 500)
+    try:
+        settings = StandardSettings(suite=args.suite, norm=args.norm, eps=eps[0], subset=subset,
+                                    batch_size=config.eval.batch_size if config is not None else 500, seed=args.seed,
+                                    **({"eot_samples": args.eot_samples} if args.eot_samples is not None else {}))
+    except ConfigError as exc:
+        raise ConfigError(f"eval: {exc}") from None
+    out_dir, stem = _output_location(args.out, loaded["default_dir"], f"eval_{args.suite}")
+    state_dir = out_dir / f"{stem}_state"
+    if args.fresh and state_dir.exists() and env.is_main:
+        shutil.rmtree(state_dir)
+    x, y = data.test_x, data.test_y
+    log = print if env.is_main else None
+    if env.is_main:
+        n = min(subset, len(x)) if subset else len(x)
+        print(f"{loaded['name']} on {data.name}: {args.suite} suite at {args.norm} ε={eps[0]:g} on {n} test examples "
+              f"({torch_threads()} torch threads, {device}"
+              + (f", {env.world_size} processes" if env.enabled else "") + f"); state in {state_dir}")
+    result = evaluate_standard(loaded["model"], x, y, settings, num_classes=data.num_classes, device=device,
+                               state_dir=state_dir, env=env, log=log)
+    if not env.is_main:
+        return 0
+    print()
+    print(standard_markdown(result, title=loaded["name"]))
+    extra = {"model": loaded["name"], "dataset": data.name, "epoch": loaded["epoch"], "device": str(device),
+             "amp": args.amp, "processes": env.world_size}
+    if "checkpoint" in loaded:
+        extra["checkpoint"] = str(loaded["checkpoint"])
+    files = write_standard_report(result, out_dir, stem=stem, title=loaded["name"], extra=extra)
+    print(f"wrote {files['json']} and {files['markdown'].name}")
+    return 1 if args.fail_on_check and any_failed(result.checks) else 0
+
+
+def _eval_fast(args: argparse.Namespace, loaded: dict, device) -> int:
+    """``eval --suite fast|quick``: every attack of the library / the run's [eval] attacks (robustlab/suite.py)."""
+    import dataclasses
+
+    from robustlab.checks import any_failed, summary_line
+    from robustlab.config import config_from_dict
+    from robustlab.report import NOT_A_CLAIM, checks_table, markdown_table, suite_markdown, write_suite_report
+    from robustlab.suite import SuiteSettings, evaluate_suite
+
+    model, config, data, name = loaded["model"], loaded["config"], loaded["data"], loaded["name"]
     overrides = config.to_dict()
     if args.eps is not None:
         overrides["eval"]["eps"] = args.eps
@@ -175,34 +307,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                  batch_size=cfg.batch_size, pgd_steps=cfg.pgd_steps, pgd_step_size=cfg.pgd_step_size,
                                  pgd_restarts=cfg.pgd_restarts, **common)
     else:
-        full = dict(eps=eps if args.eps is not None else _full_suite_eps(eps), eps_l2=args.eps_l2, attacks=attacks,
+        fast = dict(eps=eps if args.eps is not None else _fast_suite_eps(eps), eps_l2=args.eps_l2, attacks=attacks,
                     batch_size=cfg.batch_size, **common)
         for key in ("subset", "minimal_subset", "few_pixel_subset", "pgd_steps"):
             if getattr(args, key) is not None:
-                full[key] = getattr(args, key)
+                fast[key] = getattr(args, key)
         if args.minimal_subset is not None:
-            full["deepfool_subset"] = args.minimal_subset
+            fast["deepfool_subset"] = args.minimal_subset
         try:
-            settings = SuiteSettings.paper(**full) if args.paper else SuiteSettings(**full)
+            settings = SuiteSettings.paper(**fast) if args.paper else SuiteSettings(**fast)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+    out_dir, stem = _output_location(args.out, loaded["default_dir"], f"eval_{args.suite}")
     source = None
     if args.transfer_source:
         from robustlab.attacks import load_source_model
 
         source = load_source_model(args.transfer_source, device)
-    name = f"{config.model['name']} / {config.defense['name']} (epoch {state['epoch']})"
     print(f"{name} on {config.data.name}: {args.suite} suite on {min(settings.subset, len(x))} test examples "
           f"({torch_threads()} torch threads, {device})")
-    precision = contextlib.nullcontext()
-    if args.amp != "off":
-        import torch
-
-        precision = torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[args.amp])
+    print(NOT_A_CLAIM.format(suite=args.suite).replace("**", ""))
     try:
-        with precision:
-            result = evaluate_suite(model, x, y, settings, num_classes=data.num_classes, transfer_source=source,
-                                    device=device, log=print)
+        result = evaluate_suite(model, x, y, settings, num_classes=data.num_classes, transfer_source=source,
+                                device=device, log=print)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -218,18 +345,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(suite_markdown(result, title=name))
 
-    if args.out and args.out.endswith(".json"):
-        out_dir, stem = Path(args.out).parent, Path(args.out).stem
-    else:
-        out_dir = Path(args.out) if args.out else ckpt.parent.parent
-        stem = "eval" if args.suite == "quick" else "eval_full"
-    extra = {"checkpoint": str(ckpt), "model": config.model, "defense": config.defense, "dataset": config.data.name,
-             "epoch": state["epoch"], "device": str(device), "amp": args.amp, "eval": dataclasses.asdict(cfg)}
+    extra = {"checkpoint": str(loaded["checkpoint"]), "model": config.model, "defense": config.defense,
+             "dataset": config.data.name, "epoch": loaded["epoch"], "device": str(device), "amp": args.amp,
+             "eval": dataclasses.asdict(cfg)}
     if args.metric:
         extra["metric"] = metric_report(model, data, x, y, eps[0], cfg, out_dir / f"{stem}_roc.png", device)
     files = write_suite_report(result, out_dir, stem=stem, title=name, extra=extra)
-    print(f"wrote {files['json']} and {', '.join(p.name for k, p in files.items() if k != 'json')} "
-          f"({time.perf_counter() - t0:.0f} s in all)")
+    print(f"wrote {files['json']} and {', '.join(p.name for k, p in files.items() if k != 'json')}")
     return 1 if args.fail_on_check and any_failed(result.checks) else 0
 
 

@@ -1,8 +1,10 @@
 """Tables (markdown, CSV) and plots (PNG) from evaluation results.
 
-Two kinds of input: ``Results`` (model name → clean accuracy and curve points: the demo's comparison of models)
-and a :class:`~robustlab.suite.SuiteResult` (one model under a whole attack suite, with ρ_adv and the masking
-checks). :func:`write_suite_report` writes everything ``robustlab eval`` produces for a suite.
+Three kinds of input: ``Results`` (model name → clean accuracy and curve points: the demo's comparison of models),
+a :class:`~robustlab.standard.StandardResult` (the AutoAttack-strength ``standard``/``rand`` suites: the headline
+robust accuracy) and a :class:`~robustlab.suite.SuiteResult` (the ``fast``/``quick`` suites: every attack of the
+library, ρ_adv). :func:`write_standard_report` and :func:`write_suite_report` write what ``robustlab eval``
+produces.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from robustlab.evaluate import CurvePoint
 if TYPE_CHECKING:  # pragma: no cover
     from robustlab.checks import Check
     from robustlab.evaluate import MinimalSummary
+    from robustlab.standard import StandardResult
     from robustlab.suite import SuiteResult
 
 Results = Mapping[str, tuple[float, list[CurvePoint]]]  # model name -> (clean accuracy, curve points)
@@ -151,11 +154,55 @@ def checks_table(checks: Sequence["Check"]) -> str:
     return "\n".join(lines) + "\n"
 
 
+NOT_A_CLAIM = ("**The {suite} suite is not a robustness claim**: its attacks run with cut budgets and overstate "
+               "robust accuracy; the headline number comes from `--suite standard` (AutoAttack's attacks and "
+               "settings).")
+
+
+def standard_markdown(result: "StandardResult", title: str = "Evaluation") -> str:
+    """The report of an AutoAttack-strength suite: the headline, the attack stages and the masking checks."""
+    from robustlab.checks import summary_line
+
+    norm = "L∞" if result.norm == "linf" else "L2"
+    draws = f", each final point predicted {result.settings.final_draws} times" if result.suite == "rand" else ""
+    lines = [f"# {title}", "",
+             f"Suite `{result.suite}` (AutoAttack-strength{draws}) at {norm} ε = {result.eps:g} on {result.n} test "
+             f"examples: clean accuracy {_pair(result.clean)}, **robust accuracy {_pair(result.robust_accuracy)}**"
+             + (" — randomised model: EOT attacks" if result.randomised else "")
+             + f"; {result.seconds:.0f} s, {result.passes.get('forward_per_image', 0):.0f} forward and "
+               f"{result.passes.get('backward_per_image', 0):.0f} backward passes per image.", "",
+             "| attack | settings | attacked | fooled | robust accuracy after it (%) | seconds | forward / image | "
+             "backward / image |", "|---|---|---|---|---|---|---|---|"]
+    for r in result.rows:
+        lines.append(f"| {r['attack']} | {_cell(r['settings'])} | {r['attacked']} | {r['fooled']} | "
+                     f"{100 * r['robust_after']:.1f} | {r['seconds']:.1f} | {r['forward_per_image']:.0f} | "
+                     f"{r['backward_per_image']:.0f} |")
+    lines += ["", "Each attack runs only on the examples still robust after the ones above it (the worst case per "
+              "example).", "", "**Masking checks**", "", checks_table(result.checks), summary_line(result.checks), ""]
+    return "\n".join(lines)
+
+
+def write_standard_report(result: "StandardResult", out_dir: Path, *, stem: str = "eval_standard",
+                          title: str = "Evaluation", extra: Mapping | None = None) -> dict[str, Path]:
+    """Write ``<stem>.md`` and ``<stem>.json`` (with the per-example outcomes) to ``out_dir``."""
+    import json
+
+    from robustlab.checkpoint import atomic_write_text
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"markdown": out_dir / f"{stem}.md", "json": out_dir / f"{stem}.json"}
+    atomic_write_text(files["markdown"], standard_markdown(result, title))
+    payload = {**(extra or {}), **result.to_dict(), "files": {k: str(v) for k, v in files.items()}}
+    atomic_write_text(files["json"], json.dumps(json_safe(payload), indent=2, allow_nan=False))
+    return files
+
+
 def suite_markdown(result: "SuiteResult", title: str = "Evaluation") -> str:
     """The whole report of a suite: accuracy tables, the ρ table and the masking checks."""
     from robustlab.checks import summary_line
 
-    parts = [f"# {title}", "",
+    parts = [f"# {title}", "", NOT_A_CLAIM.format(suite=result.suite), "",
              f"Suite `{result.suite}`: clean accuracy {_pair(result.clean)} on {result.n} test examples"
              + (" — **randomised model**: predictions differ between passes; EOT-PGD added" if result.randomised
                 else "") + f"; {result.seconds:.0f} s.", ""]

@@ -1,8 +1,10 @@
-"""Attack suites: which attacks, with which settings, on how many examples — and running them with the checks.
+"""The exploratory attack suites ``fast`` and ``quick``: every attack of the library, cut-down budgets, curves and ρ.
 
-``robustlab eval --suite quick`` (the default) runs the attacks of the run's ``[eval]`` section (FGSM and PGD) at its
-ε list; ``--suite full`` runs every attack of the library, sized so that LeNet-5 on MNIST-5k takes a few CPU
-minutes (``SuiteSettings`` field in brackets; ``SuiteSettings.paper()`` / ``--paper`` gives the papers' settings):
+These are **not robustness claims** (their budgets are cut, and they overstate robust accuracy): the headline
+number comes from the AutoAttack-strength ``standard`` suite of :mod:`robustlab.standard`. ``robustlab eval
+--suite quick`` runs the attacks of the run's ``[eval]`` section (FGSM and PGD) at its ε list; ``--suite fast``
+runs every attack of the library, sized so that LeNet-5 on MNIST-5k takes a few CPU minutes (``SuiteSettings``
+field in brackets; ``SuiteSettings.paper()`` / ``--paper`` gives the papers' settings):
 
 ==================  ===========================================================================  ================
 row                 attack, suite setting (paper setting)                                        examples
@@ -35,7 +37,7 @@ Adam moves each w by about ``lr`` per iteration, so with 100 iterations at lr 0.
 cannot move at all: on the demo's PGD-AT LeNet-5 that finds 10% of the examples, lr 0.1 finds 100% with a smaller
 ρ than DeepFool.
 
-The default L∞ ε list of the full suite (``robustlab eval``) is ε/2 and ε of the run's largest ``eval.eps``.
+The default L∞ ε list of the fast suite (``robustlab eval``) is ε/2 and ε of the run's largest ``eval.eps``.
 Every subset is a prefix of the same test examples, so the per-example outcomes of two rows can be compared on the
 examples they share. ε-bounded rows report accuracy (and error) per ε; minimal rows report accuracy, success rate
 and ρ_adv with and without failures. The masking checks of :mod:`robustlab.checks` run with every suite; when the
@@ -60,7 +62,7 @@ from robustlab.attacks.transfer import TransferAttack
 from robustlab.evaluate import (CurvePoint, MinimalSummary, Outcome, attack_outcome, minimal_attack_outcome,
                                 worst_case_ensemble)
 
-SUITES = ("quick", "full")
+SUITES = ("quick", "fast")
 FEW_PIXEL_PREFIX = "few_pixel_"
 
 # Paper-scale settings (spec and the attacks' papers): slow on a CPU.
@@ -72,12 +74,12 @@ PAPER_SETTINGS = dict(pgd_steps=40, pgd_restarts=1, apgd_steps=100, apgd_targets
 
 @dataclass
 class SuiteSettings:
-    """Everything a suite needs besides the model and the data; the defaults size ``--suite full`` for a CPU."""
+    """Everything a suite needs besides the model and the data; the defaults size ``--suite fast`` for a CPU."""
 
-    suite: str = "full"
+    suite: str = "fast"
     eps: list[float] = field(default_factory=lambda: [0.15, 0.3])
     eps_l2: list[float] | None = None          # None: ε·√d/4 for each L∞ ε
-    attacks: list[str] | None = None           # quick: the attacks to run; full: only these rows (None: all)
+    attacks: list[str] | None = None           # quick: the attacks to run; fast: only these rows (None: all)
     subset: int = 500                          # ε-bounded attacks, noise and gradient checks
     minimal_subset: int = 50                   # C&W, critic_hc
     deepfool_subset: int = 100
@@ -212,7 +214,7 @@ def build_suite(settings: SuiteSettings, *, num_classes: int, in_shape: tuple[in
         bounded("eot_pgd", lambda e: build_attack("eot_pgd", e, eot_samples=s.eot_samples, steps=s.pgd_steps,
                                                   step_size=alpha),
                 f"{s.eot_samples} EOT samples per gradient, {s.pgd_steps} steps, {alpha_text}")
-    if s.suite == "full":
+    if s.suite == "fast":
         minimal = lambda label, build, subset, text, norm="l2": entries.append(  # noqa: E731
             SuiteEntry(label, "minimal", norm, build, [], subset, text))
         minimal("cw_l2", lambda _: build_attack("cw_l2", max_iter=s.cw_iterations,
@@ -232,7 +234,7 @@ def build_suite(settings: SuiteSettings, *, num_classes: int, in_shape: tuple[in
                 seed=s.seed), s.few_pixel_subset,
                 f"{k} pixel(s), population {s.few_pixel_population} × {s.few_pixel_iterations} generations",
                 norm="l0")
-    if s.attacks and s.suite == "full":
+    if s.attacks and s.suite == "fast":
         wanted = set(s.attacks)
         unknown = wanted - {e.label for e in entries}
         if unknown:
