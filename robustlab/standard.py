@@ -20,7 +20,7 @@ Speed comes from doing less work, never from a smaller budget: an example leaves
 first adversarial point (:mod:`robustlab.attacks.active`), examples fooled by one stage are not attacked by the
 next, the clean predictions are computed once, and APGD-T/FAB-T run their targets as one batched call on a GPU.
 
-Reproducible: each (stage, batch) draws its randomness from its own seed (:func:`stage_seed`), so a stage's result
+Reproducible: each (stage, batch) draws its randomness from its own seed (:func:`robustlab.rng.derived_seed`), so a stage's result
 on a batch does not depend on what ran before it in the process. Resumable: with ``state_dir``, the per-example
 outcome is saved after every batch and a rerun with the same model, data and settings continues where it stopped.
 Sharded: under ``torchrun`` each process evaluates a contiguous share of the examples and the per-example outcomes
@@ -29,13 +29,12 @@ are gathered so that every rank holds the merged result (rank 0 runs the masking
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +49,8 @@ from robustlab.attacks.base import model_mode
 from robustlab.checkpoint import atomic_write_text
 from robustlab.distributed import DistributedEnv
 from robustlab.errors import ConfigError
-from robustlab.passes import PassCount, count_passes
+from robustlab.passes import count_passes
+from robustlab.rng import derived_seed, seeded
 
 AA_SUITES = ("standard", "rand")
 NORMS = ("linf", "l2")
@@ -124,20 +124,6 @@ def build_stages(s: StandardSettings, num_classes: int) -> list[Stage]:
     stages.append(Stage("square", build_attack("square", eps, norm=norm, queries=s.square_queries),
                         f"{s.square_queries} queries, margin loss"))
     return stages
-
-
-def stage_seed(seed: int, stage: str, batch: int) -> int:
-    """The seed of one batch of one stage: independent of which stages or batches ran before."""
-    digest = hashlib.sha256(f"{seed}/{stage}/{batch}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-@contextlib.contextmanager
-def seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Run the block with the global RNG seeded to ``seed``, restoring the caller's RNG state afterwards."""
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -288,7 +274,7 @@ def evaluate_standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settin
                 if b < state.done.get(stage.name, 0):
                     continue
                 xb, yb = xs[idx].to(dev), ys[idx].to(dev)
-                with seeded(stage_seed(s.seed, stage.name, b), dev):
+                with seeded(derived_seed(s.seed, stage.name, b), dev):
                     adv = stage.attack(model, xb, yb)
                 frac = _correct_fraction(model, adv, yb, draws)
                 worse = frac < state.robust[idx]

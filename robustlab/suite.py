@@ -38,7 +38,8 @@ cannot move at all: on the demo's PGD-AT LeNet-5 that finds 10% of the examples,
 ρ than DeepFool.
 
 The default L∞ ε list of the fast suite (``robustlab eval``) is ε/2 and ε of the run's largest ``eval.eps``.
-Every subset is a prefix of the same test examples, so the per-example outcomes of two rows can be compared on the
+Each row draws its randomness from its own seed (the suite's seed, the row and ε), so a row's result does not
+depend on which rows ran before it. Every subset is a prefix of the same test examples, so the per-example outcomes of two rows can be compared on the
 examples they share. ε-bounded rows report accuracy (and error) per ε; minimal rows report accuracy, success rate
 and ρ_adv with and without failures. The masking checks of :mod:`robustlab.checks` run with every suite; when the
 model's predictions are not repeatable (a randomised model) the suite adds EOT-PGD and uses it for the large-ε
@@ -61,6 +62,7 @@ from robustlab.attacks import Attack, build_attack
 from robustlab.attacks.transfer import TransferAttack
 from robustlab.evaluate import (CurvePoint, MinimalSummary, Outcome, attack_outcome, minimal_attack_outcome,
                                 worst_case_ensemble)
+from robustlab.rng import derived_seed, seeded
 
 SUITES = ("quick", "fast")
 FEW_PIXEL_PREFIX = "few_pixel_"
@@ -285,14 +287,11 @@ def evaluate_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings:
     """Run the suite on the first ``settings.subset`` of ``(x, y)``, then the ensemble and the masking checks."""
     log = log or (lambda _msg: None)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    # Random starts, restarts and targets: the same numbers on a rerun, without touching the caller's RNG state.
-    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
-        torch.manual_seed(settings.seed)
-        return _evaluate_suite(model, x, y, settings, num_classes=num_classes, transfer_source=transfer_source,
-                               device=device, log=log)
+    return _evaluate_suite(model, x, y, settings, num_classes=num_classes, transfer_source=transfer_source,
+                           device=device, dev=dev, log=log)
 
 
-def _evaluate_suite(model, x, y, settings, *, num_classes, transfer_source, device, log) -> SuiteResult:
+def _evaluate_suite(model, x, y, settings, *, num_classes, transfer_source, device, dev, log) -> SuiteResult:
     s = settings
     t_start = time.perf_counter()
     if device is not None:
@@ -326,15 +325,17 @@ def _evaluate_suite(model, x, y, settings, *, num_classes, transfer_source, devi
         if entry.kind == "bounded":
             for e in entry.eps:
                 keep = s.gallery if e == max(entry.eps) else 0
-                out = attack_outcome(model, xs, ys, entry.build(e), keep=keep, **kw)
+                with seeded(derived_seed(s.seed, entry.label, e), dev):  # a row's own seed
+                    out = attack_outcome(model, xs, ys, entry.build(e), keep=keep, **kw)
                 masks[(entry.label, e)] = out.correct
                 points.append(CurvePoint(entry.label, e, out.accuracy, n=m, norm=entry.norm))
                 if keep:
                     gallery[entry.label] = out
                 log(f"{entry.label:>13} ε={e:<6g} accuracy {100 * out.accuracy:5.1f}% on {m} ({out.seconds:.1f} s)")
         else:
-            summary, out = minimal_attack_outcome(model, xs, ys, entry.build(None), name=entry.label,
-                                                  keep=s.gallery, **kw)
+            with seeded(derived_seed(s.seed, entry.label), dev):
+                summary, out = minimal_attack_outcome(model, xs, ys, entry.build(None), name=entry.label,
+                                                      keep=s.gallery, **kw)
             masks[(entry.label, None)] = out.correct
             minimal.append(summary)
             gallery[entry.label] = out
@@ -359,7 +360,8 @@ def _evaluate_suite(model, x, y, settings, *, num_classes, transfer_source, devi
     result = SuiteResult(s.suite, n, clean, points, minimal, ensemble, [], attacks, randomised, s,
                          masks=masks, gallery=gallery, clean_outcome=clean_out, labels=y[: s.gallery].cpu())
     t0 = time.perf_counter()
-    result.checks = run_checks(model, x, y, result, stability=stability, **kw)
+    with seeded(derived_seed(s.seed, "checks"), dev):
+        result.checks = run_checks(model, x, y, result, stability=stability, **kw)
     log(f"masking checks ({time.perf_counter() - t0:.1f} s): " + masking.summary_line(result.checks))
     result.seconds = time.perf_counter() - t_start
     return result

@@ -22,16 +22,16 @@ def test_train_then_eval(tmp_path, capsys):
     config = tmp_path / "tiny.toml"
     config.write_text(TINY.format(out=tmp_path / "run"))
     assert main(["train", "--config", str(config), "--set", "run.seed=1"]) == 0
-    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--subset", "50"]) == 0
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--suite", "quick", "--subset", "50"]) == 0
     out = capsys.readouterr().out
     assert "| FGSM ε=0.05 |" in out.replace(" | ", " | ") or "FGSM ε=0.05" in out
-    result = json.loads((tmp_path / "run" / "eval.json").read_text())
+    result = json.loads((tmp_path / "run" / "eval_quick.json").read_text())
     assert result["examples"] == 50 and {p["attack"] for p in result["curve"]} == {"fgsm", "pgd"}
     accs = {(p["attack"], p["eps"]): p["accuracy"] for p in result["curve"]}
     assert accs[("pgd", 0.1)] <= accs[("pgd", 0.05)] <= result["clean"]
 
     # The same evaluation with the attacks under bf16 autocast agrees with fp32 within a few points.
-    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--subset", "50", "--amp", "bf16",
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--suite", "quick", "--subset", "50", "--amp", "bf16",
                  "--out", str(tmp_path / "bf16.json")]) == 0
     low = json.loads((tmp_path / "bf16.json").read_text())
     assert low["amp"] == "bf16"
@@ -39,7 +39,7 @@ def test_train_then_eval(tmp_path, capsys):
         assert abs(p["accuracy"] - accs[(p["attack"], p["eps"])]) <= 0.06, (p, accs)
 
     # --metric adds the learned-metric analysis (detection AUC, kNN retrieval) and its ROC plot.
-    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--subset", "50", "--metric",
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--suite", "quick", "--subset", "50", "--metric",
                  "--out", str(tmp_path / "metric.json")]) == 0
     metric = json.loads((tmp_path / "metric.json").read_text())["metric"]
     assert metric["examples"] == 50 and 0.5 < metric["auc_softmax"] <= 1 and 0 <= metric["knn_adv"] <= 1

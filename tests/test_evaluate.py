@@ -97,7 +97,7 @@ def test_suite_json_is_strict_and_complete(full_result):
 
 
 def test_report_writes_pngs_markdown_and_csv(full_result, tmp_path):
-    files = write_suite_report(full_result, tmp_path, stem="eval_full", title="digits MLP")
+    files = write_suite_report(full_result, tmp_path, stem="eval_fast", title="digits MLP")
     for key in ("plot_accuracy", "plot_rho", "plot_gallery"):
         assert files[key].read_bytes()[:8] == PNG, key
     md = files["markdown"].read_text()
@@ -109,7 +109,7 @@ def test_report_writes_pngs_markdown_and_csv(full_result, tmp_path):
     assert len(csv_lines) == 1 + 1 + len(full_result.points) + len(full_result.ensemble)
     assert len(files["csv_rho"].read_text().splitlines()) == 1 + len(MINIMAL_ROWS)
     assert len(files["csv_checks"].read_text().splitlines()) == 1 + len(CHECKS)
-    assert json.loads(files["json"].read_text())["files"]["plot_gallery"].endswith("eval_full_gallery.png")
+    assert json.loads(files["json"].read_text())["files"]["plot_gallery"].endswith("eval_fast_gallery.png")
 
 
 # --- masking checks on broken models ---------------------------------------------------------------------------
@@ -317,30 +317,32 @@ def tiny_run(tmp_path_factory):
     return root / "run"
 
 
-def test_cli_full_suite(tiny_run, tmp_path, capsys):
+def test_cli_fast_suite(tiny_run, tmp_path, capsys):
     # Every row with the suite's default settings is covered above; here the command line on a few rows.
     out = tmp_path / "out"
     rows = "fgsm,pgd,apgd_dlr_t,pgd_l2,transfer,deepfool,few_pixel_1"
-    assert main(["eval", "--checkpoint", str(tiny_run), "--suite", "full", "--attacks", rows, "--subset", "40",
+    assert main(["eval", "--checkpoint", str(tiny_run), "--suite", "fast", "--attacks", rows, "--subset", "40",
                  "--minimal-subset", "4", "--few-pixel-subset", "2", "--pgd-steps", "2",
                  "--transfer-source", str(tiny_run), "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "Masking checks" in text and "ρ_adv" in text and "| **worst case** |" in text
-    data = json.loads((out / "eval_full.json").read_text())
-    assert data["suite"] == "full" and data["examples"] == 40
+    assert "The fast suite is not a robustness claim" in text
+    data = json.loads((out / "eval_fast.json").read_text())
+    assert data["suite"] == "fast" and data["examples"] == 40
     assert {p["attack"] for p in data["curve"]} == {"fgsm", "pgd", "apgd_dlr_t", "pgd_l2", "transfer"}
     assert {p["eps"] for p in data["curve"] if p["norm"] == "linf"} == {0.1, 0.2}  # ε/2 and ε of the run's eps
     assert {m["attack"]: m["n"] for m in data["minimal"]} == {"deepfool": 4, "few_pixel_1": 2}
     assert data["attacks"]["pgd"]["settings"].startswith("2 steps")
     assert {c["name"] for c in data["checks"]} == CHECKS
-    for name in ("eval_full_accuracy_vs_eps.png", "eval_full_rho.png", "eval_full_gallery.png"):
+    for name in ("eval_fast_accuracy_vs_eps.png", "eval_fast_rho.png", "eval_fast_gallery.png"):
         assert (out / name).read_bytes()[:8] == PNG
-    assert (out / "eval_full.md").exists() and (out / "eval_full_rho.csv").exists()
+    assert (out / "eval_fast.md").exists() and (out / "eval_fast_rho.csv").exists()
 
 
 def test_cli_quick_suite_json_path_and_fail_on_check(tiny_run, tmp_path, capsys):
     target = tmp_path / "res" / "mine.json"
-    rc = main(["eval", "--checkpoint", str(tiny_run), "--subset", "30", "--out", str(target), "--fail-on-check"])
+    rc = main(["eval", "--checkpoint", str(tiny_run), "--suite", "quick", "--subset", "30", "--out", str(target),
+               "--fail-on-check"])
     data = json.loads(target.read_text())
     assert rc == (0 if data["checks_passed"] else 1)
     assert data["examples"] == 30 and {p["attack"] for p in data["curve"]} == {"fgsm", "pgd"}
@@ -349,8 +351,8 @@ def test_cli_quick_suite_json_path_and_fail_on_check(tiny_run, tmp_path, capsys)
     assert "stable_predictions" in capsys.readouterr().out
 
 
-def test_cli_full_suite_unknown_row_is_one_error_line(tiny_run, capsys):
-    assert main(["eval", "--checkpoint", str(tiny_run), "--suite", "full", "--attacks", "pgd,nope",
+def test_cli_fast_suite_unknown_row_is_one_error_line(tiny_run, capsys):
+    assert main(["eval", "--checkpoint", str(tiny_run), "--suite", "fast", "--attacks", "pgd,nope",
                  "--subset", "10"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("robustlab: error: ") and "nope" in err[0]

@@ -191,7 +191,7 @@ def test_trained_l2p_model_loads_back_and_evaluates_through_the_cli(tmp_path, ca
     loaded = theta_parameters(model)
     assert len(loaded) == len(trained) and all(torch.equal(a, b) for a, b in zip(loaded, trained))
     assert "noise_opt" in state["aux_optimizers"]
-    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--subset", "30", "--pgd-steps", "2",
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--suite", "quick", "--subset", "30", "--pgd-steps", "2",
                  "--eot-samples", "2", "--attacks", "pgd", "--out", str(tmp_path / "eval.json")]) == 0
     printed = capsys.readouterr().out
     assert "randomised model, adding EOT-PGD" in printed
