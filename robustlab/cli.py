@@ -365,7 +365,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from robustlab.demo import run_demo
 
     if args.quick:
-        run_demo(args.out, epochs_scale=0.1, eval_subset=200, pgd_steps=10, pgd_step_size=0.0)
+        run_demo(args.out, epochs_scale=0.1, eval_subset=200, standard_subset=100, pgd_steps=10, pgd_step_size=0.0)
     else:
         run_demo(args.out)
     return 0
