@@ -1,0 +1,227 @@
+"""The AutoAttack-strength suites (robustlab/standard.py), robustlab.benchmark and `robustlab eval` on them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import robustlab
+from robustlab.attacks import APGDCE
+from robustlab.cli import main
+from robustlab.errors import ConfigError
+from robustlab.standard import StandardSettings, build_stages, evaluate_standard
+
+from tiny_run import tiny_run_toml
+
+
+def _acc(model, x, y):
+    with torch.no_grad():
+        return float(model(x).argmax(1).eq(y).float().mean())
+
+
+def test_standard_composition_is_autoattacks():
+    stages = build_stages(StandardSettings(eps=8 / 255), num_classes=10)
+    assert [s.name for s in stages] == ["apgd_ce", "apgd_t", "fab_t", "square"]
+    apgd_ce, apgd_t, fab_t, square = (s.attack for s in stages)
+    assert (apgd_ce.steps, apgd_ce.restarts, apgd_ce.loss, apgd_ce.top_targets) == (100, 1, "ce", 0)
+    assert (apgd_t.steps, apgd_t.loss, apgd_t.top_targets) == (100, "dlr", 9)
+    assert (fab_t.steps, fab_t.top_targets) == (100, 9)
+    assert square.queries == 5000
+    rand = build_stages(StandardSettings(suite="rand", eps=0.1), num_classes=10)
+    assert [(s.name, s.attack.eot_samples) for s in rand] == [("apgd_ce_eot", 20), ("apgd_dlr_eot", 20)]
+
+
+@pytest.fixture(scope="module")
+def standard_result(robust_digits_cnn, digits):
+    return evaluate_standard(robust_digits_cnn, digits.test_x, digits.test_y,
+                             StandardSettings(eps=0.15, subset=150), num_classes=10)
+
+
+def test_standard_suite_is_a_worst_case_over_stages(standard_result, robust_digits_cnn, digits):
+    r = standard_result
+    x, y = digits.test_x[:150], digits.test_y[:150]
+    after = [row["robust_after"] for row in r.rows]
+    assert after == sorted(after, reverse=True) and after[-1] == r.robust_accuracy
+    assert r.rows[0]["attacked"] == int(r.clean_correct.sum())
+    for k, row in enumerate(r.rows[1:], start=1):  # each stage attacks exactly what the ones before left robust
+        assert row["attacked"] == round(after[k - 1] * r.n)
+    assert sum(row["fooled"] for row in r.rows) == int(r.clean_correct.sum() - r.robust.sum())
+    # The per-example outcome is real: every example marked fooled has an adversarial point within ε.
+    fooled = torch.tensor([f is not None for f in r.fooled_by])
+    assert fooled.any() and (r.x_adv - x).abs().max() <= 0.15 + 1e-6
+    with torch.no_grad():
+        assert bool(robust_digits_cnn(r.x_adv[fooled]).argmax(1).ne(y[fooled]).all())
+    # Stronger than APGD-CE alone, and the checks all ran.
+    torch.manual_seed(0)
+    assert r.robust_accuracy <= _acc(robust_digits_cnn, APGDCE(0.15)(robust_digits_cnn, x, y), y)
+    assert {c.name for c in r.checks} == {"stable_predictions", "input_gradients", "iterative_vs_single",
+                                          "blackbox_beats_whitebox", "large_eps", "noise_weaker"}
+    assert all(c.passed for c in r.checks), [c.detail for c in r.checks if not c.passed]
+    assert r.passes["backward_per_image"] > 0 and r.rows[-1]["backward_per_image"] == 0  # Square: no gradients
+
+
+class Quantised(nn.Module):
+    """A gradient-masked model: a non-differentiable input quantiser (zero gradient) in front of a classifier."""
+
+    def __init__(self, net: nn.Module, levels: int = 4):
+        super().__init__()
+        self.net, self.levels = net, levels
+
+    def forward(self, x):
+        return self.net(torch.round(x * self.levels) / self.levels)
+
+
+class StraightThrough(Quantised):
+    """The same function with the quantiser's gradient taken as the identity (BPDA): the adaptive attack."""
+
+    def forward(self, x):
+        q = torch.round(x * self.levels) / self.levels
+        return self.net(x + (q - x).detach())
+
+
+def test_a_gradient_masked_model_is_caught_and_not_overstated(trained_digits_mlp, digits):
+    x, y = digits.test_x[:120], digits.test_y[:120]
+    masked, adaptive = Quantised(trained_digits_mlp), StraightThrough(trained_digits_mlp)
+    result = evaluate_standard(masked, x, y, StandardSettings(eps=0.15), num_classes=10)
+    torch.manual_seed(0)
+    gradient_only = _acc(masked, APGDCE(0.15)(masked, x, y), y)
+    true_value = _acc(masked, APGDCE(0.15)(adaptive, x, y), y)  # BPDA points, judged on the masked model
+    failed = {c.name for c in result.checks if not c.passed}
+    assert {"input_gradients", "blackbox_beats_whitebox"} <= failed
+    assert gradient_only > result.clean - 0.05  # APGD alone is blind here ...
+    assert result.robust_accuracy <= true_value + 0.10  # ... the standard suite is not (Square finds them)
+    assert result.robust_accuracy < gradient_only - 0.3
+
+
+def test_randomised_model_gets_the_rand_suite(digits):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    noisy = nn.Sequential(_Noise(0.3), net)
+    r = evaluate_standard(noisy, digits.test_x[:40], digits.test_y[:40],
+                          StandardSettings(eps=0.1, steps=5, eot_samples=2, final_draws=3), num_classes=10)
+    assert r.suite == "rand" and r.randomised and [row["attack"] for row in r.rows] == ["apgd_ce_eot",
+                                                                                      "apgd_dlr_eot"]
+    thirds = r.robust * 3  # fractions of the 3 final draws
+    assert torch.allclose(thirds, thirds.round(), atol=1e-5)
+    assert not next(c for c in r.checks if c.name == "stable_predictions").passed
+
+
+class _Noise(nn.Module):
+    def __init__(self, std):
+        super().__init__()
+        self.std = std
+
+    def forward(self, x):
+        return x + self.std * torch.randn_like(x)
+
+
+def test_an_interrupted_evaluation_resumes_to_the_same_outcome(robust_digits_cnn, digits, tmp_path):
+    x, y = digits.test_x[:80], digits.test_y[:80]
+    settings = StandardSettings(eps=0.15, batch_size=20, steps=10, square_queries=100)
+    whole = evaluate_standard(robust_digits_cnn, x, y, settings, num_classes=10)
+
+    def stop_after_apgd_t(message):
+        if "apgd_t:" in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_standard(robust_digits_cnn, x, y, settings, num_classes=10, state_dir=tmp_path, log=stop_after_apgd_t)
+    saved = json.loads((tmp_path / "rank0.json").read_text())
+    assert saved["done"] == {"apgd_ce": 4, "apgd_t": len(range(0, whole.rows[1]["attacked"], 20))}
+    lines = []
+    resumed = evaluate_standard(robust_digits_cnn, x, y, settings, num_classes=10, state_dir=tmp_path,
+                                log=lines.append)
+    assert torch.equal(resumed.robust, whole.robust) and resumed.fooled_by == whole.fooled_by
+    assert resumed.rows[0]["seconds"] == pytest.approx(saved["stats"]["apgd_ce"]["seconds"], abs=1e-3)
+    # Another experiment in the same directory is refused, naming what differs.
+    with pytest.raises(ConfigError, match="another evaluation .*settings"):
+        evaluate_standard(robust_digits_cnn, x, y, StandardSettings(eps=0.1, batch_size=20), num_classes=10,
+                          state_dir=tmp_path)
+
+
+@pytest.mark.parametrize("x, y, match", [
+    (torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long), "empty"),
+    (torch.full((4, 1, 8, 8), 200, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), "uint8"),
+    (torch.full((4, 1, 8, 8), 200.0), torch.zeros(4, dtype=torch.long), "0–255"),
+    (torch.full((4, 1, 8, 8), float("nan")), torch.zeros(4, dtype=torch.long), "NaN"),
+    (torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 10, 2]), r"labels must lie in \[0, 10\)"),
+    (torch.rand(4, 1, 8, 8), torch.tensor([0.0, 1.0, 2.0, 3.0]), "integer class labels"),
+    (torch.rand(4, 3, 8, 8), torch.zeros(4, dtype=torch.long), "does not accept inputs of shape"),
+])
+def test_benchmark_refuses_bad_inputs_with_one_clear_error(trained_digits_mlp, x, y, match):
+    with pytest.raises(ValueError, match=match):
+        robustlab.benchmark(trained_digits_mlp, x, y, eps=0.1)
+
+
+@pytest.mark.parametrize("options, match", [({"eps": 1.5}, "above 1"), ({"eps": float("nan")}, "finite"),
+                                            ({"eps": 0.1, "norm": "L1"}, "norm"),
+                                            ({"eps": 0.1, "suite": "fast"}, "suite")])
+def test_benchmark_refuses_bad_settings(trained_digits_mlp, digits, options, match):
+    with pytest.raises(ValueError, match=match):
+        robustlab.benchmark(trained_digits_mlp, digits.test_x[:4], digits.test_y[:4], **options)
+
+
+def test_benchmark_on_your_own_model_l2(trained_digits_mlp, digits):
+    x, y = digits.test_x[:60], digits.test_y[:60]
+    r = robustlab.benchmark(trained_digits_mlp, x, y, norm="L2", eps=1.0)
+    assert r.norm == "l2" and r.n == 60 and r.robust_accuracy < r.clean
+    fooled = torch.tensor([f is not None for f in r.fooled_by])
+    assert (r.x_adv - x).flatten(1).norm(dim=1).max() <= 1.0 + 1e-5
+    assert _acc(trained_digits_mlp, r.x_adv[fooled], y[fooled]) == 0.0
+    assert json.loads(json.dumps(r.to_dict()))["per_example"]["robust"] == r.robust.tolist()
+
+
+def test_cli_eval_of_your_own_model(trained_digits_mlp, tmp_path, monkeypatch, capsys):
+    (tmp_path / "my_models.py").write_text(
+        "from robustlab.models import build_model\n\n\n"
+        "def digits_mlp():\n    return build_model('mlp_a3t', in_shape=(1, 8, 8), num_classes=10)\n")
+    save_file(trained_digits_mlp.state_dict(), str(tmp_path / "w.safetensors"))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", "my_models:digits_mlp", "--weights", "w.safetensors", "--dataset", "digits",
+                 "--eps", "0.1", "--subset", "40", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "standard suite at linf ε=0.1 on 40 test examples" in text and "robust accuracy" in text
+    data = json.loads((out / "eval_standard.json").read_text())
+    assert data["examples"] == 40 and data["suite"] == "standard" and data["dataset"] == "digits"
+    assert data["robust_accuracy"] < data["clean"] and (out / "eval_standard.md").exists()
+    # Weights of another architecture, or no --eps, are one error line each.
+    save_file({"w": torch.zeros(3)}, str(tmp_path / "bad.safetensors"))
+    for argv in (["--weights", "bad.safetensors", "--eps", "0.1"], ["--weights", "w.safetensors"]):
+        assert main(["eval", "--model", "my_models:digits_mlp", "--dataset", "digits", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("robustlab: error: ")
+
+
+@pytest.mark.slow
+def test_sharded_evaluation_under_torchrun_merges_every_example(tmp_path):
+    config = tmp_path / "tiny.toml"
+    config.write_text(tiny_run_toml().format(out=tmp_path / "run"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "robustlab.cli", "train", "--config", str(config)], check=True,
+                   capture_output=True, env=env, timeout=300)
+    run = tmp_path / "run"
+    outputs = {}
+    for nproc in (1, 2):
+        cmd = ([sys.executable, "-m", "robustlab.cli"] if nproc == 1 else
+               [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                "-m", "robustlab.cli"])
+        out = tmp_path / f"eval{nproc}"
+        res = subprocess.run(cmd + ["eval", "--checkpoint", str(run), "--subset", "60", "--out", str(out)],
+                             capture_output=True, text=True, env=env, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert res.stdout.count("wrote ") == 1  # rank 0 alone reports
+        outputs[nproc] = json.loads((out / "eval_standard.json").read_text())
+        if nproc == 2:
+            assert (out / "eval_standard_state" / "rank1.json").exists()
+    one, two = outputs[1], outputs[2]
+    assert two["processes"] == 2 and len(two["per_example"]["robust"]) == 60 == two["examples"]
+    assert two["clean"] == one["clean"]
+    assert abs(two["robust_accuracy"] - one["robust_accuracy"]) <= 3 / 60
