@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlab.attacks.deepfool import closest_boundary_target
+from robustlab.attacks.active import ActiveSet, success_mask
 from robustlab.attacks.perturbation import MinimalAttack, MinimalResult, batch_view, clip_l2
 from robustlab.attacks.registry import register_attack
 
@@ -100,22 +101,22 @@ class HighConfidenceAttack(MinimalAttack):
 
         scale = 1.0 + self.overshoot
         r = torch.zeros_like(x)
-        active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        # Rows carry their target class and confidence; an example leaves when it reaches both.
+        active = ActiveSet(x, target)
+        aim = conf
         for _ in range(self.max_iter):
-            idx = active.nonzero().squeeze(1)
-            if idx.numel() == 0:
-                break
-            x0 = x[idx]
-            r_i, logits, log_p_t = high_confidence_step(model, x0 + scale * r[idx], target[idx], conf[idx],
+            r_i, logits, log_p_t = high_confidence_step(model, active.x + scale * r, active.y, aim,
                                                         eps=self.eps, max_step=self.max_step)
             with torch.no_grad():
-                reached = logits.argmax(1).eq(target[idx]) & (log_p_t.exp() >= conf[idx])
-                active[idx[reached]] = False
-                r_new = r[idx] + r_i
-                r_new = ((x0 + scale * r_new).clamp(0.0, 1.0) - x0) / scale
-                r[idx] = torch.where(batch_view(reached, r_new), r[idx], r_new)
+                reached = success_mask(logits, active.y, targeted=True) & (log_p_t.exp() >= aim)
+                r, r_i, aim = active.retire(reached, active.x + scale * r, r, r_i, aim)
+                if active.empty:
+                    break
+                r = r + r_i
+                r = ((active.x + scale * r).clamp(0.0, 1.0) - active.x) / scale
+        active.finish(active.x + scale * r)
 
-        candidate = (x + scale * r).clamp(0.0, 1.0)
+        candidate = active.out.clamp(0.0, 1.0)
         with torch.no_grad():
             probs = F.softmax(model(candidate), dim=1)
         p_t = probs.gather(1, target[:, None]).squeeze(1)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from robustlab.attacks.active import ActiveSet, success_mask
 from robustlab.attacks.perturbation import MinimalAttack, MinimalResult, batch_view, clip_l2, finalize, flat_norm
 from robustlab.attacks.registry import register_attack
 
@@ -97,27 +98,23 @@ class DeepFool(MinimalAttack):
 
     def search(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MinimalResult:
         scale = 1.0 + self.overshoot
+        active = ActiveSet(x, y)  # an example leaves at its first misclassified iterate
         r = torch.zeros_like(x)
-        active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         for _ in range(self.max_iter):
-            idx = active.nonzero().squeeze(1)
-            if idx.numel() == 0:
-                break
-            x0, y_a = x[idx], y[idx]
-            x_it = (x0 + scale * r[idx]).requires_grad_(True)
+            x_it = (active.x + scale * r).requires_grad_(True)
             logits = model(x_it)
-            classes = candidate_classes(logits, y_a, self.candidates)
+            classes = candidate_classes(logits, active.y, self.candidates)
             grads = logit_gradients(logits, x_it, classes)
             with torch.no_grad():
                 logits = logits.detach()
-                still = logits.argmax(1).eq(y_a)
-                active[idx[~still]] = False
+                r, grads, classes, logits = active.retire(success_mask(logits, active.y), x_it.detach(), r, grads,
+                                                          classes, logits)
+                if active.empty:
+                    break
                 _, f, w = closest_boundary(logits, grads, classes)
                 w_norm = flat_norm(w).clamp_min(1e-12)
-                step = clip_l2(batch_view((f.abs() + 1e-4) / w_norm.square(), w) * w, self.max_step)
-                r_new = r[idx] + step
-                r_new = ((x0 + scale * r_new).clamp(0.0, 1.0) - x0) / scale
-                r[idx] = torch.where(batch_view(still, r_new), r_new, r[idx])
-        candidate = (x + scale * r).clamp(0.0, 1.0)
+                r = r + clip_l2(batch_view((f.abs() + 1e-4) / w_norm.square(), w) * w, self.max_step)
+                r = ((active.x + scale * r).clamp(0.0, 1.0) - active.x) / scale
+        active.finish((active.x + scale * r).clamp(0.0, 1.0))
         found = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-        return finalize(model, x, y, candidate, found, targeted=False)
+        return finalize(model, x, y, active.out, found, targeted=False)
