@@ -119,7 +119,8 @@ def build_stages(s: StandardSettings, num_classes: int) -> list[Stage]:
         stages.append(Stage("apgd_t", build_attack("apgd_dlr", eps, norm=norm, steps=s.steps, top_targets=targets,
                                                    batched=batched),
                             f"targeted DLR, {targets} target classes × {s.steps} iterations"))
-    stages.append(Stage("fab_t", build_attack("fab", eps, norm=norm, steps=s.steps, top_targets=targets),
+    stages.append(Stage("fab_t", build_attack("fab", eps, norm=norm, steps=s.steps, top_targets=targets,
+                                              batched=batched),
                         f"{targets} target classes × {s.steps} iterations"))
     stages.append(Stage("square", build_attack("square", eps, norm=norm, queries=s.square_queries),
                         f"{s.square_queries} queries, margin loss"))

@@ -27,9 +27,11 @@ class _FoolsOnCopy:
 
     def __init__(self):
         self.rows_seen = 0
+        self.copies = []
 
     def __call__(self, model, active):
         self.rows_seen += len(active)
+        self.copies.append(active.copy.tolist())
         fooled = active.target.eq(active.example % 3)
         (x,) = active.retire(fooled, active.x + 1, active.x + 1)
         active.finish(x)
@@ -46,6 +48,7 @@ def test_batched_and_sequential_copies_find_the_same_successes():
     assert ok_b.tolist() == ok_s.tolist() == [True, True, False, True, True, True]
     assert torch.equal(out_b, out_s) and torch.equal(out_b[5], x[5])
     assert batched.rows_seen == 10 and sequential.rows_seen == 5 + 3  # the second run only sees the unfooled
+    assert batched.copies == [[0] * 5 + [1] * 5] and sequential.copies == [[0] * 5, [1] * 3]  # run of each row
 
 
 def test_top_other_classes_orders_by_logit_and_caps_at_classes_minus_one():

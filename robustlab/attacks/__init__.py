@@ -3,14 +3,16 @@
 from robustlab.attacks.base import Attack, model_mode
 from robustlab.attacks.apgd import APGD, APGDCE, APGDDLR
 from robustlab.attacks.eot import EOTPGD, with_eot
+from robustlab.attacks.fab import FAB
 from robustlab.attacks.fgsm import FGSM, LeastLikely
 from robustlab.attacks.pgd import (IFGSM, PGD, PGDL2, IterativeLeastLikely, L2Ball, LinfBall, ThreatModel,
                                    project_l2, project_linf)
 from robustlab.attacks.registry import available_attacks, build_attack
+from robustlab.attacks.square import Square
 from robustlab.attacks.transfer import TransferAttack, load_source_model
 
-__all__ = ["APGD", "APGDCE", "APGDDLR", "EOTPGD", "IFGSM", "IterativeLeastLikely", "L2Ball", "LeastLikely",
-           "LinfBall", "PGDL2", "ThreatModel", "TransferAttack", "load_source_model", "project_l2", "with_eot",
+__all__ = ["APGD", "APGDCE", "APGDDLR", "EOTPGD", "FAB", "IFGSM", "IterativeLeastLikely", "L2Ball", "LeastLikely",
+           "LinfBall", "PGDL2", "Square", "ThreatModel", "TransferAttack", "load_source_model", "project_l2", "with_eot",
            "Attack", "FGSM", "PGD", "available_attacks", "build_attack", "model_mode",
            "project_linf"]
 

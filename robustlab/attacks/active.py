@@ -62,15 +62,17 @@ class ActiveSet:
     """Rows still being attacked, each mapped to an example of the output batch (see the module docstring).
 
     ``x``, ``y``, ``target``: the rows' clean inputs, labels and steering classes (``target`` may be None);
-    ``example``: the output position of each row. ``out`` holds the result per example; ``success`` whether a
+    ``example``: the output position of each row; ``copy``: which run of :func:`run_copies` the row belongs to
+    (its restart is ``copy % restarts``). ``out`` holds the result per example; ``success`` whether a
     row fooled the model for it. Attacks shrink their own per-row state with the tensors :meth:`retire` returns.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None, *,
-                 example: torch.Tensor | None = None, out: torch.Tensor | None = None,
-                 success: torch.Tensor | None = None):
+                 example: torch.Tensor | None = None, copy: torch.Tensor | None = None,
+                 out: torch.Tensor | None = None, success: torch.Tensor | None = None):
         self.x, self.y, self.target = x, y, target
         self.example = torch.arange(len(x), device=x.device) if example is None else example
+        self.copy = torch.zeros(len(x), dtype=torch.long, device=x.device) if copy is None else copy
         self.out = x.clone() if out is None else out
         self.success = (torch.zeros(len(self.out), dtype=torch.bool, device=x.device) if success is None
                         else success)
@@ -98,7 +100,7 @@ class ActiveSet:
         keep = ~self.success[self.example]
         if bool(keep.all()):
             return list(state)
-        self.x, self.y, self.example = self.x[keep], self.y[keep], self.example[keep]
+        self.x, self.y, self.example, self.copy = self.x[keep], self.y[keep], self.example[keep], self.copy[keep]
         if self.target is not None:
             self.target = self.target[keep]
         return [None if s is None else s[keep] for s in state]
@@ -134,22 +136,24 @@ def run_copies(model: nn.Module, x: torch.Tensor, y: torch.Tensor, core: Core, *
         if len(todo) == 0:
             return out, success
         example = todo.repeat(len(runs))
+        copy = torch.arange(len(runs), device=x.device).repeat_interleave(len(todo))
         target = None if runs[0] is None else torch.cat([t[todo] for t in runs])
-        active = ActiveSet(x[example], y[example], target, example=example, out=out, success=success)
+        active = ActiveSet(x[example], y[example], target, example=example, copy=copy, out=out, success=success)
         core(model, active)
         return out, success
     for i, t in enumerate(runs):
         todo = (~success).nonzero().squeeze(1)
         if len(todo) == 0:
             break
+        copy = torch.full_like(todo, i)
         if i == 0:
-            active = ActiveSet(x[todo], y[todo], None if t is None else t[todo], example=todo, out=out,
+            active = ActiveSet(x[todo], y[todo], None if t is None else t[todo], example=todo, copy=copy, out=out,
                                success=success)
             core(model, active)
         else:  # a later run replaces nothing unless it fools the model
             scratch = out.clone()
-            active = ActiveSet(x[todo], y[todo], None if t is None else t[todo], example=todo, out=scratch,
-                               success=success)
+            active = ActiveSet(x[todo], y[todo], None if t is None else t[todo], example=todo, copy=copy,
+                               out=scratch, success=success)
             core(model, active)
             hit = todo[success[todo]]
             out[hit] = scratch[hit]

@@ -8,3 +8,5 @@ import robustlab.attacks.cw  # noqa: F401
 import robustlab.attacks.deepfool  # noqa: F401
 import robustlab.attacks.critic_attack  # noqa: F401
 import robustlab.attacks.few_pixel  # noqa: F401
+import robustlab.attacks.square  # noqa: F401
+import robustlab.attacks.fab  # noqa: F401

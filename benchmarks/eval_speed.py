@@ -1,0 +1,147 @@
+"""robustlab's `standard` suite against torchattacks' AutoAttack composition, on the same model and examples.
+
+    .venv/bin/python benchmarks/eval_speed.py [--n 500] [--eps 0.3] [--device cpu|cuda] [--out docs/results/eval_speed.md]
+
+The model is the demo's PGD-AT LeNet-5 on MNIST-5k (trained with the demo recipe if `runs/demo/pgd_at` is missing;
+`--checkpoint` for another run). The reference is torchattacks 3.5.1's AutoAttack standard composition — APGD-CE,
+APGD-T (9 target classes), FAB-T (9 target classes), Square (5,000 queries), each on the examples still robust —
+with every iteration count set to 100 explicitly (its own AutoAttack wrapper leaves them at 10). Both run in one
+process, one after the other, with one torch thread; each is timed in CPU seconds of this process on the CPU
+(so a busy machine does not skew the ratio) and in wall-clock seconds on a GPU. Passes are counted with
+`robustlab.passes.count_passes` around the same model for both. Writes the markdown report to `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from a3t import machine_facts  # noqa: E402
+from common import train_or_reuse, write_report  # noqa: E402
+from robustlab.evaluate import load_trained_model  # noqa: E402
+from robustlab.passes import count_passes  # noqa: E402
+from robustlab.standard import StandardSettings, evaluate_standard  # noqa: E402
+
+
+class Clock:
+    """CPU seconds of this process on the CPU; wall-clock seconds (after synchronising) on a GPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return time.perf_counter()
+        return time.process_time()
+
+
+def reference_autoattack(model, x, y, eps: float, norm: str, n_classes: int, device, batch_size: int):
+    """torchattacks' AutoAttack standard composition with 100 iterations: (robust accuracy, per-example robust)."""
+    import torchattacks
+
+    norm_name = "Linf" if norm == "linf" else "L2"
+    attacks = [torchattacks.APGD(model, norm=norm_name, eps=eps, steps=100, n_restarts=1, loss="ce", seed=0),
+               torchattacks.APGDT(model, norm=norm_name, eps=eps, steps=100, n_restarts=1, n_classes=n_classes,
+                                  seed=0),
+               torchattacks.FAB(model, norm=norm_name, eps=eps, steps=100, n_restarts=1, multi_targeted=True,
+                                n_classes=n_classes, seed=0),
+               torchattacks.Square(model, norm=norm_name, eps=eps, n_queries=5000, n_restarts=1, seed=0)]
+    multi = torchattacks.MultiAttack(attacks)
+    multi.set_model_training_mode(model_training=False)
+    robust = []
+    for start in range(0, len(x), batch_size):
+        xb, yb = x[start:start + batch_size].to(device), y[start:start + batch_size].to(device)
+        x_adv = multi(xb, yb)
+        with torch.no_grad():
+            robust.append(model(x_adv).argmax(1).eq(yb).cpu())
+    robust = torch.cat(robust)
+    return float(robust.float().mean()), robust
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", help="a run directory (default: the demo's PGD-AT model)")
+    parser.add_argument("--n", type=int, default=500, help="test examples (default 500)")
+    parser.add_argument("--eps", type=float, default=0.3)
+    parser.add_argument("--norm", choices=["linf", "l2"], default="linf")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--skip-reference", action="store_true", help="time robustlab only")
+    parser.add_argument("--out", default=str(ROOT / "docs/results/eval_speed.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    run_dir = Path(args.checkpoint) if args.checkpoint else ROOT / "runs/demo/pgd_at"
+    if not args.checkpoint:
+        train_or_reuse("robustlab/recipes/demo_pgd_at.toml", run_dir, "pgd_at", seed=0)
+    model, _, data, state = load_trained_model(str(run_dir), device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x, y = data.test_x[: args.n], data.test_y[: args.n]
+    clock = Clock(device)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else machine_facts()
+    print(f"{run_dir} (epoch {state['epoch']}) on {args.n} test images, {args.norm} ε {args.eps}, {device_name}, "
+          f"{args.threads} thread(s)")
+
+    t0 = clock.now()
+    with count_passes(model) as ours_passes:
+        ours = evaluate_standard(model, x, y, StandardSettings(norm=args.norm, eps=args.eps,
+                                                               batch_size=args.batch_size),
+                                 num_classes=data.num_classes, device=device, log=print)
+    ours_s = clock.now() - t0
+    print(f"robustlab standard: {100 * ours.robust_accuracy:.1f}% in {ours_s:.1f} s")
+
+    rows = [("robustlab `standard` suite", ours.robust_accuracy, ours_s, ours_passes)]
+    if not args.skip_reference:
+        t0 = clock.now()
+        with count_passes(model) as ref_passes:
+            ref_acc, ref_robust = reference_autoattack(model, x, y, args.eps, args.norm, data.num_classes, device,
+                                                       args.batch_size)
+        ref_s = clock.now() - t0
+        print(f"torchattacks AutoAttack (100 iterations): {100 * ref_acc:.1f}% in {ref_s:.1f} s")
+        rows.append(("torchattacks AutoAttack composition, 100 iterations", ref_acc, ref_s, ref_passes))
+        both = int((ours.robust.bool() & ref_robust).sum())
+        agreement = (f"Per example: {both} robust under both, {int((ours.robust.bool() & ~ref_robust).sum())} "
+                     f"robust under robustlab only, {int((~ours.robust.bool() & ref_robust).sum())} under the "
+                     f"reference only.")
+
+    unit = "wall-clock s" if device.type == "cuda" else "CPU s"
+    lines = ["# Evaluation speed: robustlab's standard suite vs torchattacks' AutoAttack", "",
+             "Command:", "", "```bash",
+             f".venv/bin/python benchmarks/eval_speed.py --n {args.n} --eps {args.eps} --norm {args.norm} "
+             f"--device {args.device} --threads {args.threads}", "```", "",
+             f"Model: {run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir} (epoch "
+             f"{state['epoch']}), the first {args.n} MNIST-5k test images, {args.norm} ε {args.eps}; device: "
+             f"{device_name}, {args.threads} torch thread(s), batch {args.batch_size}. Clean accuracy "
+             f"{100 * ours.clean:.1f}%.", "",
+             f"| evaluation | robust accuracy (%) | {unit} | forward passes / image | backward passes / image |",
+             "|---|---|---|---|---|"]
+    for name, acc, seconds, passes in rows:
+        per = passes.per_image(args.n)
+        lines.append(f"| {name} | {100 * acc:.1f} | {seconds:.1f} | {per['forward_per_image']:.0f} | "
+                     f"{per['backward_per_image']:.0f} |")
+    if len(rows) == 2:
+        lines += ["", f"Speed-up: **{rows[1][2] / rows[0][2]:.1f}×**; robust accuracy difference (robustlab − "
+                      f"reference): {100 * (rows[0][1] - rows[1][1]):+.1f} points. {agreement}"]
+    lines += ["", "robustlab's stages:", "", "| stage | attacked | fooled | robust after (%) | seconds | "
+              "forward / image | backward / image |", "|---|---|---|---|---|---|---|"]
+    for r in ours.rows:
+        lines.append(f"| {r['attack']} | {r['attacked']} | {r['fooled']} | {100 * r['robust_after']:.1f} | "
+                     f"{r['seconds']:.1f} | {r['forward_per_image']:.0f} | {r['backward_per_image']:.0f} |")
+    lines += ["", "Masking checks: " + "; ".join(f"{c.name} {c.status}" for c in ours.checks)]
+    write_report(args.out, lines)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
