@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -225,3 +226,12 @@ def test_sharded_evaluation_under_torchrun_merges_every_example(tmp_path):
     assert two["processes"] == 2 and len(two["per_example"]["robust"]) == 60 == two["examples"]
     assert two["clean"] == one["clean"]
     assert abs(two["robust_accuracy"] - one["robust_accuracy"]) <= 3 / 60
+
+
+def test_the_readme_example_runs():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("**Bring your own model.**", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - the project's own documentation
+    result = namespace["result"]
+    assert 0 < result.robust_accuracy < result.clean and result.checks[0].status == "pass"
