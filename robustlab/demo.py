@@ -56,8 +56,10 @@ def run_demo(out_dir: str | Path = "runs/demo", *, epochs_scale: float = 1.0, ev
         clean, points = robustness_curve(model, x, y, attack_factories(config.eval), DEMO_EPS, device="cpu")
         n = min(standard_subset, len(data.test_x))
         log(f"[{label}] standard suite (AutoAttack-strength) at ε {STANDARD_EPS} on {n} test images")
+        # The state directory `robustlab eval --checkpoint RUN` uses: a finished evaluation is reused.
         standard = evaluate_standard(model, data.test_x, data.test_y, StandardSettings(eps=STANDARD_EPS, subset=n),
-                                     num_classes=data.num_classes, device="cpu", log=log)
+                                     num_classes=data.num_classes, device="cpu", log=log,
+                                     state_dir=run_dir / "eval_standard_state")
         points.append(CurvePoint("standard", STANDARD_EPS, standard.robust_accuracy, n=n))
         results[label] = (clean, points)
     table = markdown_table(results, eps_filter={0.1, 0.3})
