@@ -43,7 +43,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from robustlab import checks as masking
+import robustlab.checks as masking
 from robustlab.attacks import Attack, build_attack
 from robustlab.attacks.base import model_mode
 from robustlab.checkpoint import atomic_write_text
@@ -190,6 +190,24 @@ class _State:
         self.clean, self.robust, self.fooled_by = tensors.get("clean"), tensors["robust"], tensors["fooled_by"]
         self.done, self.stats = saved["done"], saved["stats"]
 
+    def _adv_file(self, stage: str, batch: int) -> Path:
+        return self.path.parent / f"{self.path.name}_adv_{stage}_{batch}.safetensors"
+
+    def save_adv(self, stage: str, batch: int, index: torch.Tensor, points: torch.Tensor) -> None:
+        """The adversarial points a batch found (written once per batch: the state stays small)."""
+        if self.path is not None and len(index):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({"index": index.contiguous(), "x": points.contiguous()}, str(self._adv_file(stage, batch)))
+
+    def load_adv(self, x_adv: torch.Tensor) -> None:
+        """Fill ``x_adv`` with the points of the batches done before a resume, in the order they were found."""
+        for stage in self.stages:
+            for batch in range(self.done.get(stage, 0)):
+                file = self._adv_file(stage, batch)
+                if file.exists():
+                    saved = load_file(str(file))
+                    x_adv[saved["index"]] = saved["x"].to(x_adv.dtype)
+
     def save(self) -> None:
         if self.path is None:
             return
@@ -254,6 +272,8 @@ def evaluate_standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settin
     path = Path(state_dir) / f"rank{env.rank}" if state_dir is not None else None
     state = _State(path, meta, hi - lo, [st.name for st in stages])
     x_adv = xs.clone() if env.world_size == 1 else None
+    if x_adv is not None:
+        state.load_adv(x_adv)
     bs = s.batch_size
 
     with model_mode(model, "eval"), count_passes(model) as passes:
@@ -281,6 +301,7 @@ def evaluate_standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settin
                 worse = frac < state.robust[idx]
                 state.robust[idx] = torch.minimum(state.robust[idx], frac)
                 state.fooled_by[idx[worse]] = k
+                state.save_adv(stage.name, b, idx[worse], adv[worse].cpu())
                 if x_adv is not None:
                     x_adv[idx[worse]] = adv[worse].cpu().to(x_adv.dtype)
                 state.done[stage.name] = b + 1

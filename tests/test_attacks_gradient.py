@@ -21,16 +21,6 @@ from robustlab.evaluate import accuracy  # noqa: E402
 
 
 # --- fixtures ---------------------------------------------------------------------------------------------------
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These are many small ops: on a shared 2-core machine, 2 intra-op threads mostly wait for each other (a
-    # ~40x slowdown measured under load), one thread does not. Restored for the other test modules.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def dropout_convnet(digits):
     """A tiny conv net with dropout (a randomised model when kept in train mode), trained for a second."""

@@ -15,15 +15,6 @@ from robustlab.attacks.base import model_mode
 from robustlab.attacks.square import Square, meta_pattern, p_schedule
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Many small ops: on a shared 2-core machine one intra-op thread is fastest. Restored afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class ReferenceOffsetsSquare(Square):
     """Window offsets drawn as the reference code does (never the last offset): like-for-like with torchattacks."""
 

@@ -140,6 +140,7 @@ def test_an_interrupted_evaluation_resumes_to_the_same_outcome(robust_digits_cnn
     resumed = evaluate_standard(robust_digits_cnn, x, y, settings, num_classes=10, state_dir=tmp_path,
                                 log=lines.append)
     assert torch.equal(resumed.robust, whole.robust) and resumed.fooled_by == whole.fooled_by
+    assert torch.equal(resumed.x_adv, whole.x_adv)  # the points found before the interruption come back too
     assert resumed.rows[0]["seconds"] == pytest.approx(saved["stats"]["apgd_ce"]["seconds"], abs=1e-3)
     # Another experiment in the same directory is refused, naming what differs.
     with pytest.raises(ConfigError, match="another evaluation .*settings"):
