@@ -286,10 +286,10 @@ def evaluate_standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settin
             + (f" (mean of {draws} draws)" if draws > 1 else ""))
         for k, stage in enumerate(stages):
             t0, before = time.perf_counter(), passes.copy()
-            # Examples robust when the stage began (those it fooled are marked with its index).
-            todo = (((state.fooled_by < 0) | (state.fooled_by == k)) & (state.clean > 0)).nonzero().squeeze(1)
+            # Examples robust when the stage began: not fooled by an earlier stage (also right on a resume).
+            todo = (((state.fooled_by < 0) | (state.fooled_by >= k)) & (state.clean > 0)).nonzero().squeeze(1)
             if s.suite == "rand":
-                todo = todo[(state.robust[todo] > 0) | (state.fooled_by[todo] == k)]
+                todo = todo[(state.robust[todo] > 0) | (state.fooled_by[todo] >= k)]
             batches = [todo[i:i + bs] for i in range(0, len(todo), bs)]
             for b, idx in enumerate(batches):
                 if b < state.done.get(stage.name, 0):
@@ -313,8 +313,9 @@ def evaluate_standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settin
                 state.save()
             state.stats.setdefault(stage.name, {"seconds": 0.0, "forward": 0, "backward": 0})
             state.stats[stage.name]["attacked"] = len(todo)
-            log(f"{stage.name:>12}: attacked {len(todo)}, robust after it "
-                f"{100 * _mean(state.robust):.1f}% ({state.stats[stage.name]['seconds']:.1f} s)")
+            after = _robust_after(state.clean, state.robust, state.fooled_by, k)
+            log(f"{stage.name:>12}: attacked {len(todo)}, robust after it {100 * _mean(after):.1f}% "
+                f"({state.stats[stage.name]['seconds']:.1f} s)")
 
     clean, robust, fooled_by, stats = _gather(state, env)
     names = [st.name for st in stages]

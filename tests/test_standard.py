@@ -142,6 +142,9 @@ def test_an_interrupted_evaluation_resumes_to_the_same_outcome(robust_digits_cnn
     assert torch.equal(resumed.robust, whole.robust) and resumed.fooled_by == whole.fooled_by
     assert torch.equal(resumed.x_adv, whole.x_adv)  # the points found before the interruption come back too
     assert resumed.rows[0]["seconds"] == pytest.approx(saved["stats"]["apgd_ce"]["seconds"], abs=1e-3)
+    assert [r["attacked"] for r in resumed.rows] == [r["attacked"] for r in whole.rows]
+    assert [r["robust_after"] for r in resumed.rows] == [r["robust_after"] for r in whole.rows]
+    assert f"apgd_ce: attacked {whole.rows[0]['attacked']}," in "\n".join(lines)
     # Another experiment in the same directory is refused, naming what differs.
     with pytest.raises(ConfigError, match="another evaluation .*settings"):
         evaluate_standard(robust_digits_cnn, x, y, StandardSettings(eps=0.1, batch_size=20), num_classes=10,
