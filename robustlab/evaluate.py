@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robustlab.attacks import Attack, build_attack
-from robustlab.attacks.base import model_mode
+from robustlab.attacks.base import check_batch, model_mode
 from robustlab.config import EvalConfig
 
 AttackFactory = Callable[[float], Attack]
@@ -118,6 +118,7 @@ def attack_outcome(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: A
     """Which of ``(x, y)`` are classified correctly after ``attack`` (or clean), batch by batch, in eval mode."""
     if len(x) == 0:
         raise ValueError("cannot attack an empty set")
+    check_batch(model, x, y)
     device = _device_of(model, device)
     start_time = time.perf_counter()
     correct, heads, preds = [], [], []
@@ -173,6 +174,7 @@ def minimal_attack_outcome(model: nn.Module, x: torch.Tensor, y: torch.Tensor, a
 
     if len(x) == 0:
         raise ValueError("cannot attack an empty set")
+    check_batch(model, x, y)
     device = _device_of(model, device)
     start_time = time.perf_counter()
     lasts, successes, correct, heads, preds = [], [], [], [], []

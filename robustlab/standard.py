@@ -45,7 +45,7 @@ from torch import nn
 
 import robustlab.checks as masking
 from robustlab.attacks import Attack, build_attack
-from robustlab.attacks.base import model_mode
+from robustlab.attacks.base import check_batch, model_classes, model_mode
 from robustlab.checkpoint import atomic_write_text
 from robustlab.distributed import DistributedEnv
 from robustlab.errors import ConfigError
@@ -254,9 +254,9 @@ def evaluate_standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settin
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     model = model.to(dev)
     n = min(s.subset, len(x)) if s.subset else len(x)
+    check_batch(model, x[:n], y[:n])  # once, here: the attacks check their own batches once per call
     if num_classes is None:
-        with torch.no_grad(), model_mode(model, "eval"):
-            num_classes = int(model(x[:1].to(dev)).shape[1])
+        num_classes = model_classes(model, x)
     with model_mode(model, "eval"):
         stability = masking.stable_predictions(model, x[: min(n, s.batch_size)], batch_size=s.batch_size)
     randomised = not stability.passed

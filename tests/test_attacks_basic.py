@@ -112,5 +112,5 @@ def test_bad_arguments_raise_clear_errors():
         PGD(0.1, steps=0)
     with pytest.raises(ConfigError, match="did you mean 'pgd'"):
         build_attack("pdg", 0.1)
-    with pytest.raises(ValueError, match="batch size"):
+    with pytest.raises(ValueError, match="one label per example"):
         FGSM(0.1)(nn.Linear(64, 10), torch.zeros(3, 64), torch.zeros(2, dtype=torch.long))

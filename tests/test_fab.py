@@ -248,7 +248,7 @@ def test_fab_is_registered_and_validates_its_options():
     for options, message in cases:
         with pytest.raises(ValueError, match=message):
             FAB(0.1, **options)
-    with pytest.raises(ValueError, match="epsilon must be >= 0"):
+    with pytest.raises(ValueError, match="epsilon must be a finite number >= 0"):
         FAB(-0.1)
 
 

@@ -184,8 +184,10 @@ def test_fooled_examples_are_misclassified_and_leave_early(trained_digits_mlp, d
     assert success.sum() > 20 and (~success).sum() > 5
     assert adv_wrong[success].all()          # reported fooled: the returned point is misclassified
     assert not adv_wrong[~success].any()     # the others keep their best (still classified) point
-    # Queries: one clean pass, then one pass per iteration over the examples still being attacked.
-    calls = model.calls
+    # Queries: the boundary's one-example probe (classes and input shape), one clean pass, then one pass per
+    # iteration over the examples still being attacked.
+    assert model.calls[0] == 1
+    calls = model.calls[1:]
     assert calls[0] == len(x) and calls[1] == int((~clean_wrong).sum())
     assert all(a >= b for a, b in zip(calls[1:], calls[2:]))
     assert len(calls) <= 1 + queries
@@ -201,7 +203,7 @@ def test_misclassified_example_is_returned_unchanged(trained_digits_mlp, digits)
     # A batch of only misclassified examples costs the clean pass and nothing else.
     model = CountingModel(trained_digits_mlp)
     x_wrong = Square(0.1, queries=50, seed=0)(model, x[wrong], y[wrong])
-    assert torch.equal(x_wrong, x[wrong]) and model.calls == [int(wrong.sum())]
+    assert torch.equal(x_wrong, x[wrong]) and model.calls == [1, int(wrong.sum())]  # the probe, the clean pass
 
 
 # --- (4) targeted ------------------------------------------------------------------------------------------------
@@ -255,7 +257,7 @@ def test_registry_and_defaults():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"eps": -0.1}, "epsilon must be >= 0"),
+    ({"eps": -0.1}, "epsilon must be a finite number >= 0"),
     ({"norm": "l1"}, "norm must be one of"),
     ({"queries": 0}, "queries must be an integer >= 1"),
     ({"queries": 2.5}, "queries must be an integer >= 1"),

@@ -68,7 +68,7 @@ class APGD(Attack):
                  top_targets: int = 0, rho: float = 0.75, momentum: float = 0.75, eot_samples: int = 1,
                  batched: bool | None = None, model_mode: str = "eval"):
         super().__init__(model_mode=model_mode)
-        self.eps = check_epsilon(eps)
+        self.eps = check_epsilon(eps, str(norm).lower())
         if loss not in APGD_LOSSES:
             raise ValueError(f"loss must be one of {APGD_LOSSES}, got {loss!r}")
         if str(norm).lower() not in THREAT_MODELS:

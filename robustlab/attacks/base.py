@@ -10,6 +10,8 @@ parameters' ``requires_grad`` off for the call, so nothing accumulates on parame
 from __future__ import annotations
 
 import contextlib
+import math
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
@@ -64,9 +66,8 @@ class Attack(ABC):
         self.model_mode = model_mode
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(f"x and y disagree on the batch size: {x.shape[0]} vs {y.shape[0]}")
         with model_mode(model, self.model_mode), parameters_frozen(model):
+            check_batch(model, x, y)
             x_adv = self.perturb(model, x.detach(), y.detach())
         return x_adv.detach()
 
@@ -79,8 +80,69 @@ class Attack(ABC):
         return f"{type(self).__name__}({fields})"
 
 
-def check_epsilon(eps: float) -> float:
+def check_epsilon(eps: float, norm: str = "linf") -> float:
+    """ε as a float: finite and >= 0; an L∞ ε above 1 (the whole [0,1] range) is refused as a unit mistake."""
     eps = float(eps)
-    if eps < 0:
-        raise ValueError(f"epsilon must be >= 0, got {eps}")
+    if not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"epsilon must be a finite number >= 0, got {eps}")
+    if norm == "linf" and eps > 1:
+        raise ValueError(f"an L∞ epsilon above 1 exceeds the [0,1] image range, got {eps} (did you mean {eps}/255?)")
     return eps
+
+
+# model -> {input shape: number of classes}, learned by one side-effect-free forward pass of one example.
+_MODEL_CLASSES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def model_classes(model: nn.Module, x: torch.Tensor) -> int:
+    """The number of classes ``model`` outputs for inputs shaped like ``x`` (cached per model and shape).
+
+    The probe runs in eval mode without gradients and restores the global RNG, so it changes nothing: no
+    batch-norm statistics, no noise draws. An input the model cannot take is a ValueError naming the shape.
+    """
+    key = (tuple(x.shape[1:]), x.dtype)
+    known = _MODEL_CLASSES.setdefault(model, {})
+    if key not in known:
+        param = next(model.parameters(), None)
+        probe = x[:1].to(param.device) if param is not None else x[:1]
+        devices = [probe.device.index or 0] if probe.device.type == "cuda" else []
+        with torch.no_grad(), model_mode(model, "eval"), torch.random.fork_rng(devices=devices):
+            try:
+                logits = model(probe)
+            except RuntimeError as exc:
+                raise ValueError(f"the model does not accept inputs of shape {tuple(x.shape[1:])}: "
+                                 f"{str(exc).splitlines()[0]}") from None
+        if logits.dim() != 2:
+            raise ValueError(f"the model must return logits of shape (batch, classes), got {tuple(logits.shape)}")
+        known[key] = int(logits.shape[1])
+    return known[key]
+
+
+def check_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Refuse, with one ValueError, a batch that would give a silently wrong result: every attack and evaluation
+    entry calls this once per call (never inside an attack's loop).
+
+    ``x``: a non-empty floating-point batch of images in [0,1] (a hint when it looks like 0–255), finite, in a
+    shape the model takes; ``y``: integer labels, one per example, in [0, classes).
+    """
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise ValueError("x and y must be torch tensors")
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise ValueError(f"x must be a non-empty batch (N, ...) of images, got shape {tuple(x.shape)}")
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y must hold one label per example: x has {x.shape[0]}, y has shape {tuple(y.shape)}")
+    if not x.is_floating_point():
+        hint = " (uint8 images: divide by 255)" if x.dtype == torch.uint8 else ""
+        raise ValueError(f"x must be floating-point images in [0,1], got {x.dtype}{hint}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"y must hold integer class labels, got {y.dtype}")
+    lo, hi = torch.aminmax(x.detach())
+    if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))) or not bool(torch.isfinite(x).all()):
+        raise ValueError("x holds NaN or infinite values")
+    if float(lo) < 0 or float(hi) > 1:
+        hint = " (it looks like 0–255 images: divide by 255)" if float(hi) > 1.5 else ""
+        raise ValueError(f"x must lie in [0,1], got values in [{float(lo):g}, {float(hi):g}]{hint}")
+    classes = model_classes(model, x)
+    y_lo, y_hi = int(y.min()), int(y.max())
+    if y_lo < 0 or y_hi >= classes:
+        raise ValueError(f"labels must lie in [0, {classes}) for this model, got values in [{y_lo}, {y_hi}]")

@@ -132,7 +132,7 @@ class FAB(Attack):
                  eta: float = 1.05, beta: float = 0.9, alpha_max: float = 0.1, seed: int | None = None,
                  batched: bool | None = None, model_mode: str = "eval"):
         super().__init__(model_mode=model_mode)
-        self.eps = check_epsilon(eps)
+        self.eps = check_epsilon(eps, str(norm).lower())
         key = str(norm).lower()
         if key not in FAB_NORMS:
             raise ValueError(f"norm must be one of {FAB_NORMS}, got {norm!r}")

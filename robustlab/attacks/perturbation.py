@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks.active import success_mask
-from robustlab.attacks.base import Attack, model_mode, parameters_frozen
+from robustlab.attacks.base import Attack, check_batch, model_mode, parameters_frozen
 
 
 def flat_norm(t: torch.Tensor) -> torch.Tensor:
@@ -86,9 +86,8 @@ class MinimalAttack(Attack):
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MinimalResult:
         """Like ``__call__`` (checks, model mode, detaching) but returns the whole :class:`MinimalResult`."""
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(f"x and y disagree on the batch size: {x.shape[0]} vs {y.shape[0]}")
         with model_mode(model, self.model_mode), parameters_frozen(model):
+            check_batch(model, x, y)
             return self.search(model, x.detach(), y.detach())
 
     def perturb_with_success(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor

@@ -68,7 +68,7 @@ class ThreatModel:
     norm = ""
 
     def __init__(self, eps: float):
-        self.eps = check_epsilon(eps)
+        self.eps = check_epsilon(eps, self.norm)
 
     def random_start(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -187,7 +187,7 @@ class PGD(Attack):
                  restarts: int = 1, targeted: bool = False, eot_samples: int = 1, early_stop: bool = True,
                  model_mode: str = "eval"):
         super().__init__(model_mode=model_mode)
-        self.eps = check_epsilon(eps)
+        self.eps = check_epsilon(eps, self.threat_model.norm)
         if steps < 1 or restarts < 1:
             raise ValueError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
         self.steps = int(steps)

@@ -125,7 +125,7 @@ class Square(Attack):
     def __init__(self, eps: float, *, norm: str = "linf", queries: int = 5000, p_init: float | None = None,
                  restarts: int = 1, targeted: bool = False, seed: int | None = None, model_mode: str = "eval"):
         super().__init__(model_mode=model_mode)
-        self.eps = check_epsilon(eps)
+        self.eps = check_epsilon(eps, str(norm).lower())
         key = str(norm).lower().replace("∞", "inf")
         if key not in SQUARE_NORMS:
             raise ValueError(f"norm must be one of {SQUARE_NORMS}, got {norm!r}")
