@@ -110,7 +110,7 @@ def save_checkpoint(run_dir: Path, epoch: int, model_state: dict[str, torch.Tens
         save_file(tensors, tmp / STATE_TENSORS_FILE)
         (tmp / STATE_FILE).write_text(json.dumps(json_state))
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        manifest = {name: sha256_of(tmp / name) for name in (MODEL_FILE, STATE_TENSORS_FILE, STATE_FILE, CONFIG_FILE)}
+        manifest = {name: sha256_of(tmp / name) for name in CHECKPOINT_FILES}
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         if final.exists():
             shutil.rmtree(final)
@@ -122,7 +122,18 @@ def save_checkpoint(run_dir: Path, epoch: int, model_state: dict[str, torch.Tens
     old = sorted(p for p in ckpt_root.glob("epoch-*") if p.is_dir() and p.name != final.name)
     for path in old[: max(0, len(old) - (keep - 1))]:
         shutil.rmtree(path, ignore_errors=True)
+    remove_stale_temporaries(run_dir)
     return final
+
+
+def remove_stale_temporaries(run_dir: Path) -> int:
+    """Delete the half-written ``checkpoints/.epoch-NNNN.*`` directories a killed run leaves; returns how many.
+
+    Only call it with the run directory's lock held (no other process can be writing one)."""
+    stale = [p for p in (Path(run_dir) / "checkpoints").glob(".epoch-*") if p.is_dir()]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(stale)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -132,7 +143,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return path
     latest = path / "checkpoints" / LATEST_FILE
     if latest.is_file():
-        target = path / "checkpoints" / latest.read_text().strip()
+        try:
+            name = latest.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            name = ""
+        if not name.startswith("epoch-") or "/" in name or "\\" in name:
+            raise CheckpointError(f"{latest} is corrupt: it must name a checkpoints/epoch-NNNN directory")
+        target = path / "checkpoints" / name
         if (target / MANIFEST_FILE).is_file():
             return target
         raise CheckpointError(f"{latest} points to {target.name}, which is missing or incomplete")
@@ -147,15 +164,27 @@ def find_latest_checkpoint(run_dir: Path) -> Path | None:
     return resolve_checkpoint(run_dir) if latest.is_file() else None
 
 
+CHECKPOINT_FILES = (MODEL_FILE, STATE_TENSORS_FILE, STATE_FILE, CONFIG_FILE)
+
+
 def verify_checkpoint(ckpt: Path) -> None:
+    """The manifest must list exactly the checkpoint's files, each with its sha256; anything else is corrupt."""
     try:
-        manifest = json.loads((ckpt / MANIFEST_FILE).read_text())
+        manifest = json.loads((ckpt / MANIFEST_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {ckpt} is corrupt: cannot read {MANIFEST_FILE} ({exc})") from None
+    if not isinstance(manifest, dict) or set(manifest) != set(CHECKPOINT_FILES) or not all(
+            isinstance(v, str) for v in manifest.values()):
+        raise CheckpointError(f"checkpoint {ckpt} is corrupt: {MANIFEST_FILE} must map exactly "
+                              f"{', '.join(CHECKPOINT_FILES)} to their sha256")
+    for name in CHECKPOINT_FILES:
+        if not (ckpt / name).is_file():
+            raise CheckpointError(f"checkpoint {ckpt} is incomplete: {name} is missing")
+    extra = sorted({p.name for p in ckpt.iterdir()} - {MANIFEST_FILE, *CHECKPOINT_FILES})
+    if extra:
+        raise CheckpointError(f"checkpoint {ckpt} is corrupt: {', '.join(extra)} not in its {MANIFEST_FILE}")
     for name, digest in manifest.items():
         file = ckpt / name
-        if not file.is_file():
-            raise CheckpointError(f"checkpoint {ckpt} is incomplete: {name} is missing")
         if sha256_of(file) != digest:
             raise CheckpointError(f"checkpoint {ckpt} is corrupt: {name} does not match its sha256 in {MANIFEST_FILE}")
 

@@ -1,7 +1,8 @@
 """The ``robustlab`` command: ``train``, ``eval``, ``demo`` and ``list``.
 
-Errors the user can fix (bad config, missing dataset file, corrupt checkpoint) are printed as one line
-``robustlab: error: ...`` with exit status 2; an interrupted training run says how to resume (exit 130).
+Errors the user can fix (bad config, missing dataset file, corrupt checkpoint, refused input, unwritable or
+unreadable file) are printed as one line ``robustlab: error: ...`` with exit status 2 (``robustlab --debug ...``
+shows the traceback instead); an interrupted run says how to continue (exit 130).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def _parse_floats(text: str) -> list[float]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robustlab", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a model with a defense from a TOML config")
@@ -384,14 +386,30 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a file is not UTF-8 text ({exc.reason} at byte {exc.start})"
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.strerror or exc}: {exc.filename}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"train": cmd_train, "eval": cmd_eval, "demo": cmd_demo, "list": cmd_list}[args.command]
     try:
         return handler(args)
-    except RobustlabError as exc:
-        print(f"robustlab: error: {exc}", file=sys.stderr)
+    except (RobustlabError, ValueError, OSError) as exc:  # UnicodeDecodeError is a ValueError
+        if args.debug:
+            raise
+        print(f"robustlab: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        again = " (rerun the same command: it continues from the saved state)" if args.command == "eval" else ""
+        print(f"\nrobustlab: interrupted{again}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,6 +10,7 @@ defense's option dataclass.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -141,6 +142,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 def config_from_dict(raw: dict[str, Any]) -> Config:
     """Validate a raw dict (from TOML or from ``Config.to_dict()``) into a :class:`Config`."""
     _reject_unknown(raw, _SECTIONS, "")
+    _reject_non_finite(raw, "")
     sections: dict[str, Any] = {}
     for name, f in _SECTIONS.items():
         value = raw.get(name, {})
@@ -252,6 +254,18 @@ def _reject_unknown(values: dict[str, Any], known: Any, prefix: str) -> None:
             raise ConfigError(f"unknown config key {where}{hint}; known: {', '.join(sorted(known))}")
 
 
+def _reject_non_finite(value: Any, key: str) -> None:
+    """No NaN or infinity anywhere (ε, learning rates, weights): refused before any option is interpreted."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _reject_non_finite(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _reject_non_finite(v, f"{key}[{i}]")
+
+
 def _check_values(config: Config) -> None:
     positive = {
         "run.epochs": config.run.epochs, "data.batch_size": config.data.batch_size, "optim.lr": config.optim.lr,
@@ -267,8 +281,9 @@ def _check_values(config: Config) -> None:
     for key, value in nonneg.items():
         if value < 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")
-    if any(e < 0 for e in config.eval.eps):
-        raise ConfigError(f"eval.eps must be >= 0, got {config.eval.eps}")
+    bad = [e for e in config.eval.eps if not 0 <= e <= 1]
+    if bad:
+        raise ConfigError(f"eval.eps must lie in [0, 1] (L∞ on [0,1] images), got {bad[0]} in {config.eval.eps}")
     if len(config.optim.betas) != 2:
         raise ConfigError(f"optim.betas must have two values, got {config.optim.betas}")
     from robustlab.attacks import available_attacks
@@ -285,3 +300,32 @@ def _type_name(annotation: Any) -> str:
 def _describe(value: Any) -> str:
     text = repr(value)
     return f"{type(value).__name__} {text[:40]}"
+
+
+# What `--resume` may change: how long and how visibly a run goes on, where it lives, how it is evaluated. Any
+# other difference would continue another experiment under the same name.
+RESUME_MAY_CHANGE = ("run.epochs", "run.progress", "run.keep_checkpoints", "run.device", "run.out_dir", "run.name",
+                     "data.root", "data.download", "eval.")
+
+
+def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(values, dict):
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: values}
+
+
+def config_differences(stored: dict[str, Any], requested: dict[str, Any],
+                       may_change: tuple[str, ...] = RESUME_MAY_CHANGE) -> list[str]:
+    """``key: stored → requested`` for every key (dotted) that differs outside ``may_change`` (a trailing ``.``
+    allows a whole section)."""
+    old, new = _flatten(stored), _flatten(requested)
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) == new.get(key) or any(key == m or (m.endswith(".") and key.startswith(m))
+                                               for m in may_change):
+            continue
+        out.append(f"{key}: {_describe(old.get(key))} → {_describe(new.get(key))}")
+    return out

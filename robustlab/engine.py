@@ -26,8 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from robustlab.checkpoint import (CONFIG_FILE, atomic_write_text, find_latest_checkpoint, load_checkpoint,
-                                  save_checkpoint)
-from robustlab.config import Config, config_from_dict
+                                  remove_stale_temporaries, save_checkpoint)
+from robustlab.config import Config, config_differences
 from robustlab.data import ImageDataset, load_dataset
 from robustlab.data.augment import random_crop_flip
 from robustlab.defenses import Defense, build_defense
@@ -36,16 +36,21 @@ from robustlab.distributed import (all_reduce_sum, average_gradients, barrier, b
 from robustlab.errors import CheckpointError, ConfigError
 from robustlab.evaluate import accuracy, attack_factories
 from robustlab.models import RobustModel, build_model
+from robustlab.run_lock import RunLock
 from robustlab.schedule import lr_factor
 
 METRICS_FILE = "metrics.jsonl"
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; anything else is a ConfigError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("run.device = 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+    kind, _, index = str(name).partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} but no CUDA device is available (use 'auto' or 'cpu')")
     return torch.device(name)
 
 
@@ -197,6 +202,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []
+        # Everything the user gave is valid: take the run directory (rank 0 writes it) and clear what a killed
+        # run left half-written.
+        self.lock = RunLock(self.run_dir).acquire() if self.dist.is_main else None
+        if self.dist.is_main:
+            remove_stale_temporaries(self.run_dir)
         if resume:
             self._restore()
         if self.dist.rank > 0:  # independent attack starts / dropout masks per process
@@ -214,9 +224,10 @@ class Trainer:
     def _restore(self) -> None:
         ckpt = find_latest_checkpoint(self.run_dir)
         model_state, state, saved_config = load_checkpoint(ckpt)
-        if config_from_dict(saved_config).model != self.config.model:
-            raise CheckpointError(f"{ckpt} was trained with model {saved_config['model']}, "
-                                  f"the config asks for {self.config.model}")
+        differ = config_differences(saved_config, self.config.to_dict())
+        if differ:
+            raise CheckpointError(f"--resume would continue another experiment: {self.run_dir} was trained with a "
+                              f"different " + "; ".join(differ) + " (start a new run.out_dir for a new experiment)")
         self.model.load_state_dict(model_state)
         self.optimizer.load_state_dict(state["optimizer"])
         for name, module in self.defense.all_aux_modules().items():
@@ -236,7 +247,14 @@ class Trainer:
         path = self.run_dir / METRICS_FILE
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    raise CheckpointError(f"{path} is corrupt: line {number} is not JSON") from None
+        return rows
 
     def _write_history(self) -> None:
         atomic_write_text(self.run_dir / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in self.history))
@@ -274,6 +292,8 @@ class Trainer:
                 self._save(epoch + 1)
             barrier(self.dist)
             self.log(format_epoch(row))
+        if self.lock is not None:
+            self.lock.release()
         return TrainResult(self.run_dir, cfg.run.epochs, self.history)
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:

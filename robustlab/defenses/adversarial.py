@@ -53,6 +53,13 @@ class AdversarialTraining(Defense):
 
     attack: Attack
 
+    def __init__(self, options, terms=None):
+        super().__init__(options, terms)
+        try:  # the training attack at its final ε must be valid now, not at the first adversarial epoch
+            self.make_attack(options.eps)
+        except ValueError as exc:
+            raise ConfigError(f"defense: {exc}") from None
+
     def weights(self) -> tuple[float, float]:
         raise NotImplementedError
 

@@ -157,6 +157,11 @@ class AT2L(Defense):
         self.store: torch.Tensor | None = None       # round: (N, ...); round_full: (|pairs|, N, ...)
         self.store_pair: torch.Tensor | None = None  # round: the (a, m) index of each stored example
         self.generated_rounds = 0
+        try:  # every attack of the set at its final ε must be valid now, not at the first round
+            for name in self.attack_names:
+                self.make_attack(name, o.eps)
+        except ValueError as exc:
+            raise ConfigError(f"defense: {exc}") from None
 
     # --- set-up ------------------------------------------------------------------------------------------------
     def setup(self, model: nn.Module, ctx) -> None:
