@@ -30,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model with a defense from a TOML config")
     train.add_argument("--config", required=True, help="TOML file (see configs/)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set data.batch_size=64 (repeatable)")
+                       help="override a config value; VALUE is TOML: --set data.batch_size=64, "
+                            "--set 'run.out_dir=\"runs/x\"', --set 'eval.eps=[0.1, 0.3]' (repeatable)")
+    train.add_argument("--threads", type=int,
+                       help="torch CPU threads (default: torch's, one per core; 1 is faster on a busy machine)")
     train.add_argument("--resume", action="store_true", help="continue the run in run.out_dir from its last checkpoint")
 
     ev = sub.add_parser("eval", help="robust accuracy of a checkpoint or your own model, with masking checks",
@@ -95,10 +98,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from robustlab.config import load_config
     from robustlab.engine import Trainer
 
+    _set_threads(args.threads)
     config = load_config(args.config, args.set)
     trainer = Trainer(config, resume=args.resume)
     try:
@@ -168,10 +181,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from robustlab.engine import resolve_device
 
     t0 = time.perf_counter()
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     if args.suite == "full":
         print("note: --suite full is now called fast", file=sys.stderr)
         args.suite = "fast"
@@ -322,6 +332,9 @@ def _eval_fast(args: argparse.Namespace, loaded: dict, device) -> int:
             raise ConfigError(str(exc)) from None
     out_dir, stem = _output_location(args.out, loaded["default_dir"], f"eval_{args.suite}")
     source = None
+    if args.transfer_source and (args.suite == "quick" or (attacks and "transfer" not in attacks)):
+        raise ConfigError("--transfer-source needs the transfer row: use --suite fast (with 'transfer' in "
+                          "--attacks if you list them)")
     if args.transfer_source:
         from robustlab.attacks import load_source_model
 
@@ -381,7 +394,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     elif args.what == "defenses":
         from robustlab.defenses import available_defenses as names
     else:
-        from robustlab.attacks import available_attacks as names
+        from robustlab.attacks import available_attacks
+        from robustlab.standard import AA_SUITES
+        from robustlab.suite import suite_row_names
+
+        print("attacks (robustlab.attacks.build_attack; --suite quick --attacks):")
+        print("\n".join(f"  {name}" for name in available_attacks()))
+        print("rows of the fast suite (--suite fast --attacks):")
+        print("\n".join(f"  {name}" for name in suite_row_names()))
+        print(f"suites (--suite): {', '.join(AA_SUITES)}, fast, quick")
+        return 0
     print("\n".join(names()))
     return 0
 

@@ -116,8 +116,16 @@ class SuiteSettings:
     def __post_init__(self):
         if self.suite not in SUITES:
             raise ValueError(f"suite must be one of {SUITES}, got {self.suite!r}")
-        if not self.eps or any(e <= 0 or not math.isfinite(e) for e in self.eps):
-            raise ValueError(f"eps must be a non-empty list of positive numbers, got {self.eps}")
+        if not self.eps or any(not math.isfinite(e) or not 0 < e <= 1 for e in self.eps):
+            raise ValueError(f"eps must be a non-empty list of L∞ radii in (0, 1], got {self.eps}")
+        for f in dataclasses.fields(self):  # counts: a negative one would be a Python slice, not a size
+            value = getattr(self, f.name)
+            if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+                raise ValueError(f"{f.name} must be >= 0, got {value}")
+        for key in ("batch_size", "pgd_steps", "pgd_restarts", "ifgsm_steps", "apgd_steps", "apgd_targets",
+                    "eot_samples"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
 
     @classmethod
     def paper(cls, **overrides) -> "SuiteSettings":
@@ -412,3 +420,11 @@ def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, result: Suite
     out.append(masking.noise_weaker(model, x, y, strongest, attack=label, tol=s.tol, batch_size=batch_size,
                                     seed=s.seed))
     return out
+
+
+def suite_row_names() -> list[str]:
+    """Every row of the fast suite (what ``--suite fast --attacks`` accepts), in the order the rows run: the
+    transfer row needs ``--transfer-source`` and EOT-PGD a randomised model or ``--eot``."""
+    entries = build_suite(SuiteSettings(), num_classes=10, in_shape=(1, 28, 28), randomised=True,
+                          transfer_source=nn.Identity())
+    return [e.label for e in entries]

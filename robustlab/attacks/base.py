@@ -110,8 +110,8 @@ def model_classes(model: nn.Module, x: torch.Tensor) -> int:
             try:
                 logits = model(probe)
             except RuntimeError as exc:
-                raise ValueError(f"the model does not accept inputs of shape {tuple(x.shape[1:])}: "
-                                 f"{str(exc).splitlines()[0]}") from None
+                raise ValueError(f"the model does not accept inputs of shape {tuple(x.shape[1:])} and dtype "
+                                 f"{x.dtype}: {str(exc).splitlines()[0]}") from None
         if logits.dim() != 2:
             raise ValueError(f"the model must return logits of shape (batch, classes), got {tuple(logits.shape)}")
         known[key] = int(logits.shape[1])
