@@ -62,7 +62,7 @@ def test_a_config_that_is_not_utf8_is_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_bytes(b"[run]\nname = \"\xff\xfe\"\n")
     assert main(["train", "--config", str(bad)]) == 2
-    assert "robustlab: error:" in error_line(capsys)
+    assert f"{bad} is not UTF-8 text" in error_line(capsys)
 
 
 # --- the run directory --------------------------------------------------------------------------------------------
