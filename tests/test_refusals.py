@@ -269,3 +269,14 @@ def test_evaluation_inputs_give_a_correct_outcome_or_a_clear_error(small_model, 
     with torch.no_grad():
         assert torch.equal(out.correct, small_model(out.x_adv).argmax(1).eq(y))  # the outcome of the points
     assert (out.x_adv - x).abs().max() <= 0.1 + 1e-6 and out.x_adv.min() >= 0 and out.x_adv.max() <= 1
+
+
+@pytest.mark.parametrize("defense, key", [
+    ({"name": "pgd_at", "steps": 0}, "defense.steps must be >= 1, got 0"),
+    ({"name": "pgd_at", "beta": -0.5}, "defense.beta must be >= 0, got -0.5"),
+    ({"name": "fgsm_at", "warmup_epochs": -1}, "defense.warmup_epochs must be >= 0, got -1"),
+    ({"name": "vat", "xi": 0.0}, "defense.xi must be > 0, got 0.0"),
+])
+def test_a_range_error_names_the_offending_option(defense, key):
+    with pytest.raises(ConfigError, match=key):
+        Trainer(config_from_dict({"defense": defense, "data": {"name": "digits"}, "model": {"name": "mlp_a3t"}}))

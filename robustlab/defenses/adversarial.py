@@ -24,7 +24,7 @@ from torch import nn
 from robustlab.attacks import FGSM, PGD, Attack
 from robustlab.defenses.base import Defense, LossOutput, register_defense
 from robustlab.defenses.standard import clean_loss
-from robustlab.errors import ConfigError
+from robustlab.errors import ConfigError, require
 
 
 def mixed_adversarial_loss(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
@@ -105,8 +105,7 @@ class FGSMAdversarialTraining(AdversarialTraining):
     """FGSM adversarial training with the normalised mixed loss of AT²L eq. (1) (Kurakin et al.)."""
 
     def __init__(self, options: FGSMATOptions, terms=None):
-        if min(options.lam, options.eps, options.warmup_epochs, options.eps_ramp_epochs) < 0:
-            raise ConfigError("defense.lam, eps, warmup_epochs and eps_ramp_epochs must be >= 0")
+        require(options, "defense", ge=0, names=("lam", "eps", "warmup_epochs", "eps_ramp_epochs"))
         super().__init__(options, terms)
 
     def make_attack(self, eps: float) -> Attack:
@@ -136,11 +135,9 @@ class PGDAdversarialTraining(AdversarialTraining):
     """Madry PGD-AT (adversarial-only) or the α/β clean/adversarial mix of Learn2Perturb eq. (11)."""
 
     def __init__(self, options: PGDATOptions, terms=None):
-        if options.steps < 1:
-            raise ConfigError(f"defense.steps must be >= 1, got {options.steps}")
-        if min(options.alpha, options.beta, options.eps, options.step_size, options.warmup_epochs,
-               options.eps_ramp_epochs) < 0:
-            raise ConfigError("defense.alpha, beta, eps, step_size, warmup_epochs and eps_ramp_epochs must be >= 0")
+        require(options, "defense", ge=1, names=("steps",))
+        require(options, "defense", ge=0, names=("alpha", "beta", "eps", "step_size", "warmup_epochs",
+                                                 "eps_ramp_epochs"))
         super().__init__(options, terms)
 
     def make_attack(self, eps: float) -> Attack:

@@ -55,7 +55,7 @@ from robustlab.defenses.base import Defense, LossOutput, register_defense
 from robustlab.defenses.standard import clean_loss
 from robustlab.defenses.triplet import (_MINERS, EMBEDDINGS, TripletLoss, available_miners, embed, get_distance,
                                         triplet_hinge)
-from robustlab.errors import ConfigError
+from robustlab.errors import ConfigError, require
 
 #: The paper's attack sets (§3.3).
 ATTACK_SETS: dict[str, tuple[str, ...]] = {
@@ -125,12 +125,9 @@ class AT2LOptions:
         if self.negatives not in _MINERS:
             raise ConfigError(f"defense.negatives: unknown negative miner {self.negatives!r}; "
                               f"available: {', '.join(available_miners())}")
-        if min(self.lam1, self.lam2, self.margin, self.eps, self.iter_step_size, self.pretrain_epochs,
-               self.eps_ramp_epochs) < 0:
-            raise ConfigError("defense.lam1, lam2, margin, eps, iter_step_size, pretrain_epochs and "
-                              "eps_ramp_epochs must be >= 0")
-        if min(self.iter_steps, self.cw_max_iter, self.cw_binary_steps, self.gen_batch_size) < 1:
-            raise ConfigError("defense.iter_steps, cw_max_iter, cw_binary_steps and gen_batch_size must be >= 1")
+        require(self, "defense", ge=0, names=("lam1", "lam2", "margin", "eps", "iter_step_size", "pretrain_epochs",
+                                              "eps_ramp_epochs"))
+        require(self, "defense", ge=1, names=("iter_steps", "cw_max_iter", "cw_binary_steps", "gen_batch_size"))
         attacks = expand_attacks(self.attacks)
         unknown = [a for a in attacks if a not in TRAINING_ATTACKS]
         if not attacks or unknown:

@@ -40,7 +40,7 @@ from robustlab.attacks.critic_unrolled import RunningConfidence, training_target
 from robustlab.attacks.perturbation import flat_norm
 from robustlab.defenses.base import Defense, LossOutput, register_defense
 from robustlab.distributed import sum_over_processes
-from robustlab.errors import ConfigError
+from robustlab.errors import ConfigError, require
 from robustlab.models.critic import AdversaryCritic
 from robustlab.schedule import lr_factor
 
@@ -115,12 +115,11 @@ class AdversaryCriticDefense(Defense):
 
     def __init__(self, options: AdversaryCriticOptions, terms=None):
         o = options
-        if min(o.lam, o.lam_rec, o.lam_grad, o.overshoot, o.pretrain_weight_decay,
-               o.critic_input_noise, o.critic_hidden_noise, o.critic_negative_slope) < 0:
-            raise ConfigError("defense.lam, lam_rec, lam_grad, overshoot, pretrain_weight_decay and the critic's "
-                              "noise and slope must be >= 0")
-        if o.steps < 1 or o.pretrain_epochs < 0 or o.attack_eps <= 0:
-            raise ConfigError("defense.steps must be >= 1, pretrain_epochs >= 0 and attack_eps > 0")
+        require(o, "defense", ge=0, names=("lam", "lam_rec", "lam_grad", "overshoot", "pretrain_weight_decay",
+                                           "critic_input_noise", "critic_hidden_noise", "critic_negative_slope",
+                                           "pretrain_epochs"))
+        require(o, "defense", ge=1, names=("steps",))
+        require(o, "defense", gt=0, names=("attack_eps",))
         if not 0 <= o.confidence_momentum < 1:
             raise ConfigError(f"defense.confidence_momentum must be in [0, 1), got {o.confidence_momentum}")
         if o.critic_lr <= 0 or len(o.critic_betas) != 2 or not all(0 <= b < 1 for b in o.critic_betas):

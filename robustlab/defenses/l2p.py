@@ -31,7 +31,7 @@ from torch import nn
 
 from robustlab.defenses.base import register_defense
 from robustlab.defenses.noise_training import NoisyAdversarialTraining, NoisyATOptions
-from robustlab.errors import ConfigError
+from robustlab.errors import require
 from robustlab.models.noise import theta_parameters
 
 TAU_RULES = ("harmonic", "linear", "constant")
@@ -79,8 +79,8 @@ class Learn2Perturb(NoisyAdversarialTraining):
 
     def __init__(self, options: L2POptions, terms=None):
         o = options
-        if o.gamma < 0 or o.theta_min <= 0:
-            raise ConfigError(f"defense.gamma must be >= 0 and theta_min > 0, got {o.gamma}, {o.theta_min}")
+        require(o, "defense", ge=0, names=("gamma",))
+        require(o, "defense", gt=0, names=("theta_min",))
         super().__init__(options, terms)
         self.tau = 1.0
 

@@ -26,7 +26,7 @@ from robustlab.attacks.base import model_mode
 from robustlab.defenses.adversarial import PGDAdversarialTraining, PGDATOptions, mixed_adversarial_loss
 from robustlab.defenses.base import LossOutput
 from robustlab.defenses.standard import clean_loss
-from robustlab.errors import ConfigError
+from robustlab.errors import ConfigError, require
 from robustlab.models.noise import mean_of, noise_enabled
 from robustlab.schedule import lr_factor
 
@@ -51,8 +51,9 @@ class NoisyAdversarialTraining(PGDAdversarialTraining):
 
     def __init__(self, options: NoisyATOptions, terms=None):
         o = options
-        if o.noise_start_epoch < 0 or o.noise_lr < 0 or not 0 <= o.noise_momentum < 1:
-            raise ConfigError("defense.noise_start_epoch and noise_lr must be >= 0, noise_momentum in [0, 1)")
+        require(o, "defense", ge=0, names=("noise_start_epoch", "noise_lr"))
+        if not 0 <= o.noise_momentum < 1:
+            raise ConfigError(f"defense.noise_momentum must be in [0, 1), got {o.noise_momentum}")
         super().__init__(options, terms)
         self.noise_params: list[nn.Parameter] = []
         self.noise_opt: torch.optim.Optimizer | None = None

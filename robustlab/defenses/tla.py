@@ -38,7 +38,7 @@ from robustlab.defenses.base import LossOutput, register_defense
 from robustlab.defenses.standard import clean_loss
 from robustlab.defenses.triplet import (EMBEDDINGS, POOL_CHOICES, PoolMiner, TripletLoss, embed, get_distance,
                                         sample_positive_indices, triplet_hinge)
-from robustlab.errors import ConfigError
+from robustlab.errors import ConfigError, require
 
 
 def norm_penalty(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
@@ -101,8 +101,7 @@ class TLA(PGDAdversarialTraining):
 
     def __init__(self, options: TLAOptions, terms=None):
         get_distance(options.distance)
-        if min(options.lam_trip, options.lam_norm, options.margin) < 0:
-            raise ConfigError("defense.lam_trip, lam_norm and margin must be >= 0")
+        require(options, "defense", ge=0, names=("lam_trip", "lam_norm", "margin"))
         if not 0 <= options.label_smoothing < 1:
             raise ConfigError(f"defense.label_smoothing must be in [0, 1), got {options.label_smoothing}")
         if options.pool_size < 1:

@@ -17,7 +17,7 @@ from torch import nn
 
 from robustlab.attacks.perturbation import batch_view, flat_norm
 from robustlab.defenses.base import Defense, LossOutput, register_defense
-from robustlab.errors import ConfigError
+from robustlab.errors import require
 
 
 def unit_l2(d: torch.Tensor) -> torch.Tensor:
@@ -56,8 +56,9 @@ class VirtualAdversarialTraining(Defense):
     """CE + α·KL(p(x) ‖ p(x + r_vadv)) (see the module docstring)."""
 
     def __init__(self, options: VATOptions, terms=None):
-        if options.eps < 0 or options.alpha < 0 or options.xi <= 0 or options.power_iterations < 1:
-            raise ConfigError("defense.eps and alpha must be >= 0, xi > 0 and power_iterations >= 1")
+        require(options, "defense", ge=0, names=("eps", "alpha"))
+        require(options, "defense", gt=0, names=("xi",))
+        require(options, "defense", ge=1, names=("power_iterations",))
         super().__init__(options, terms)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> LossOutput:
