@@ -217,13 +217,10 @@ def test_linf_epsilons_outside_the_box_are_refused(eps):
 
 
 DTYPES = st.sampled_from([torch.float32, torch.float64, torch.uint8, torch.int64])
-SPECIALS = st.sampled_from([None, "nan", "inf", "big"])
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(n=st.integers(0, 4), dtype=DTYPES, special=SPECIALS, label=st.integers(-2, 7),
-       name=st.sampled_from(["fgsm", "pgd", "apgd_ce", "square", "fab"]), eps=st.floats(0.0, 1.0))
-def test_attack_inputs_give_a_correct_result_or_a_clear_error(small_model, n, dtype, special, label, name, eps):
+def _batch(n: int, dtype: torch.dtype, special: str | None, label: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n 1×4×4 images of ``dtype`` (integer dtypes: 0–255), with a NaN, an inf or 0–255 values, and labels."""
     x = torch.rand(n, 1, 4, 4, generator=torch.Generator().manual_seed(n))
     if special == "nan" and n:
         x[0, 0, 0, 0] = float("nan")
@@ -232,7 +229,15 @@ def test_attack_inputs_give_a_correct_result_or_a_clear_error(small_model, n, dt
     elif special == "big":
         x = x * 255
     x = x.to(dtype) if dtype.is_floating_point else (x * (255 if special != "big" else 1)).to(dtype)
-    y = torch.full((n,), label, dtype=torch.long)
+    return x, torch.full((n,), label, dtype=torch.long)
+SPECIALS = st.sampled_from([None, "nan", "inf", "big"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(0, 4), dtype=DTYPES, special=SPECIALS, label=st.integers(-2, 7),
+       name=st.sampled_from(["fgsm", "pgd", "apgd_ce", "square", "fab"]), eps=st.floats(0.0, 1.0))
+def test_attack_inputs_give_a_correct_result_or_a_clear_error(small_model, n, dtype, special, label, name, eps):
+    x, y = _batch(n, dtype, special, label)
     options = {"steps": 2} if name in ("pgd", "apgd_ce", "fab") else ({"queries": 10} if name == "square" else {})
     attack = build_attack(name, eps, **options)
     valid = n > 0 and dtype == torch.float32 and special is None and 0 <= label < 5  # the model is float32
@@ -251,15 +256,7 @@ def test_attack_inputs_give_a_correct_result_or_a_clear_error(small_model, n, dt
 def test_evaluation_inputs_give_a_correct_outcome_or_a_clear_error(small_model, n, dtype, special, label):
     from robustlab.evaluate import attack_outcome
 
-    x = torch.rand(n, 1, 4, 4, generator=torch.Generator().manual_seed(n))
-    if special == "nan" and n:
-        x[0, 0, 0, 0] = float("nan")
-    elif special == "inf" and n:
-        x[-1, 0, 1, 1] = float("inf")
-    elif special == "big":
-        x = x * 255
-    x = x.to(dtype) if dtype.is_floating_point else (x * 255).to(dtype)
-    y = torch.full((n,), label, dtype=torch.long)
+    x, y = _batch(n, dtype, special, label)
     valid = n > 0 and dtype == torch.float32 and special is None and 0 <= label < 5
     if not valid:
         with pytest.raises(ValueError):
