@@ -10,6 +10,7 @@ and ``accuracy_vs_eps.png`` to the output directory.
 from __future__ import annotations
 
 import json
+import shutil
 from importlib import resources
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from robustlab.config import load_config
 from robustlab.engine import Trainer
 from robustlab.evaluate import CurvePoint, attack_factories, load_trained_model, robustness_curve
 from robustlab.report import markdown_table, plot_accuracy_vs_eps, write_csv
-from robustlab.standard import StandardSettings, evaluate_standard
+from robustlab.standard import OtherEvaluationState, StandardSettings, evaluate_standard
 
 DEMO_RECIPES = {"standard": "demo_standard.toml", "pgd_at": "demo_pgd_at.toml"}
 DEMO_EPS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
@@ -56,10 +57,18 @@ def run_demo(out_dir: str | Path = "runs/demo", *, epochs_scale: float = 1.0, ev
         clean, points = robustness_curve(model, x, y, attack_factories(config.eval), DEMO_EPS, device="cpu")
         n = min(standard_subset, len(data.test_x))
         log(f"[{label}] standard suite (AutoAttack-strength) at ε {STANDARD_EPS} on {n} test images")
-        # The state directory `robustlab eval --checkpoint RUN` uses: a finished evaluation is reused.
-        standard = evaluate_standard(model, data.test_x, data.test_y, StandardSettings(eps=STANDARD_EPS, subset=n),
-                                     num_classes=data.num_classes, device="cpu", log=log,
-                                     state_dir=run_dir / "eval_standard_state")
+        # The state directory `robustlab eval --checkpoint RUN` uses: a finished evaluation is reused, one of
+        # other settings (or of an older robustlab) is replaced.
+        state_dir = run_dir / "eval_standard_state"
+        settings = StandardSettings(eps=STANDARD_EPS, subset=n)
+        try:
+            standard = evaluate_standard(model, data.test_x, data.test_y, settings, num_classes=data.num_classes,
+                                         device="cpu", log=log, state_dir=state_dir)
+        except OtherEvaluationState:
+            log(f"[{label}] {state_dir} holds another evaluation: evaluating again")
+            shutil.rmtree(state_dir)
+            standard = evaluate_standard(model, data.test_x, data.test_y, settings, num_classes=data.num_classes,
+                                         device="cpu", log=log, state_dir=state_dir)
         points.append(CurvePoint("standard", STANDARD_EPS, standard.robust_accuracy, n=n))
         results[label] = (clean, points)
     table = markdown_table(results, eps_filter={0.1, 0.3})

@@ -53,6 +53,7 @@ from robustlab.passes import count_passes
 from robustlab.rng import derived_seed, seeded
 
 AA_SUITES = ("standard", "rand")
+STATE_FORMAT = 2  # of the resumable state: a state written in another format is another evaluation
 NORMS = ("linf", "l2")
 
 
@@ -166,6 +167,10 @@ class StandardResult:
                 "per_example": {"robust": self.robust.tolist(), "fooled_by": self.fooled_by}}
 
 
+class OtherEvaluationState(ConfigError):
+    """The state directory holds another evaluation (model, data, settings or format differ)."""
+
+
 class _State:
     """Per-example outcome of this process's share, saved after every batch when a directory is given."""
 
@@ -174,6 +179,7 @@ class _State:
         self.clean: torch.Tensor | None = None
         self.robust = torch.zeros(n)
         self.fooled_by = torch.full((n,), -1, dtype=torch.int64)
+        self.by_stage = torch.ones(len(stages), n)  # per stage: the fraction correct after it (1: not attacked)
         self.done: dict[str, int] = {}
         self.stats: dict[str, dict] = {}
         if path is not None and path.with_suffix(".json").exists():
@@ -184,10 +190,11 @@ class _State:
         if saved.get("meta") != self.meta:
             differ = sorted(k for k in set(saved.get("meta", {})) | set(self.meta)
                             if saved.get("meta", {}).get(k) != self.meta.get(k))
-            raise ConfigError(f"{self.path.parent} holds the state of another evaluation (differs in: "
+            raise OtherEvaluationState(f"{self.path.parent} holds the state of another evaluation (differs in: "
                               f"{', '.join(differ)}); use another --out or delete it")
         tensors = load_file(str(self.path.with_suffix(".safetensors")))
         self.clean, self.robust, self.fooled_by = tensors.get("clean"), tensors["robust"], tensors["fooled_by"]
+        self.by_stage = tensors["by_stage"]
         self.done, self.stats = saved["done"], saved["stats"]
 
     def _adv_file(self, stage: str, batch: int) -> Path:
@@ -212,7 +219,7 @@ class _State:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {"robust": self.robust, "fooled_by": self.fooled_by}
+        tensors = {"robust": self.robust, "fooled_by": self.fooled_by, "by_stage": self.by_stage}
         if self.clean is not None:
             tensors["clean"] = self.clean
         tmp = self.path.with_suffix(".tmp.safetensors")
@@ -238,7 +245,7 @@ def _correct_fraction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws:
 def evaluate_standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: StandardSettings, *,
                       num_classes: int | None = None, device: torch.device | str | None = None,
                       state_dir: str | Path | None = None, env: DistributedEnv | None = None,
-                      log: Callable[[str], None] | None = None, fingerprint: dict | None = None
+                      log: Callable[[str], None] | None = None, fingerprint: str | None = None
                       ) -> StandardResult:
     """Run the ``standard`` (or ``rand``) suite on the first ``settings.subset`` of ``(x, y)``, then the checks.
 
@@ -267,7 +274,7 @@ def evaluate_standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settin
     stages = build_stages(s, num_classes)
     lo, hi = _shard_range(n, env)
     xs, ys = x[lo:hi], y[lo:hi]
-    meta = {"suite": s.suite, "settings": {k: v for k, v in s.to_dict().items() if k != "batched_targets"},
+    meta = {"format": STATE_FORMAT, "suite": s.suite, "settings": {k: v for k, v in s.to_dict().items() if k != "batched_targets"},
             "n": n, "shard": [lo, hi], "model": fingerprint or model_fingerprint(model), "classes": num_classes}
     path = Path(state_dir) / f"rank{env.rank}" if state_dir is not None else None
     state = _State(path, meta, hi - lo, [st.name for st in stages])
@@ -301,6 +308,7 @@ def evaluate_standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settin
                 worse = frac < state.robust[idx]
                 state.robust[idx] = torch.minimum(state.robust[idx], frac)
                 state.fooled_by[idx[worse]] = k
+                state.by_stage[k, idx] = frac
                 state.save_adv(stage.name, b, idx[worse], adv[worse].cpu())
                 if x_adv is not None:
                     x_adv[idx[worse]] = adv[worse].cpu().to(x_adv.dtype)
@@ -313,18 +321,18 @@ def evaluate_standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settin
                 state.save()
             state.stats.setdefault(stage.name, {"seconds": 0.0, "forward": 0, "backward": 0})
             state.stats[stage.name]["attacked"] = len(todo)
-            after = _robust_after(state.clean, state.robust, state.fooled_by, k)
+            after = _robust_after(state.clean, state.by_stage, k)
             log(f"{stage.name:>12}: attacked {len(todo)}, robust after it {100 * _mean(after):.1f}% "
                 f"({state.stats[stage.name]['seconds']:.1f} s)")
 
-    clean, robust, fooled_by, stats = _gather(state, env)
+    clean, robust, fooled_by, by_stage, stats = _gather(state, env)
     names = [st.name for st in stages]
     rows = []
     for k, stage in enumerate(stages):
         st = stats[stage.name]
         rows.append({"attack": stage.name, "settings": stage.settings, "attacked": st["attacked"],
                      "fooled": int((fooled_by == k).sum()),
-                     "robust_after": _mean(_robust_after(clean, robust, fooled_by, k)),
+                     "robust_after": _mean(_robust_after(clean, by_stage, k)),
                      "seconds": round(st["seconds"], 3),
                      "forward_per_image": st["forward"] / n, "backward_per_image": st["backward"] / n})
     result = StandardResult(s.suite, s.norm, s.eps, n, _mean(clean), _mean(robust), rows, [], clean, robust,
@@ -344,26 +352,26 @@ def _mean(t: torch.Tensor) -> float:
     return float(t.double().mean()) if len(t) else math.nan
 
 
-def _robust_after(clean: torch.Tensor, robust: torch.Tensor, fooled_by: torch.Tensor, k: int) -> torch.Tensor:
-    """Per-example robustness after the stages up to ``k`` (an example a later stage fooled was still robust)."""
-    return torch.where(fooled_by > k, clean, robust)
+def _robust_after(clean: torch.Tensor, by_stage: torch.Tensor, k: int) -> torch.Tensor:
+    """Per-example robustness after the stages up to ``k``: the worst of the clean value and those stages'."""
+    return torch.minimum(clean, by_stage[: k + 1].min(0).values)
 
 
 def _gather(state: _State, env: DistributedEnv):
     """The shards' per-example outcomes concatenated in example order, and their summed statistics."""
-    local = (state.clean, state.robust, state.fooled_by, state.stats)
+    local = (state.clean, state.robust, state.fooled_by, state.by_stage, state.stats)
     if not env.enabled:
         return local
     parts: list = [None] * env.world_size
     dist.all_gather_object(parts, local)
     stats: dict[str, dict] = {}
     for part in parts:
-        for name, st in part[3].items():
+        for name, st in part[4].items():
             agg = stats.setdefault(name, {"seconds": 0.0, "forward": 0, "backward": 0, "attacked": 0})
             for key in agg:
                 agg[key] = max(agg[key], st[key]) if key == "seconds" else agg[key] + st.get(key, 0)
     return (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts]),
-            stats)
+            torch.cat([p[3] for p in parts], dim=1), stats)
 
 
 def standard_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, result: StandardResult, *,

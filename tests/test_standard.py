@@ -16,8 +16,7 @@ from torch import nn
 import robustlab
 from robustlab.attacks import APGDCE
 from robustlab.cli import main
-from robustlab.errors import ConfigError
-from robustlab.standard import StandardSettings, build_stages, evaluate_standard
+from robustlab.standard import OtherEvaluationState, StandardSettings, build_stages, evaluate_standard
 
 from tiny_run import tiny_run_toml
 
@@ -146,7 +145,7 @@ def test_an_interrupted_evaluation_resumes_to_the_same_outcome(robust_digits_cnn
     assert [r["robust_after"] for r in resumed.rows] == [r["robust_after"] for r in whole.rows]
     assert f"apgd_ce: attacked {whole.rows[0]['attacked']}," in "\n".join(lines)
     # Another experiment in the same directory is refused, naming what differs.
-    with pytest.raises(ConfigError, match="another evaluation .*settings"):
+    with pytest.raises(OtherEvaluationState, match="another evaluation .*settings"):
         evaluate_standard(robust_digits_cnn, x, y, StandardSettings(eps=0.1, batch_size=20), num_classes=10,
                           state_dir=tmp_path)
 
