@@ -11,6 +11,8 @@ checkpoint with :meth:`TransferAttack.from_checkpoint` or :func:`load_source_mod
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -26,13 +28,20 @@ def load_source_model(checkpoint: str, device: torch.device | str = "cpu") -> nn
 
 
 class TransferAttack(Attack):
-    """Crafts with ``attack`` on ``source_model``; ``__call__(target_model, x, y)`` ignores the target."""
+    """Crafts with ``attack`` on ``source_model``; ``__call__(target_model, x, y)`` ignores the target.
+
+    The inner attack runs every step (no early exit on the source): the point returned is its last iterate, as
+    transfer attacks use it, not the first that fools the source.
+    """
 
     def __init__(self, source_model: nn.Module, attack: Attack):
         super().__init__(model_mode="keep")
         if not isinstance(attack, Attack):
             raise TypeError(f"attack must be an Attack, got {type(attack).__name__}")
         self.source_model = source_model
+        if getattr(attack, "early_stop", False):  # a point that only just fools the source transfers poorly
+            attack = copy.copy(attack)
+            attack.early_stop = False
         self.attack = attack
 
     @classmethod
