@@ -188,7 +188,8 @@ def small_model():
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 5)).eval()
 
 
-@pytest.mark.parametrize("name", ["fgsm", "pgd", "apgd_ce", "apgd_dlr", "square", "fab", "deepfool"])
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "pgd_l2", "apgd_ce", "apgd_dlr", "square", "fab", "deepfool",
+                                  "few_pixel", "cw_l2"])
 @pytest.mark.parametrize("x, y, match", [
     (torch.full((3, 1, 4, 4), float("nan")), torch.zeros(3, dtype=torch.long), "NaN"),
     (torch.full((3, 1, 4, 4), 255.0), torch.zeros(3, dtype=torch.long), "0–255"),
@@ -199,7 +200,7 @@ def small_model():
     (torch.rand(3, 3, 4, 4), torch.zeros(3, dtype=torch.long), "does not accept inputs of shape"),
 ])
 def test_every_attack_refuses_bad_inputs(small_model, name, x, y, match):
-    attack = build_attack(name, **({} if name == "deepfool" else {"eps": 0.1}))
+    attack = build_attack(name, **({} if name in ("deepfool", "few_pixel", "cw_l2") else {"eps": 0.1}))
     with pytest.raises(ValueError, match=match):
         attack(small_model, x, y)
 
