@@ -238,3 +238,15 @@ def test_the_readme_example_runs():
     exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - the project's own documentation
     result = namespace["result"]
     assert 0 < result.robust_accuracy < result.clean and result.checks[0].status == "pass"
+
+
+def test_channels_last_changes_the_speed_not_the_model_or_the_verdict(robust_digits_cnn, digits):
+    x, y = digits.test_x[:80], digits.test_y[:80]
+    before = {k: v.clone() for k, v in robust_digits_cnn.state_dict().items()}
+    fast = StandardSettings(eps=0.15, steps=10, square_queries=100)
+    nhwc = evaluate_standard(robust_digits_cnn, x, y, fast, num_classes=10)
+    nchw = evaluate_standard(robust_digits_cnn, x, y, StandardSettings(**{**fast.to_dict(), "channels_last": False}),
+                             num_classes=10)
+    for key, value in robust_digits_cnn.state_dict().items():  # back in NCHW order, the same weights
+        assert value.is_contiguous() and torch.equal(value, before[key])
+    assert abs(nhwc.robust_accuracy - nchw.robust_accuracy) <= 2 / len(x)
