@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from robustlab.attacks import Attack, build_attack
 from robustlab.attacks.base import check_batch, model_mode
 from robustlab.config import EvalConfig
+from robustlab.rng import derived_seed, seeded
 
 AttackFactory = Callable[[float], Attack]
 
@@ -75,14 +76,23 @@ class CurvePoint:
 
 def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, factories: dict[str, AttackFactory],
                      eps_list: list[float], *, batch_size: int = 500, device: torch.device | str | None = None,
-                     progress: bool = False) -> tuple[float, list[CurvePoint]]:
-    """Clean accuracy and the accuracy under each attack at each ε (ε = 0 is the clean accuracy)."""
+                     progress: bool = False, seed: int = 0) -> tuple[float, list[CurvePoint]]:
+    """Clean accuracy and the accuracy under each attack at each ε (ε = 0 is the clean accuracy).
+
+    Each (attack, ε) point draws its random starts from its own seed, so the curve does not depend on what ran
+    before it (the caller's RNG state is left as it was).
+    """
     clean = accuracy(model, x, y, batch_size=batch_size, device=device, progress=progress, desc="clean")
     points = []
+    dev = _device_of(model, device)
     for name, factory in factories.items():
         for eps in eps_list:
-            acc = clean if eps == 0 else accuracy(model, x, y, attack=factory(eps), batch_size=batch_size,
-                                                  device=device, progress=progress, desc=f"{name} eps={eps:g}")
+            if eps == 0:
+                acc = clean
+            else:
+                with seeded(derived_seed(seed, name, float(eps)), dev):
+                    acc = accuracy(model, x, y, attack=factory(eps), batch_size=batch_size, device=device,
+                                   progress=progress, desc=f"{name} eps={eps:g}")
             points.append(CurvePoint(name, float(eps), acc, n=len(x)))
     return clean, points
 
