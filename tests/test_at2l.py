@@ -16,7 +16,7 @@ from robustlab.defenses.at2l import AT2L, at2l_loss, expand_attacks
 from robustlab.defenses.triplet import (MiningRequest, Negatives, NegativeMiner, TripletLoss, build_miner,
                                         get_distance, register_miner, triplet_hinge)
 from robustlab.engine import Trainer
-from robustlab.errors import ConfigError
+from robustlab.errors import CheckpointError, ConfigError
 
 
 def ce_by_hand(z: list[float], label: int) -> float:
@@ -302,7 +302,7 @@ def test_ensemble_options_are_validated(tmp_path):
         tiny(tmp_path, defense={"name": "at2l", "include_self": False})
     with pytest.raises(ConfigError, match="augment"):
         Trainer(tiny(tmp_path / "aug", data={"augment": "crop_flip"}), log=lambda _: None)
-    with pytest.raises(Exception, match="nothing|checkpoint|not found|No such"):
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
         Trainer(tiny(tmp_path / "missing", defense={"name": "at2l", "models": [str(tmp_path / "nope")]}),
                 log=lambda _: None)
 
