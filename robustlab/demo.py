@@ -9,6 +9,7 @@ and ``accuracy_vs_eps.png`` to the output directory.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from importlib import resources
@@ -60,15 +61,15 @@ def run_demo(out_dir: str | Path = "runs/demo", *, epochs_scale: float = 1.0, ev
         # The state directory `robustlab eval --checkpoint RUN` uses: a finished evaluation is reused, one of
         # other settings (or of an older robustlab) is replaced.
         state_dir = run_dir / "eval_standard_state"
-        settings = StandardSettings(eps=STANDARD_EPS, subset=n)
+        evaluate = functools.partial(evaluate_standard, model, data.test_x, data.test_y,
+                                     StandardSettings(eps=STANDARD_EPS, subset=n), num_classes=data.num_classes,
+                                     device="cpu", log=log, state_dir=state_dir)
         try:
-            standard = evaluate_standard(model, data.test_x, data.test_y, settings, num_classes=data.num_classes,
-                                         device="cpu", log=log, state_dir=state_dir)
+            standard = evaluate()
         except OtherEvaluationState:
             log(f"[{label}] {state_dir} holds another evaluation: evaluating again")
             shutil.rmtree(state_dir)
-            standard = evaluate_standard(model, data.test_x, data.test_y, settings, num_classes=data.num_classes,
-                                         device="cpu", log=log, state_dir=state_dir)
+            standard = evaluate()
         points.append(CurvePoint("standard", STANDARD_EPS, standard.robust_accuracy, n=n))
         results[label] = (clean, points)
     table = markdown_table(results, eps_filter={0.1, 0.3})
