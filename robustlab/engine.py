@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from robustlab.checkpoint import (CONFIG_FILE, atomic_write_text, find_latest_checkpoint, load_checkpoint,
                                   remove_stale_temporaries, save_checkpoint)
-from robustlab.config import Config, config_differences
+from robustlab.config import Config, config_differences, config_from_dict
 from robustlab.data import ImageDataset, load_dataset
 from robustlab.data.augment import random_crop_flip
 from robustlab.defenses import Defense, build_defense
@@ -224,7 +224,11 @@ class Trainer:
     def _restore(self) -> None:
         ckpt = find_latest_checkpoint(self.run_dir)
         model_state, state, saved_config = load_checkpoint(ckpt)
-        differ = config_differences(saved_config, self.config.to_dict())
+        try:  # both sides with today's defaults filled in: a key added since is not a difference
+            stored = config_from_dict(saved_config).to_dict()
+        except ConfigError as exc:
+            raise CheckpointError(f"{ckpt} holds a config that no longer validates: {exc}") from None
+        differ = config_differences(stored, self.config.to_dict())
         if differ:
             raise CheckpointError(f"--resume would continue another experiment: {self.run_dir} was trained with a "
                               f"different " + "; ".join(differ) + " (start a new run.out_dir for a new experiment)")
