@@ -190,6 +190,6 @@ def comparison_table(comparisons: list[Comparison], digits: int = 1) -> str:
         power = "–" if math.isnan(c.power) else f"{100 * c.power:.0f}%"
         detect = "–" if not math.isfinite(i.detectable()) else f"±{i.detectable():.{digits}f}"
         lines.append(f"| {c.metric} | {c.method} − {c.baseline} | {per_seed} | {i.mean:+.{digits}f} | "
-                     f"{span(c.by_seeds)} | {span(c.by_images)} | {c.paper_effect:+.{digits}f} | {power} | {detect} "
+                     f"{span(c.by_seeds)} | {span(c.by_images)} | {c.paper_effect:+.2f} | {power} | {detect} "
                      f"| **{c.verdict}** |")
     return "\n".join(lines)

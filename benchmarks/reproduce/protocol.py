@@ -1,0 +1,168 @@
+"""The reproduction protocol shared by ``benchmarks/reproduce/*.py``: paired arms, cached per-example measurements,
+the comparison table and the document.
+
+* An **arm** is a config plus overrides; ``run_dir(arm, seed)`` is its run for one seed. Both arms of a comparison
+  are trained with the same ``run.seed``, which fixes the data order and the initialisation (paired seeds).
+* Every measurement is a vector of **per-example outcomes** on the same test images (1 = still correct), cached in
+  the run directory's ``reproduce.json`` under a key that spells out the attack and its settings, so a rerun only
+  computes what is missing, and the paired bootstrap over seeds × images (:mod:`robustlab.paired`) can use them.
+* Robust accuracy comes from the ``standard`` suite (AutoAttack-strength, resumable state in the run directory);
+  the paper's own attacks are measured beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import train_or_reuse  # noqa: E402
+from robustlab.benchmarking import benchmark  # noqa: E402
+from robustlab.checkpoint import find_latest_checkpoint, load_checkpoint  # noqa: E402
+from robustlab.evaluate import attack_outcome, load_trained_model  # noqa: E402
+from robustlab.paired import Comparison, comparison_table  # noqa: E402
+
+MEASUREMENTS_FILE = "reproduce.json"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One side of a comparison: a config (relative to the repository) and its overrides."""
+
+    label: str
+    config: str
+    overrides: tuple[str, ...] = ()
+    slug: str = ""
+
+    def run_dir(self, root: Path, seed: int) -> Path:
+        return root / f"{self.slug or self.label.lower()}_seed{seed}"
+
+
+def finished_epochs(run_dir: Path) -> int:
+    """The last completed epoch of a run (0 when it has no checkpoint)."""
+    ckpt = find_latest_checkpoint(run_dir) if (run_dir / "checkpoints" / "latest").exists() else None
+    if ckpt is None:
+        return 0
+    _, state, _ = load_checkpoint(ckpt)
+    return int(state["epoch"])
+
+
+def train(arm: Arm, seed: int, root: Path, *, epochs: int, extra: tuple[str, ...] = (),
+          log: Callable[[str], None] = print) -> Path:
+    """Train (or resume, or reuse) ``arm`` with ``seed`` for ``epochs`` epochs; returns the run directory."""
+    out = arm.run_dir(root, seed)
+    started = time.perf_counter()
+    train_or_reuse(arm.config, out, arm.label, seed=seed, overrides=[*arm.overrides, *extra], epochs=epochs, log=log)
+    if time.perf_counter() - started > 5:
+        log(f"[{arm.label} seed {seed}] trained in {time.perf_counter() - started:.0f} s")
+    return out
+
+
+class Measurements:
+    """The per-example outcomes measured on one run, cached in ``<run>/reproduce.json`` (written after each)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / MEASUREMENTS_FILE
+        self.data: dict[str, dict] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def get(self, key: str, compute: Callable[[], tuple[np.ndarray, dict]]) -> np.ndarray:
+        """The outcomes under ``key``, computed (outcomes, extra info) and saved when missing."""
+        if key not in self.data:
+            started = time.perf_counter()
+            outcomes, info = compute()
+            self.data[key] = {"outcomes": np.asarray(outcomes, dtype=float).round(4).tolist(),
+                              "seconds": round(time.perf_counter() - started, 1), **info}
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.data))
+            os.replace(tmp, self.path)
+        return np.asarray(self.data[key]["outcomes"], dtype=float)
+
+    def info(self, key: str) -> dict:
+        return {k: v for k, v in self.data.get(key, {}).items() if k != "outcomes"}
+
+
+def attack_correct(model, x, y, attack=None, *, seed: int = 1234) -> tuple[np.ndarray, dict]:
+    """Per-example correctness under ``attack`` (None: clean), random starts seeded."""
+    torch.manual_seed(seed)
+    outcome = attack_outcome(model, x, y, attack=attack)
+    return outcome.correct.cpu().numpy(), {}
+
+
+def standard_correct(model, x, y, eps: float, state_dir: Path, *, suite: str = "standard",
+                     log: Callable[[str], None] = print) -> tuple[np.ndarray, dict]:
+    """Per-example robustness under the AutoAttack-strength suite (resumable in ``state_dir``), with its checks."""
+    result = benchmark(model, x, y, eps=eps, suite=suite, state_dir=state_dir, log=log)
+    failed = [c.name for c in result.checks if not c.passed]
+    return result.robust.cpu().numpy(), {"failed_checks": failed, "suite": result.suite}
+
+
+def load(run_dir: Path, epoch: int | None = None):
+    """(model, data) of a finished run, or of its ``epoch`` checkpoint, on the CPU in eval mode."""
+    where = run_dir if epoch is None else run_dir / "checkpoints" / f"epoch-{epoch:04d}"
+    model, _, data, _ = load_trained_model(str(where))
+    return model.eval(), data
+
+
+def mean_std(values: list[float], digits: int = 1) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def arm_table(rows: dict[str, dict[int, dict[str, float]]], columns: list[tuple[str, str]], digits: int = 1) -> str:
+    """Markdown: one row per arm, mean ± sample std over its seeds for each (key, header) column."""
+    lines = ["| arm | seeds | " + " | ".join(h for _, h in columns) + " |", "|---" * (len(columns) + 2) + "|"]
+    for label, by_seed in rows.items():
+        cells = [mean_std([r[k] for r in by_seed.values() if k in r], digits) for k, _ in columns]
+        lines.append(f"| {label} | {len(by_seed)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def verdict_lines(comparisons: list[Comparison]) -> str:
+    """One plain sentence per claim."""
+    out = []
+    for c in comparisons:
+        i = c.interval
+        span = "no interval (one seed)" if not np.isfinite(i.width) else f"95% CI [{i.low:+.1f}, {i.high:+.1f}]"
+        out.append(f"- **{c.metric}, {c.method} − {c.baseline}: {c.verdict}.** Measured {i.mean:+.1f} points "
+                   f"({span}, {i.source}) against the paper's {c.paper_effect:+.2f}; power to see the paper's effect "
+                   f"{100 * c.power:.0f}%, smallest effect detectable with 80% power ±{i.detectable():.1f}.")
+    return "\n".join(out)
+
+
+def machine_line() -> str:
+    return (f"{platform.machine()}, {os.cpu_count()} cores (shared), Python {platform.python_version()}, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} torch thread")
+
+
+def plan(label: str, todo_train: int, total_train: int, train_s: float, todo_eval: int, eval_s: float) -> None:
+    """Print the expected runtime of what is left (estimates measured on a shared 2-core CPU, one thread)."""
+    minutes = (todo_train * train_s + todo_eval * eval_s) / 60
+    print(f"[{label}] {todo_train} of {total_train} runs to train (~{train_s:.0f} s each) and ~{todo_eval} "
+          f"evaluations (~{eval_s:.0f} s each): expect ~{minutes:.0f} min on one core; finished work is reused.",
+          flush=True)
+
+
+def write_document(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.rstrip() + "\n")
+    print(f"wrote {path}", flush=True)
+
+
+__all__ = ["Arm", "Measurements", "arm_table", "attack_correct", "comparison_table", "finished_epochs", "load",
+           "machine_line", "mean_std", "plan", "standard_correct", "train", "verdict_lines", "write_document"]
