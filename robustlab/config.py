@@ -61,6 +61,9 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
+    # "weights": decay only the weight matrices and kernels (tensors of two or more dimensions), not biases or
+    # normalisation parameters, as the TLA authors' code does; "all": every trainable parameter.
+    weight_decay_on: str = field(default="all", metadata=_choices("all", "weights"))
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
 
 

@@ -129,10 +129,14 @@ def build_optimizer(params, config: Config) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ConfigError("the defense left no trainable parameters for the main optimiser")
+    groups = [{"params": params, "weight_decay": o.weight_decay}]
+    if o.weight_decay_on == "weights":
+        groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": o.weight_decay},
+                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+        groups = [g for g in groups if g["params"]]
     if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
-                               weight_decay=o.weight_decay)
-    return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
+    return torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas))
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> Iterator[torch.Tensor]:

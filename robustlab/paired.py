@@ -52,9 +52,11 @@ class Interval:
         if not math.isfinite(self.se) or self.se <= 0:
             return float("nan") if not math.isfinite(self.se) else 1.0
         shift = abs(effect) / self.se
+        normal = float(stats.norm.sf(self.critical - shift) + stats.norm.cdf(-self.critical - shift))
         if self.df is None:
-            return float(stats.norm.sf(self.critical - shift) + stats.norm.cdf(-self.critical - shift))
-        return float(stats.nct.sf(self.critical, self.df, shift) + stats.nct.cdf(-self.critical, self.df, shift))
+            return normal
+        t = float(stats.nct.sf(self.critical, self.df, shift) + stats.nct.cdf(-self.critical, self.df, shift))
+        return t if math.isfinite(t) else normal  # scipy's noncentral t fails far in the tail at 1 df
 
     def detectable(self, power: float = 0.8) -> float:
         """The smallest effect detected with ``power`` (normal approximation: (z_crit + z_power)·se)."""

@@ -177,3 +177,30 @@ def test_dataset_on_device_follows_the_policy_and_moves_every_tensor():
     assert all(t.device.type == "meta" for t in (moved.train_x, moved.train_y, moved.test_x, moved.test_y))
     assert moved.train_x.shape == data.train_x.shape and moved.num_classes == data.num_classes
     assert moved.mean == data.mean and data.train_x.device.type == "cpu"
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_weight_decay_on_weights_leaves_biases_alone(name):
+    """optim.weight_decay_on = "weights" (the TLA authors' choice): with a zero loss gradient, one step shrinks the
+    weight matrix by lr·wd (SGD; Adam moves it by lr against the decay's sign) and leaves the bias unchanged."""
+    from robustlab.engine import build_optimizer
+
+    layer = torch.nn.Linear(3, 2)
+    torch.nn.init.constant_(layer.weight, 1.0)
+    torch.nn.init.constant_(layer.bias, 1.0)
+    config = config_from_dict({"optim": {"name": name, "lr": 0.1, "momentum": 0.0, "weight_decay": 0.5,
+                                         "weight_decay_on": "weights"}})
+    opt = build_optimizer(layer.parameters(), config)
+    for p in layer.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    expected = 1.0 - 0.1 * 0.5 if name == "sgd" else 1.0 - 0.1
+    assert torch.allclose(layer.weight, torch.full_like(layer.weight, expected))
+    assert torch.equal(layer.bias, torch.ones_like(layer.bias))
+    everything = build_optimizer(layer.parameters(), config_from_dict({"optim": {"name": name, "weight_decay": 0.5}}))
+    assert [g["weight_decay"] for g in everything.param_groups] == [0.5]
+
+
+def test_weight_decay_on_refuses_an_unknown_choice():
+    with pytest.raises(ConfigError, match="optim.weight_decay_on"):
+        config_from_dict({"optim": {"weight_decay_on": "biases"}})

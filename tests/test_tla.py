@@ -187,6 +187,25 @@ def test_tla_defense_loss_matches_tla_loss_on_its_own_triplets():
     assert model.fc.weight.grad is not None
 
 
+def test_tla_with_lam_trip_zero_is_the_plain_ce_and_only_measures_its_triplets():
+    """The AT arm of the reproduction: loss = CE(f(x_adv), y) exactly, the triplet statistics logged beside it."""
+    torch.manual_seed(0)
+    model = IdentityFeatures(dim=4, classes=3)
+    train_x, train_y = torch.rand(30, 4), torch.arange(30) % 3
+    defense = build_defense("tla", {"eps": 0.1, "steps": 2, "step_size": 0.05, "pool_size": 10, "lam_trip": 0.0,
+                                    "lam_norm": 0.0})
+    ctx = dataset_ctx(train_x, train_y, batch_index=torch.arange(6))
+    defense.on_epoch_start(model, ctx)
+    out = defense.loss(model, train_x[:6], train_y[:6], ctx)
+    assert torch.allclose(out.loss, F.cross_entropy(out.logits_adv, train_y[:6]))
+    assert {"triplet_active", "triplet_d_pos", "triplet_d_neg"} <= set(out.metrics)
+    out.loss.backward()
+    ce_only = model.fc.weight.grad.clone()
+    model.zero_grad()
+    F.cross_entropy(model(out.x_adv), train_y[:6]).backward()
+    assert torch.allclose(model.fc.weight.grad, ce_only)  # the measured triplets add no gradient
+
+
 def test_tla_options_are_validated():
     with pytest.raises(ConfigError, match="negatives"):
         config_from_dict({"defense": {"name": "tla", "negatives": "hardest"}})

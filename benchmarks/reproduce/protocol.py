@@ -109,6 +109,39 @@ def standard_correct(model, x, y, eps: float, state_dir: Path, *, suite: str = "
     return result.robust.cpu().numpy(), {"failed_checks": failed, "suite": result.suite}
 
 
+def standard_outcomes(m: Measurements, model, x, y, eps: float, run_dir: Path, n: int, *,
+                      chunk: int = 500) -> tuple[np.ndarray, list[str]]:
+    """The standard suite's per-example outcomes on the first ``n`` images, measured in chunks of ``chunk`` (each
+    cached on its own, so a larger ``n`` later only adds chunks), and the names of the masking checks that failed."""
+    parts, failed = [], set()
+    for a in range(0, min(n, len(x)), chunk):
+        b = min(a + chunk, n, len(x))
+        key = f"standard eps={eps} n={b}" if a == 0 else f"standard eps={eps} images={a}-{b}"
+        parts.append(m.get(key, lambda: standard_correct(model, x[a:b], y[a:b], eps,
+                                                         run_dir / f"standard_eps{eps}_{a}-{b}", log=lambda _: None)))
+        failed |= set(m.info(key).get("failed_checks", []))
+    return np.concatenate(parts), sorted(failed)
+
+
+def history(run_dir: Path) -> list[dict]:
+    """The run's per-epoch log (``metrics.jsonl``)."""
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def epoch_table(run_dirs: dict[str, list[Path]], keys: list[tuple[str, str]], epochs: list[int],
+                scale: float = 1.0, digits: int = 3) -> str:
+    """Markdown: per arm and epoch, mean ± std over its runs of each logged (key, header)."""
+    lines = ["| arm | epoch | " + " | ".join(h for _, h in keys) + " |", "|---" * (len(keys) + 2) + "|"]
+    for label, dirs in run_dirs.items():
+        logs = [history(d) for d in dirs]
+        for e in epochs:
+            rows = [next((r for r in log if r.get("epoch") == e), None) for log in logs]
+            cells = [mean_std([scale * r[k] for r in rows if r is not None and k in r], digits) for k, _ in keys]
+            lines.append(f"| {label} | {e} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def load(run_dir: Path, epoch: int | None = None):
     """(model, data) of a finished run, or of its ``epoch`` checkpoint, on the CPU in eval mode."""
     where = run_dir if epoch is None else run_dir / "checkpoints" / f"epoch-{epoch:04d}"
@@ -164,5 +197,6 @@ def write_document(path: Path, text: str) -> None:
     print(f"wrote {path}", flush=True)
 
 
-__all__ = ["Arm", "Measurements", "arm_table", "attack_correct", "comparison_table", "finished_epochs", "load",
-           "machine_line", "mean_std", "plan", "standard_correct", "train", "verdict_lines", "write_document"]
+__all__ = ["Arm", "Measurements", "arm_table", "attack_correct", "comparison_table", "epoch_table", "finished_epochs",
+           "history", "load", "machine_line", "mean_std", "plan", "standard_correct", "standard_outcomes", "train",
+           "verdict_lines", "write_document"]

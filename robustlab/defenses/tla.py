@@ -130,9 +130,14 @@ class TLA(PGDAdversarialTraining):
         if logits_clean is not None:
             metrics["acc"] = logits_clean.detach().argmax(1).eq(y).float().mean()
         common = dict(label_smoothing=o.label_smoothing, logits_clean=logits_clean, w_clean=w_clean, w_adv=w_adv)
-        if o.lam_trip == 0:  # plain PGD-AT with the same CE: no triplets are built
+        if o.lam_trip == 0:  # plain PGD-AT with the same CE; the triplets are only measured (no gradient)
             loss = weighted_cross_entropy(logits_adv, y, **common)
             metrics.update(loss=loss.detach(), ce=loss.detach())
+            with torch.no_grad():
+                x_pos, _ = self.positives(y, ctx)
+                result = self.triplet(model, x, y, x_adv, anchor=h_adv.detach(), anchor_logits=logits_adv.detach(),
+                                      x_positive=x_pos, ctx=ctx)
+            metrics.update({f"triplet_{k}": v for k, v in result.metrics().items()})
             return LossOutput(loss, metrics, x_adv=x_adv, logits_clean=logits_clean, logits_adv=logits_adv)
         x_pos, pos_valid = self.positives(y, ctx)
         result = self.triplet(model, x, y, x_adv, anchor=h_adv, anchor_logits=logits_adv, x_positive=x_pos, ctx=ctx)

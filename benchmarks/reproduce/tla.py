@@ -1,0 +1,240 @@
+"""Reproduce TLA's claims (more robust than AT and ALP, better misclassification detection) with paired seeds.
+
+The poster (Mao et al. 2019; spec METHODS.md §3): TLA beats ALP / plain AT by +1.86 / +2.92 points under 2000-step
+PGD and improves the misclassification-detection ROC AUC by 3.69 points on MNIST. At CPU scale, on a model where
+the metric can engage:
+
+* arms (``configs/tla/cpu/lenet5_*.toml``): **AT** = TLA with λ_trip = λ_norm = 0 (the same adversarial CE with
+  label smoothing 0.1; the triplet statistics still measured), **ALP** (½ CE clean + ½ CE adversarial + 0.5 × logit
+  pairing), **TLA** (λ_trip 0.5, λ_norm 1e-4, α 0.05, 1 − |cos| on the 512-d penultimate layer, semi-hard negatives
+  from a pool of K = 50); LeNet-5 on MNIST-5k, PGD-7 at ε 0.3 with the ε ramped over 3 epochs, Adam 1e-3, weight
+  decay 2e-4 on weights only, batch 50, 10 epochs; seeds 0–3, paired;
+* per run, on all 1,000 test images at ε 0.3: clean, FGSM, PGD-100 × 0.01 (the paper's MNIST test), the
+  ``standard`` suite on the first ``--standard-subset``; detection ROC AUC (misclassified vs correct, scored by
+  1 − max softmax and by the 1 − |cos| distance to the predicted class's clean-training centroid) on the first 500
+  clean test images and their PGD-100 versions at ε ``--detect-eps`` (above the training ε);
+* diagnostics per epoch from the logs: the triplet hinge's active fraction and the anchor–positive and
+  anchor–negative distances (TLA and AT);
+* the pool-size ablation on seed 0: K = 10, 200 and random negatives (clean and PGD-100).
+
+    nice -n 10 .venv/bin/python benchmarks/reproduce/tla.py             # writes docs/results/reproduction/tla.md
+    .venv/bin/python benchmarks/reproduce/tla.py --quick                  # smoke run into runs/reproduce_tla_quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from protocol import (ROOT, Arm, Measurements, arm_table, attack_correct, comparison_table, epoch_table,  # noqa: E402
+                      finished_epochs, history, load, machine_line, plan, standard_outcomes, train, verdict_lines,
+                      write_document)
+from robustlab.attacks import build_attack  # noqa: E402
+from robustlab.evaluate import attack_outcome  # noqa: E402
+from robustlab.metric_analysis import analyse_metric  # noqa: E402
+from robustlab.paired import compare  # noqa: E402
+
+EPS = 0.3
+ARMS = [Arm("AT", "configs/tla/cpu/lenet5_at.toml"), Arm("ALP", "configs/tla/cpu/lenet5_alp.toml"),
+        Arm("TLA", "configs/tla/cpu/lenet5_tla.toml")]
+ABLATION = [Arm("TLA, K = 10", "configs/tla/cpu/lenet5_tla.toml", ("defense.pool_size=10",), "tla_pool10"),
+            Arm("TLA, K = 200", "configs/tla/cpu/lenet5_tla.toml", ("defense.pool_size=200",), "tla_pool200"),
+            Arm("TLA, random negatives", "configs/tla/cpu/lenet5_tla.toml", ("defense.negatives='random'",),
+                "tla_random")]
+PAPER = {"AT": 2.92, "ALP": 1.86}  # PGD accuracy points, TLA − baseline
+PAPER_AUC = 3.69
+TRIPLET_KEYS = [("train_triplet_active", "active fraction"), ("train_triplet_hinge", "hinge"),
+                ("train_triplet_d_pos", "D(a, p)"), ("train_triplet_d_neg", "D(a, n)")]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--test-subset", type=int, default=1000)
+    p.add_argument("--standard-subset", type=int, default=1000)
+    p.add_argument("--detect-subset", type=int, default=500)
+    p.add_argument("--detect-eps", type=float, default=0.4)
+    p.add_argument("--no-ablation", action="store_true")
+    p.add_argument("--runs", default="runs/reproduce_tla")
+    p.add_argument("--out", default="docs/results/reproduction/tla.md")
+    p.add_argument("--quick", action="store_true", help="2 seeds, 2 epochs, 200 test images, no ablation")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seeds, args.epochs, args.test_subset, args.standard_subset, args.detect_subset = [0, 1], 2, 200, 100, 100
+        args.no_ablation = True
+        args.runs, args.out = args.runs + "_quick", str(Path(args.runs + "_quick") / "tla.md")
+    return args
+
+
+def cheap(run_dir: Path, args) -> dict:
+    """Clean, FGSM, PGD-100 and the detection measurements of one run."""
+    model, data = load(run_dir)
+    x, y = data.test_x[:args.test_subset], data.test_y[:args.test_subset]
+    m = Measurements(run_dir)
+    out = {"clean": m.get(f"clean n={len(x)}", lambda: attack_correct(model, x, y)),
+           "fgsm": m.get(f"fgsm eps={EPS} n={len(x)}", lambda: attack_correct(model, x, y, build_attack("fgsm", EPS))),
+           "pgd100": m.get(f"pgd100x0.01 eps={EPS} rs n={len(x)}", lambda: attack_correct(
+               model, x, y, build_attack("pgd", EPS, steps=100, step_size=0.01, random_start=True)))}
+    n = min(args.detect_subset, len(x))
+    key = f"detection pgd100x0.01 eps={args.detect_eps} rs n={n}"
+
+    def detection():
+        torch.manual_seed(1234)
+        adv = attack_outcome(model, x[:n], y[:n], build_attack("pgd", args.detect_eps, steps=100, step_size=0.01,
+                                                              random_start=True), keep=n)
+        a = analyse_metric(model, x[:n], adv.x_adv, y[:n], data.train_x, data.train_y, data.num_classes).to_dict()
+        return adv.correct.numpy(), {"auc_softmax": a["auc_softmax"], "auc_centroid": a["auc_centroid"]}
+
+    out[f"pgd100_eps{args.detect_eps}"] = m.get(key, detection)
+    out["auc_softmax"] = 100 * m.info(key)["auc_softmax"]
+    out["auc_centroid"] = 100 * m.info(key)["auc_centroid"]
+    return out
+
+
+def standard(run_dir: Path, args, n: int) -> tuple:
+    model, data = load(run_dir)
+    return standard_outcomes(Measurements(run_dir), model, data.test_x, data.test_y, EPS, run_dir, n)
+
+
+COLUMNS = [("clean", "clean"), ("fgsm", "FGSM"), ("pgd100", "PGD-100"), ("standard", "standard suite"),
+           ("auc_softmax", "AUC softmax"), ("auc_centroid", "AUC centroid")]
+
+
+def main(argv=None) -> int:
+    torch.set_num_threads(1)
+    args = parse_args(argv)
+    root = ROOT / args.runs
+    started = time.perf_counter()
+    arms = ARMS + ([] if args.no_ablation else ABLATION)
+    runs = [(arm, s) for arm in ARMS for s in args.seeds] + [(arm, args.seeds[0]) for arm in arms[len(ARMS):]]
+    todo = sum(finished_epochs(arm.run_dir(root, s)) < args.epochs for arm, s in runs)
+    plan("tla", todo, len(runs), 22.0 * args.epochs, len(ARMS) * len(args.seeds), 0.6 * args.standard_subset)
+    results: dict[str, dict[int, dict]] = {arm.label: {} for arm in arms}
+    for seed in args.seeds:  # the main arms first, seed by seed, then their measurements; the ablation after
+        for arm in ARMS:
+            train(arm, seed, root, epochs=args.epochs)
+    for arm in ARMS:
+        for seed in args.seeds:
+            results[arm.label][seed] = cheap(arm.run_dir(root, seed), args)
+    failed: set[str] = set()
+    chunks = list(range(500, args.standard_subset, 500)) + [args.standard_subset]
+    for i, n in enumerate(chunks):  # the standard suite 500 images at a time over all runs
+        if i == 1 and not args.no_ablation:
+            for arm in ABLATION:
+                train(arm, args.seeds[0], root, epochs=args.epochs)
+                results[arm.label][args.seeds[0]] = cheap(arm.run_dir(root, args.seeds[0]), args)
+        for arm in ARMS:
+            for seed in args.seeds:
+                outcomes, bad = standard(arm.run_dir(root, seed), args, n)
+                results[arm.label][seed]["standard"] = outcomes
+                failed |= set(bad)
+                print(f"[tla {arm.label} seed {seed}] standard suite on {len(outcomes)}: {100 * outcomes.mean():.1f}%",
+                      flush=True)
+    if len(chunks) == 1 and not args.no_ablation:
+        for arm in ABLATION:
+            train(arm, args.seeds[0], root, epochs=args.epochs)
+            results[arm.label][args.seeds[0]] = cheap(arm.run_dir(root, args.seeds[0]), args)
+    rows = {label: {s: {k: (100 * float(v.mean()) if hasattr(v, "mean") else v) for k, v in r.items()}
+                    for s, r in by_seed.items()} for label, by_seed in results.items()}
+    main_rows = {arm.label: rows[arm.label] for arm in ARMS}
+    comparisons = []
+    for base in ("AT", "ALP"):
+        for key, name in (("pgd100", "PGD-100 accuracy"), ("standard", "standard-suite accuracy")):
+            comparisons.append(compare(name, base, "TLA", PAPER[base], {s: r[key] for s, r in rows[base].items()},
+                                       {s: r[key] for s, r in rows["TLA"].items()},
+                                       baseline_outcomes={s: r[key] for s, r in results[base].items()},
+                                       method_outcomes={s: r[key] for s, r in results["TLA"].items()}))
+        for key, name in (("auc_centroid", "detection AUC (centroid distance)"),
+                          ("auc_softmax", "detection AUC (softmax)")):
+            comparisons.append(compare(name, base, "TLA", PAPER_AUC, {s: r[key] for s, r in rows[base].items()},
+                                       {s: r[key] for s, r in rows["TLA"].items()}))
+    dirs = {arm.label: [arm.run_dir(root, s) for s in args.seeds] for arm in ARMS if arm.label != "ALP"}
+    epochs = sorted({1, 3, 4, 6, 9, 12, args.epochs} & set(range(1, args.epochs + 1)))
+    last_active = [history(d)[-1].get("train_triplet_active", 1.0) for d in dirs["TLA"]]
+    engaged = max(last_active) < 1.0
+    mean_active = sum(last_active) / len(last_active)
+    n_std = min(args.standard_subset, args.test_subset)
+    ablation = {arm.label: rows[arm.label] for arm in arms[len(ARMS):]}
+    ablation["TLA, K = 50 (the main arm)"] = {args.seeds[0]: rows["TLA"][args.seeds[0]]}
+    argv_used = sys.argv[1:] if argv is None else argv
+    command = "nice -n 10 .venv/bin/python benchmarks/reproduce/tla.py" + (" " + shlex.join(argv_used) if argv_used
+                                                                         else "")
+    key_lines = "\n".join(f"- {c.metric}, TLA − {c.baseline}: **{c.verdict}** ({c.interval.mean:+.1f}, CI "
+                          f"[{c.interval.low:+.1f}, {c.interval.high:+.1f}]; the paper {c.paper_effect:+.2f})"
+                          for c in comparisons if not c.metric.startswith("detection AUC (softmax)"))
+    text = f"""# TLA vs AT vs ALP — paired reproduction (Mao et al. 2019) on LeNet-5
+
+Command (repository root; {machine_line()}; this invocation {(time.perf_counter() - started) / 60:.1f} min
+wall-clock, finished runs and measurements reused from `{args.runs}`):
+
+    {command}
+
+Setting: LeNet-5 (conv32–conv64–FC512, h = the 512-d ReLU layer) on MNIST-5k (4,000 real MNIST training images),
+PGD-7 training at ε 0.3 (step 2.5ε/7, random start, ε ramped over 3 epochs), Adam 1e-3, weight decay 2e-4 on
+weights only, batch 50, {args.epochs} epochs; seeds {", ".join(map(str, args.seeds))}, paired (same initialisation
+and data order). **AT** = `configs/tla/cpu/lenet5_at.toml` (TLA's loss with λ_trip = λ_norm = 0: adversarial CE,
+label smoothing 0.1), **ALP** = `lenet5_alp.toml` (no label smoothing), **TLA** = `lenet5_tla.toml`. Test: the first
+{args.test_subset} MNIST-5k test images at ε 0.3: clean, FGSM, PGD-100 × 0.01 (one random start), the standard suite
+(AutoAttack-strength: APGD-CE, APGD-T 9 targets, FAB-T, Square 5,000; 100 iterations each) on the first {n_std};
+detection AUC (%) on the first {args.detect_subset} clean images and their PGD-100 versions at ε {args.detect_eps}.
+
+**Verdicts:**
+
+{key_lines}
+
+## Accuracy (%) and detection AUC (%), mean ± std over seeds
+
+{arm_table(main_rows, COLUMNS)}
+
+Masking checks of the standard suite: {"all passed on every run" if not failed else "failed: " + ", ".join(sorted(failed))}.
+
+## Paired differences TLA − baseline (points)
+
+The paper's effects: +2.92 (vs AT) and +1.86 (vs ALP) accuracy points under PGD-2000, used as the reference size
+for PGD-100 and the standard suite; +3.69 AUC points for detection. Detection AUCs have no per-image outcomes: their
+interval is over seeds only.
+
+{comparison_table(comparisons)}
+
+{verdict_lines(comparisons)}
+
+## Did the metric learning engage?
+
+Per epoch (mean ± std over seeds) on the training batches: the share of triplets with a positive hinge, the hinge,
+and the distances D = 1 − |cos| from the adversarial anchor to its positive and its negative (margin α = 0.05). The
+AT arm measures the same triplets without training on them.
+
+{epoch_table(dirs, TRIPLET_KEYS, epochs)}
+
+{"The mechanism **engaged**: the active fraction of TLA's triplets ended at " + f"{mean_active:.2f}"
+ + " (below 1), so the hinge was satisfied on part of the triplets."
+ if engaged else "The mechanism **did not engage**: the active fraction stayed at 1 (every triplet violated the margin "
+ "to the end), so TLA trained a constant push, not a learned metric."}
+
+## Pool-size ablation (seed {args.seeds[0]})
+
+{arm_table(ablation, [("clean", "clean"), ("pgd100", "PGD-100"), ("auc_centroid", "AUC centroid")])
+ if not args.no_ablation else "(not run)"}
+
+## Deviations from the paper
+
+- LeNet-5 instead of the TLA CNN and 4,000 training images × {args.epochs} epochs instead of 60,000 × 84; PGD-7 for
+  training instead of PGD-40 × 0.01; Adam 1e-3 instead of 1e-4 (the shorter schedule).
+- PGD-100 (the paper's MNIST evaluation) and the standard suite instead of PGD-2000: the standard suite is stronger.
+
+Earlier tables (`docs/results/tla.md`: an MLP whose triplet hinge stayed active on every triplet) are superseded.
+"""
+    write_document(ROOT / args.out, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
