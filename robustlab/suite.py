@@ -39,8 +39,9 @@ cannot move at all: on the demo's PGD-AT LeNet-5 that finds 10% of the examples,
 
 The default L∞ ε list of the fast suite (``robustlab eval``) is ε/2 and ε of the run's largest ``eval.eps``.
 Each row draws its randomness from its own seed (the suite's seed, the row and ε), so a row's result does not
-depend on which rows ran before it. Every subset is a prefix of the same test examples, so the per-example outcomes of two rows can be compared on the
-examples they share. ε-bounded rows report accuracy (and error) per ε; minimal rows report accuracy, success rate
+depend on which rows ran before it. Every subset is a prefix of the same test examples (a minimal or few-pixel
+row's prefix may be longer than ``subset``: ``--minimal-subset 10000`` attacks 10,000 images), so the per-example
+outcomes of two rows can be compared on the examples they share. ε-bounded rows report accuracy (and error) per ε; minimal rows report accuracy, success rate
 and ρ_adv with and without failures. The masking checks of :mod:`robustlab.checks` run with every suite; when the
 model's predictions are not repeatable (a randomised model) the suite adds EOT-PGD and uses it for the large-ε
 check.
@@ -305,6 +306,7 @@ def _evaluate_suite(model, x, y, settings, *, num_classes, transfer_source, devi
     if device is not None:
         model = model.to(device)
     n = min(s.subset, len(x)) if s.subset else len(x)
+    x_all, y_all = x, y  # the minimal and few-pixel rows take their own prefix, which may exceed ``subset``
     x, y = x[:n], y[:n]
     if num_classes is None:
         with torch.no_grad():
@@ -327,8 +329,8 @@ def _evaluate_suite(model, x, y, settings, *, num_classes, transfer_source, devi
     gallery: dict[str, Outcome] = {}
     attacks: dict[str, dict] = {}
     for entry in entries:
-        m = min(entry.subset, n)
-        xs, ys = x[:m], y[:m]
+        m = min(entry.subset, n) if entry.kind == "bounded" else min(entry.subset or len(x_all), len(x_all))
+        xs, ys = (x[:m], y[:m]) if entry.kind == "bounded" else (x_all[:m], y_all[:m])
         t0 = time.perf_counter()
         if entry.kind == "bounded":
             for e in entry.eps:

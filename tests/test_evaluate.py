@@ -375,3 +375,12 @@ def test_paper_settings_and_suite_rows():
     assert "apgd_dlr_t" not in three and "eot_pgd" in three  # targeted DLR needs 4 classes
     with pytest.raises(ValueError, match="suite must be one of"):
         SuiteSettings(suite="everything")
+
+
+def test_minimal_subset_larger_than_subset_attacks_that_many_images(trained_digits_mlp, digits):
+    """--minimal-subset N > --subset: DeepFool and C&W run on the first N test images, not on the subset."""
+    r = evaluate_suite(trained_digits_mlp, digits.test_x, digits.test_y,
+                       tiny(subset=20, minimal_subset=50, deepfool_subset=70, attacks=["fgsm", "cw_l2", "deepfool"]))
+    sizes = {m.attack: m.n for m in r.minimal}
+    assert sizes == {"cw_l2": 50, "deepfool": 70}
+    assert r.n == 20 and {p.n for p in r.points} == {20}
