@@ -341,3 +341,46 @@ def test_baselines_train(tmp_path, defense):
     assert history[-1]["test_acc"] > 0.5  # chance is 0.1; VAT's ε 2.0 is large for 8×8 digits
     key = "train_kl" if defense["name"] == "vat" else "train_margin_penalty"
     assert history[-1][key] > 0
+
+
+def test_critic_starts_he_normal_with_zero_biases_by_default():
+    """The authors' code: He-normal weights (std √(2/fan_in)) and zero biases; PyTorch's default is an option."""
+    torch.manual_seed(0)
+    he = AdversaryCritic(784, 10, hidden=(1200, 1200))
+    first = he.net[2]
+    assert torch.count_nonzero(first.bias) == 0
+    assert first.weight.std().item() == pytest.approx(math.sqrt(2 / 784), rel=0.02)
+    default = AdversaryCritic(784, 10, hidden=(1200, 1200), init="torch_default")
+    assert default.net[2].weight.std().item() == pytest.approx(1 / math.sqrt(3 * 784), rel=0.02)  # U(±1/√fan_in)
+    assert torch.count_nonzero(default.net[2].bias) > 0
+    with pytest.raises(ValueError, match="critic init"):
+        AdversaryCritic(4, 2, init="xavier")
+
+
+def test_critic_steps_take_that_many_critic_updates_per_batch(digits):
+    model = build_model("mlp_a3t", in_shape=digits.in_shape, num_classes=10)
+    x, y = digits.train_x[:16], digits.train_y[:16]
+    steps = {}
+    for k in (1, 3):
+        defense = _critic_defense(digits, model, critic_steps=k)
+        defense.before_step(model, x, y, _Ctx(digits, 1))
+        steps[k] = defense.critic_opt.state[defense.critic.net[2].weight]["step"].item()
+    assert steps == {1: 1, 3: 3}
+
+
+@pytest.mark.parametrize("threshold, go", [(0.0, True), (1.01, False)])
+def test_go_no_go_line_after_the_check_epoch(digits, threshold, go):
+    model = build_model("mlp_a3t", in_shape=digits.in_shape, num_classes=10)
+    defense = _critic_defense(digits, model, go_no_go_epoch=2, go_no_go_accuracy=threshold)
+    ctx = _Ctx(digits, 1)  # the second epoch: the first after pretraining
+    lines: list[str] = []
+    ctx.log = lines.append
+    defense.before_step(model, digits.train_x[:16], digits.train_y[:16], ctx)
+    assert defense.on_epoch_end(model, ctx)["critic_go"] == float(go)
+    assert len(lines) == 1
+    if go:
+        assert lines[0].startswith("critic go: after epoch 2")
+    else:
+        assert lines[0].startswith("critic NO-GO: after epoch 2") and "raise defense.critic_steps (now 1)" in lines[0]
+    ctx.epoch = 2
+    assert "critic_go" not in defense.on_epoch_end(model, ctx)  # only once

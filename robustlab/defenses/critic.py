@@ -10,7 +10,7 @@ Per batch (the engine calls ``before_step`` then ``loss``; schedule of the refer
 1. ``before_step``: clean logits → running confidence m updated (:class:`RunningConfidence`, [R] before the attack
    reads it); t = closest boundary from the predicted label; x̂ = A_f(x) with C = m[t], its graph to the weights
    kept for step 3 (the model does not change before then, so the critic step sees the same x̂, detached);
-2. one critic Adam step (lr 1e-3, β1 0.5) on (:func:`critic_loss`)
+2. ``critic_steps`` (1) critic Adam steps (lr 1e-3, β1 0.5) on (:func:`critic_loss`)
    L_D = BCE(D(x)_y, 1) + BCE(D(x̂)_ŷ, 0) + λ_grad·[mean(‖∇ₓD(x)_y‖ − 1)² + mean(‖∇_x̂ D(x̂)_ŷ‖ − 1)²],
    the gradient penalty at the real and at the adversarial points separately (no interpolation);
 3. the classifier loss (paper eqs. 3, 6), M = {i : argmax f(x̂_i) ≠ argmax f(x_i)}:
@@ -24,6 +24,9 @@ Pretraining (``pretrain_epochs`` = 1): CE + ``pretrain_weight_decay``·½Σ‖W�
 but the output layer (the last ``nn.Linear``, [R]); m is updated there too, so the attack starts from an estimate.
 The critic's learning rate follows the classifier's schedule (halved every 40 epochs in the paper) [R].
 D's noise layers are on in both steps (train mode). m is saved in the checkpoint (``extra_state``): resume is exact.
+D starts He-normal with zero biases (``critic_init``, the authors' code). Go/no-go: after epoch ``go_no_go_epoch``
+(6) the log says whether D's mean accuracy on adversarial pairs that epoch reached ``go_no_go_accuracy`` (0.65);
+below it, D has not learned and the method is not being exercised (raise ``critic_steps``).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from robustlab.attacks.perturbation import flat_norm
 from robustlab.defenses.base import Defense, LossOutput, register_defense
 from robustlab.distributed import sum_over_processes
 from robustlab.errors import ConfigError, require
-from robustlab.models.critic import AdversaryCritic
+from robustlab.models.critic import INITS, AdversaryCritic
 from robustlab.schedule import lr_factor
 
 
@@ -107,6 +110,10 @@ class AdversaryCriticOptions:
     critic_input_noise: float = 0.1
     critic_hidden_noise: float = 0.5
     critic_negative_slope: float = 0.2
+    critic_init: str = field(default="he_normal", metadata={"choices": INITS})  # the authors' code; or torch_default
+    critic_steps: int = 1            # critic updates per classifier step, on the same (x, x̂) [R]
+    go_no_go_epoch: int = 6          # after this epoch: is the critic learning? (0: no check)
+    go_no_go_accuracy: float = 0.65  # ... its mean accuracy on adversarial pairs must reach this
 
 
 @register_defense("adversary_critic", AdversaryCriticOptions)
@@ -118,7 +125,8 @@ class AdversaryCriticDefense(Defense):
         require(o, "defense", ge=0, names=("lam", "lam_rec", "lam_grad", "overshoot", "pretrain_weight_decay",
                                            "critic_input_noise", "critic_hidden_noise", "critic_negative_slope",
                                            "pretrain_epochs"))
-        require(o, "defense", ge=1, names=("steps",))
+        require(o, "defense", ge=1, names=("steps", "critic_steps"))
+        require(o, "defense", ge=0, names=("go_no_go_epoch", "go_no_go_accuracy"))
         require(o, "defense", gt=0, names=("attack_eps",))
         if not 0 <= o.confidence_momentum < 1:
             raise ConfigError(f"defense.confidence_momentum must be in [0, 1), got {o.confidence_momentum}")
@@ -131,13 +139,14 @@ class AdversaryCriticDefense(Defense):
         self.critic_opt: torch.optim.Optimizer | None = None
         self.confidence: RunningConfidence | None = None
         self._prepared: tuple | None = None
+        self._adv_accuracy = [0.0, 0]  # this epoch's sum of critic_acc_adv over batches, and the batch count
 
     # --- state ---------------------------------------------------------------------------------------------------
     def setup(self, model: nn.Module, ctx) -> None:
         o, data = self.options, ctx.dataset
         self.critic = AdversaryCritic(data.train_x[0].numel(), data.num_classes, o.critic_hidden,
-                                      o.critic_input_noise, o.critic_hidden_noise, o.critic_negative_slope
-                                      ).to(ctx.device)
+                                      o.critic_input_noise, o.critic_hidden_noise, o.critic_negative_slope,
+                                      o.critic_init).to(ctx.device)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=o.critic_lr, betas=tuple(o.critic_betas))
         self.confidence = RunningConfidence(data.num_classes, o.confidence_momentum)
         output_layer(model)  # fail early on a model without one
@@ -161,7 +170,22 @@ class AdversaryCriticDefense(Defense):
             group["lr"] = self.options.critic_lr * factor
 
     def on_epoch_end(self, model: nn.Module, ctx) -> dict[str, float]:
-        return {"confidence_mean": round(float(self.confidence.mean.mean()), 6)}
+        out = {"confidence_mean": round(float(self.confidence.mean.mean()), 6)}
+        total, batches = self._adv_accuracy
+        self._adv_accuracy = [0.0, 0]
+        total = float(total)
+        o = self.options
+        if o.go_no_go_epoch and ctx.epoch + 1 == o.go_no_go_epoch and batches:
+            accuracy = total / batches
+            out["critic_go"] = float(accuracy >= o.go_no_go_accuracy)
+            if accuracy >= o.go_no_go_accuracy:
+                ctx.log(f"critic go: after epoch {ctx.epoch + 1} its accuracy on adversarial pairs is "
+                        f"{accuracy:.2f} (>= {o.go_no_go_accuracy}): the critic is learning")
+            else:
+                ctx.log(f"critic NO-GO: after epoch {ctx.epoch + 1} its accuracy on adversarial pairs is only "
+                        f"{accuracy:.2f} (< {o.go_no_go_accuracy}): the critic has not learned, so the method is "
+                        f"not being exercised; raise defense.critic_steps (now {o.critic_steps})")
+        return out
 
     def pretraining(self, ctx) -> bool:
         return ctx.epoch < self.options.pretrain_epochs
@@ -182,10 +206,13 @@ class AdversaryCriticDefense(Defense):
         with torch.no_grad():
             y_hat = model(x_hat).argmax(1)
         self.critic.train()
-        loss, metrics = critic_loss(self.critic, x, y, x_hat.detach(), y_hat, o.lam_grad)
-        self.critic_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.critic_opt.step()
+        for _ in range(o.critic_steps):
+            loss, metrics = critic_loss(self.critic, x, y, x_hat.detach(), y_hat, o.lam_grad)
+            self.critic_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.critic_opt.step()
+        self._adv_accuracy[0] += metrics["critic_acc_adv"]  # a tensor: no device sync per batch
+        self._adv_accuracy[1] += 1
         metrics["rho_adv"] = (flat_norm(x_hat.detach() - x) / flat_norm(x).clamp_min(1e-12)).mean()
         self._prepared = (x, x_hat, y_hat, metrics)
 

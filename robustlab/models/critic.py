@@ -2,7 +2,8 @@
 
 flatten + N(0, 0.1²) → FC1200 → leakyReLU(0.2) → + N(0, 0.5²) → FC1200 → leakyReLU(0.2) → + N(0, 0.5²) → FC k.
 The label only selects which of the k logits is read: ``critic(x, labels) = D(x)_label``, the logit that
-(x, label) is a real pair. Not a classifier: it is not in the model registry.
+(x, label) is a real pair. Not a classifier: it is not in the model registry. Initialisation: He-normal weights and
+zero biases (``init = "he_normal"``, the authors' code), or PyTorch's default (``"torch_default"``).
 
 Noise layers: additive Gaussian noise in ``train()`` mode only, like dropout [R]. The defense keeps the critic in
 train mode in both training steps (as the reference graph does); ``eval()`` turns the noise off for analysis.
@@ -14,6 +15,10 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from robustlab.models.layers import he_init_
+
+INITS = ("he_normal", "torch_default")
 
 
 class GaussianNoise(nn.Module):
@@ -38,8 +43,11 @@ class AdversaryCritic(nn.Module):
     """D: noisy leaky-ReLU MLP with ``num_classes`` output logits; ``forward(x, labels)`` reads logit ``labels``."""
 
     def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int] = (1200, 1200),
-                 input_noise: float = 0.1, hidden_noise: float = 0.5, negative_slope: float = 0.2):
+                 input_noise: float = 0.1, hidden_noise: float = 0.5, negative_slope: float = 0.2,
+                 init: str = "he_normal"):
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"critic init must be one of {', '.join(INITS)}, got {init!r}")
         layers: list[nn.Module] = [nn.Flatten(), GaussianNoise(input_noise)]
         width = int(in_features)
         for h in hidden:
@@ -47,6 +55,8 @@ class AdversaryCritic(nn.Module):
             width = int(h)
         layers.append(nn.Linear(width, num_classes))
         self.net = nn.Sequential(*layers)
+        if init == "he_normal":
+            he_init_(self)
 
     def all_logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
