@@ -345,3 +345,43 @@ def test_transfer_source_from_a_checkpoint(trained_digits_mlp, tmp_path):
     assert not source.training
     for name, value in trained_digits_mlp.state_dict().items():
         assert torch.equal(source.state_dict()[name], value)
+
+
+class _InputNoise(nn.Module):
+    """A randomised model: Gaussian noise on the input at every forward pass, in eval mode too."""
+
+    def __init__(self, model, std):
+        super().__init__()
+        self.model, self.std = model, std
+
+    def forward(self, x):
+        return self.model(x + self.std * torch.randn_like(x))
+
+
+def test_eot_apgd_attacks_the_examples_one_clean_draw_misclassified(trained_digits_mlp, digits):
+    """One draw of a randomised model misclassifying an example says little: EOT-APGD must still attack it (it used
+    to return such examples untouched, which made it weaker than EOT-PGD on noisy models)."""
+    noisy = _InputNoise(trained_digits_mlp, 0.6).eval()
+    x, y = digits.test_x[:200], digits.test_y[:200]
+    torch.manual_seed(0)
+    x_adv = APGDCE(0.1, eot_samples=4, steps=5)(noisy, x, y)
+    assert (x_adv - x).flatten(1).abs().amax(1).gt(0).all()
+    deterministic = APGDCE(0.1, steps=5)(trained_digits_mlp, x, y)
+    with torch.no_grad():
+        wrong = trained_digits_mlp(x).argmax(1).ne(y)
+    assert wrong.any() and torch.equal(deterministic[wrong], x[wrong])  # without randomness the skip stays
+
+
+def test_eot_apgd_is_as_strong_as_eot_pgd_on_a_noisy_model(trained_digits_mlp, digits):
+    noisy = _InputNoise(trained_digits_mlp, 0.6).eval()
+    x, y = digits.test_x[:300], digits.test_y[:300]
+
+    def accuracy_over_draws(x_adv, draws=20):
+        with torch.no_grad():
+            return sum(noisy(x_adv).argmax(1).eq(y).float().mean().item() for _ in range(draws)) / draws
+
+    torch.manual_seed(0)
+    apgd = accuracy_over_draws(APGDCE(0.1, eot_samples=10, steps=50)(noisy, x, y))
+    torch.manual_seed(0)
+    pgd = accuracy_over_draws(EOTPGD(0.1, eot_samples=10, steps=50, step_size=0.005)(noisy, x, y))
+    assert apgd <= pgd + 0.015, (apgd, pgd)
