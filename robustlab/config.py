@@ -87,6 +87,9 @@ class EvalConfig:
     subset: int = 1000  # test examples attacked (0 = all)
     batch_size: int = 500
     every: int = 0  # robust accuracy on the first ``subset`` test examples every N epochs (0 = only clean)
+    # A randomised model (two predictions differ) is attacked per epoch with each gradient averaged over this many
+    # noise draws (EOT); 1 attacks it with one draw per gradient, which overstates its robustness (logged).
+    eot_samples: int = 10
 
 
 @dataclass
@@ -276,6 +279,7 @@ def _check_values(config: Config) -> None:
         "run.epochs": config.run.epochs, "data.batch_size": config.data.batch_size, "optim.lr": config.optim.lr,
         "eval.pgd_steps": config.eval.pgd_steps, "eval.batch_size": config.eval.batch_size,
         "eval.pgd_restarts": config.eval.pgd_restarts, "run.keep_checkpoints": config.run.keep_checkpoints,
+        "eval.eot_samples": config.eval.eot_samples,
     }
     for key, value in positive.items():
         if value <= 0:

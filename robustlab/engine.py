@@ -34,7 +34,7 @@ from robustlab.defenses import Defense, build_defense
 from robustlab.distributed import (all_reduce_sum, average_gradients, barrier, broadcast_module, init_distributed,
                                    shard, synchronise_optimizer)
 from robustlab.errors import CheckpointError, ConfigError
-from robustlab.evaluate import accuracy, attack_factories
+from robustlab.evaluate import accuracy, attack_factories, predictions_repeat
 from robustlab.models import RobustModel, build_model
 from robustlab.run_lock import RunLock
 from robustlab.schedule import lr_factor
@@ -177,6 +177,7 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
         self.log = log if self.dist.is_main else (lambda _msg: None)
+        self._warned_one_draw = False  # the one-draw per-epoch robust accuracy of a randomised model, said once
         self.amp_dtype = resolve_amp_dtype(config.run.amp, self.device)
         data = load_dataset(config.data.name, root=config.data.root or None, download=config.data.download)
         self.dataset = dataset_on(data.subset(config.data.train_subset, config.data.test_subset), self.device,
@@ -366,7 +367,15 @@ class Trainer:
         last = epoch + 1 == self.config.run.epochs
         if cfg.every and ((epoch + 1) % cfg.every == 0 or last):
             xs, ys = (x[: cfg.subset], y[: cfg.subset]) if cfg.subset else (x, y)
-            for name, factory in attack_factories(cfg).items():
+            eot = 1
+            if not predictions_repeat(self.model, xs[: cfg.batch_size], self.device):
+                eot = cfg.eot_samples
+                row["test_eot_samples"] = eot
+                if eot == 1 and not self._warned_one_draw:
+                    self._warned_one_draw = True
+                    self.log("randomised model: the per-epoch robust accuracy attacks it with one noise draw per "
+                             "gradient (eval.eot_samples = 1) and overstates its robustness")
+            for name, factory in attack_factories(cfg, eot).items():
                 for eps in cfg.eps:
                     acc = accuracy(self.model, xs, ys, attack=factory(eps), batch_size=cfg.batch_size,
                                    device=self.device)

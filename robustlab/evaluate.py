@@ -46,17 +46,26 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: Atta
                           desc=desc).accuracy
 
 
-def attack_factories(cfg: EvalConfig) -> dict[str, AttackFactory]:
-    """ε → attack for each attack named in the ``[eval]`` section."""
+def attack_factories(cfg: EvalConfig, eot_samples: int = 1) -> dict[str, AttackFactory]:
+    """ε → attack for each attack named in the ``[eval]`` section (gradients averaged over ``eot_samples`` draws)."""
     factories: dict[str, AttackFactory] = {}
+    eot = {"eot_samples": eot_samples} if eot_samples > 1 else {}
     for name in cfg.attacks:
         if name == "pgd":
             factories[name] = lambda eps: build_attack(
                 "pgd", eps, steps=cfg.pgd_steps, restarts=cfg.pgd_restarts,
-                step_size=cfg.pgd_step_size if cfg.pgd_step_size > 0 else None)
+                step_size=cfg.pgd_step_size if cfg.pgd_step_size > 0 else None, **eot)
         else:
-            factories[name] = lambda eps, name=name: build_attack(name, eps)
+            factories[name] = lambda eps, name=name: build_attack(name, eps, **(eot if name == "fgsm" else {}))
     return factories
+
+
+def predictions_repeat(model: nn.Module, x: torch.Tensor, device: torch.device | str | None = None) -> bool:
+    """Whether two eval-mode forward passes of ``x`` give the same logits (False: a randomised model)."""
+    dev = _device_of(model, device)
+    with torch.no_grad(), model_mode(model, "eval"):
+        xb = x.to(dev)
+        return torch.allclose(model(xb), model(xb), rtol=1e-4, atol=1e-5, equal_nan=True)
 
 
 @dataclass

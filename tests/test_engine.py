@@ -39,6 +39,7 @@ def test_training_writes_metrics_and_checkpoints(tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2, 3] and rows == result.history
     assert "train_acc" in rows[0] and "train_acc_adv" in rows[1]  # warm-up epoch is clean, then adversarial
     assert "test_pgd_0.1_acc" in rows[1] and "test_pgd_0.1_acc" not in rows[0]
+    assert "test_eot_samples" not in rows[1]  # a deterministic model: plain PGD
     assert rows[-1]["test_acc"] > 0.3  # chance is 0.1
     _, state, config = load_checkpoint(tmp_path / "run")
     assert state["epoch"] == 3 and config["defense"]["name"] == "pgd_at"
@@ -204,3 +205,18 @@ def test_weight_decay_on_weights_leaves_biases_alone(name):
 def test_weight_decay_on_refuses_an_unknown_choice():
     with pytest.raises(ConfigError, match="optim.weight_decay_on"):
         config_from_dict({"optim": {"weight_decay_on": "biases"}})
+
+
+@pytest.mark.parametrize("eot_samples", [1, 3])
+def test_per_epoch_robust_accuracy_of_a_randomised_model_uses_eot_or_says_it_does_not(tmp_path, eot_samples):
+    noisy = {"name": "noisy", "base": "resnet_v1", "base_options": {"depth": 8, "width": 0.25}}
+    raw = json.loads(json.dumps(TINY))
+    raw["run"].update(out_dir=str(tmp_path / "run"), epochs=1)
+    raw.update(model=noisy, defense={"name": "standard"})
+    raw["eval"].update(every=1, subset=40, eot_samples=eot_samples)
+    config = config_from_dict(raw)
+    lines: list[str] = []
+    row = Trainer(config, log=lines.append).fit().history[0]
+    assert row["test_eot_samples"] == eot_samples and "test_pgd_0.1_acc" in row
+    warned = [line for line in lines if "one noise draw per gradient" in line]
+    assert len(warned) == (1 if eot_samples == 1 else 0)
