@@ -119,12 +119,15 @@ class Outcome:
 
     ``correct``: bool ``(n,)``, classified correctly after the attack (before it when there is no attack).
     ``x_adv``/``pred``: the adversarial examples and predictions of the first ``keep`` examples (for a gallery).
+    ``rho``: minimal attacks only, per example ‖r‖₂/‖x‖₂ of the last iterate (a failure counts with the
+    perturbation the attack reached, as ρ "with failures").
     """
 
     correct: torch.Tensor
     x_adv: torch.Tensor
     pred: torch.Tensor
     seconds: float = 0.0
+    rho: torch.Tensor | None = None
 
     @property
     def accuracy(self) -> float:
@@ -189,7 +192,7 @@ def minimal_attack_outcome(model: nn.Module, x: torch.Tensor, y: torch.Tensor, a
                            batch_size: int = 500, device: torch.device | str | None = None, keep: int = 0,
                            progress: bool = False) -> tuple[MinimalSummary, Outcome]:
     """Run a :class:`~robustlab.attacks.MinimalAttack` on ``(x, y)``: its summary (ρ_adv) and per-example outcome."""
-    from robustlab.attacks.perturbation import flat_norm, perturbation_ratio
+    from robustlab.attacks.perturbation import example_ratios, flat_norm, perturbation_ratio
 
     if len(x) == 0:
         raise ValueError("cannot attack an empty set")
@@ -215,7 +218,8 @@ def minimal_attack_outcome(model: nn.Module, x: torch.Tensor, y: torch.Tensor, a
     ratio = perturbation_ratio(x.cpu(), torch.cat(lasts), success)
     n_success = int(success.sum())
     outcome = Outcome(torch.cat(correct), torch.cat(heads) if heads else x[:0].cpu(),
-                      torch.cat(preds) if preds else y[:0].cpu(), time.perf_counter() - start_time)
+                      torch.cat(preds) if preds else y[:0].cpu(), time.perf_counter() - start_time,
+                      rho=example_ratios(x.cpu(), torch.cat(lasts)))
     summary = MinimalSummary(name or type(attack).__name__, len(x), outcome.accuracy, ratio["success_rate"],
                              ratio["rho"], ratio["rho_with_failures"],
                              l2_sum / n_success if n_success else math.nan, outcome.seconds)

@@ -280,6 +280,7 @@ def test_rho_on_a_constructed_case():
     with torch.no_grad():
         expected = model(x_adv).argmax(1).eq(y)
     assert torch.equal(out.correct, expected) and summary.accuracy == pytest.approx(float(expected.double().mean()))
+    assert out.rho.tolist() == pytest.approx(ratios)  # per example, failures at their last iterate
 
 
 def test_rho_of_deepfool_on_a_linear_model_is_the_distance_to_the_boundary():

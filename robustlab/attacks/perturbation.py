@@ -111,6 +111,13 @@ def finalize(model: nn.Module, x: torch.Tensor, y: torch.Tensor, candidate: torc
     return MinimalResult(torch.where(batch_view(success, x), candidate, x), success, candidate)
 
 
+def example_ratios(x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+    """Per example ‖x_adv − x‖₂ / ‖x‖₂ (float64; 0 where nothing moved, ∞ for a moved all-zero ``x``)."""
+    x, x_adv = x.detach().double(), x_adv.detach().double()
+    num = flat_norm(x_adv - x)
+    return torch.where(num == 0, torch.zeros_like(num), num / flat_norm(x))
+
+
 def perturbation_ratio(x: torch.Tensor, x_adv: torch.Tensor, success: torch.Tensor) -> dict[str, float]:
     """ρ_adv = mean ‖x_adv − x‖₂ / ‖x‖₂, over the successful examples and over all examples.
 
@@ -123,11 +130,8 @@ def perturbation_ratio(x: torch.Tensor, x_adv: torch.Tensor, success: torch.Tens
     if x.shape != x_adv.shape or success.shape != x.shape[:1]:
         raise ValueError(f"shape mismatch: x {tuple(x.shape)}, x_adv {tuple(x_adv.shape)}, "
                          f"success {tuple(success.shape)}")
-    x, x_adv = x.detach().double(), x_adv.detach().double()
     success = success.detach().bool()
-    num = flat_norm(x_adv - x)
-    den = flat_norm(x)
-    ratio = torch.where(num == 0, torch.zeros_like(num), num / den)
+    ratio = example_ratios(x, x_adv)
     n = x.shape[0]
     n_success = int(success.sum())
     return {
