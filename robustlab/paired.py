@@ -116,6 +116,19 @@ def verdict(interval: Interval, paper_effect: float) -> str:
     return INCONCLUSIVE
 
 
+def qualifier(interval: Interval, paper_effect: float) -> str:
+    """For a reproduced claim whose interval also excludes the paper's effect: smaller or larger than claimed."""
+    if verdict(interval, paper_effect) != REPRODUCED:
+        return ""
+    sign = 1.0 if paper_effect >= 0 else -1.0
+    low, high = sorted((sign * interval.low, sign * interval.high))
+    if high < abs(paper_effect):
+        return "smaller than the paper's"
+    if low > abs(paper_effect):
+        return "larger than the paper's"
+    return ""
+
+
 @dataclass(frozen=True)
 class Comparison:
     """One claim checked: ``method`` − ``baseline`` on ``metric`` against the paper's effect."""
@@ -138,6 +151,12 @@ class Comparison:
     @property
     def verdict(self) -> str:
         return verdict(self.interval, self.paper_effect)
+
+    @property
+    def verdict_text(self) -> str:
+        """The verdict, with "smaller / larger than the paper's" when the interval excludes the paper's effect."""
+        extra = qualifier(self.interval, self.paper_effect)
+        return f"{self.verdict} ({extra})" if extra else self.verdict
 
     @property
     def power(self) -> float:
@@ -192,6 +211,6 @@ def comparison_table(comparisons: list[Comparison], digits: int = 1) -> str:
         power = "–" if math.isnan(c.power) else f"{100 * c.power:.0f}%"
         detect = "–" if not math.isfinite(i.detectable()) else f"±{i.detectable():.{digits}f}"
         lines.append(f"| {c.metric} | {c.method} − {c.baseline} | {per_seed} | {i.mean:+.{digits}f} | "
-                     f"{span(c.by_seeds)} | {span(c.by_images)} | {c.paper_effect:+.2f} | {power} | {detect} "
-                     f"| **{c.verdict}** |")
+                     f"{span(c.by_seeds)} | {span(c.by_images)} | {c.paper_effect:+.{max(digits, 2)}f} | {power} | {detect} "
+                     f"| **{c.verdict_text}** |")
     return "\n".join(lines)

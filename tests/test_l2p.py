@@ -119,6 +119,9 @@ def test_warmups_noise_off_then_on_then_pgd_at(tmp_path):
     first, second, third = history
     assert first["noise_on"] == 0 and first["theta_mean"] == pytest.approx(0.25)  # θ untouched without noise
     assert second["noise_on"] == 1 and second["theta_mean"] != pytest.approx(0.25, abs=1e-6)
+    layers = sorted(k for k in first if k.startswith("theta_") and k.endswith("_std"))
+    assert layers and all(first[k] == 0 for k in layers)  # θ₀ everywhere: no spread before the noise is on
+    assert any(second[k] > 0 for k in layers)  # learned per element once on
     assert "train_ce_adv" not in second and third["train_eps"] == 0.1 and "train_ce_adv" in third
 
 

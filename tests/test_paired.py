@@ -101,3 +101,13 @@ def test_compare_pairs_by_seed_and_uses_the_wider_interval():
 def test_compare_refuses_arms_without_a_shared_seed():
     with pytest.raises(ValueError, match="no seed is shared"):
         compare("m", "a", "b", 1.0, {0: 1.0}, {1: 2.0})
+
+
+def test_a_reproduced_effect_smaller_than_the_papers_says_so():
+    from robustlab.paired import qualifier
+
+    assert qualifier(_interval(0.2, 0.9), 2.0) == "smaller than the paper's"
+    assert qualifier(_interval(2.5, 4.0), 2.0) == "larger than the paper's"
+    assert qualifier(_interval(0.5, 3.0), 2.0) == ""
+    assert qualifier(_interval(-1.0, 1.0), 2.0) == ""  # not reproduced: nothing to qualify
+    assert qualifier(_interval(-9.0, -8.0), -7.2) == "larger than the paper's"

@@ -188,7 +188,7 @@ def main(argv=None) -> int:
         verdicts.append((eps, comparisons))
     command = "nice -n 10 .venv/bin/python benchmarks/reproduce/a3t.py" + (
         " " + shlex.join(sys.argv[1:] if argv is None else argv) if (sys.argv[1:] if argv is None else argv) else "")
-    summary = "\n".join(f"- training ε {eps}: " + "; ".join(f"{c.metric}: **{c.verdict}** ({c.interval.mean:+.1f}, "
+    summary = "\n".join(f"- training ε {eps}: " + "; ".join(f"{c.metric}: **{c.verdict_text}** ({c.interval.mean:+.1f}, "
                                                               f"CI [{c.interval.low:+.1f}, {c.interval.high:+.1f}])"
                                                               for c in comps[:1] + [c for c in comps if
                                                                                     c.metric.startswith("standard")])

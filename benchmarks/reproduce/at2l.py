@@ -176,7 +176,7 @@ def main(argv=None) -> int:
     argv_used = sys.argv[1:] if argv is None else argv
     command = "nice -n 10 .venv/bin/python benchmarks/reproduce/at2l.py" + (" " + shlex.join(argv_used) if argv_used
                                                                           else "")
-    key_lines = "\n".join(f"- {c.metric}: **{c.verdict}** ({c.interval.mean:+.1f}, CI [{c.interval.low:+.1f}, "
+    key_lines = "\n".join(f"- {c.metric}: **{c.verdict_text}** ({c.interval.mean:+.1f}, CI [{c.interval.low:+.1f}, "
                           f"{c.interval.high:+.1f}]; the paper {c.paper_effect:+.2f})" for c in comparisons)
     text = f"""# AT²L vs AT — paired reproduction of Table 7's FGSM row (Li et al.) at CPU scale
 

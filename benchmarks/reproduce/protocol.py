@@ -166,15 +166,17 @@ def arm_table(rows: dict[str, dict[int, dict[str, float]]], columns: list[tuple[
     return "\n".join(lines)
 
 
-def verdict_lines(comparisons: list[Comparison]) -> str:
+def verdict_lines(comparisons: list[Comparison], digits: int = 1, unit: str = "points") -> str:
     """One plain sentence per claim."""
     out = []
     for c in comparisons:
         i = c.interval
-        span = "no interval (one seed)" if not np.isfinite(i.width) else f"95% CI [{i.low:+.1f}, {i.high:+.1f}]"
-        out.append(f"- **{c.metric}, {c.method} − {c.baseline}: {c.verdict}.** Measured {i.mean:+.1f} points "
-                   f"({span}, {i.source}) against the paper's {c.paper_effect:+.2f}; power to see the paper's effect "
-                   f"{100 * c.power:.0f}%, smallest effect detectable with 80% power ±{i.detectable():.1f}.")
+        span = ("no interval (one seed)" if not np.isfinite(i.width)
+                else f"95% CI [{i.low:+.{digits}f}, {i.high:+.{digits}f}]")
+        power = "–" if np.isnan(c.power) else f"{100 * c.power:.0f}%"
+        out.append(f"- **{c.metric}, {c.method} − {c.baseline}: {c.verdict_text}.** Measured "
+                   f"{i.mean:+.{digits}f}{' ' + unit if unit else ''} ({span}, {i.source}) against the paper's {c.paper_effect:+.{max(digits, 2)}f}; power to see the "
+                   f"paper's effect {power}, smallest effect detectable with 80% power ±{i.detectable():.{digits}f}.")
     return "\n".join(out)
 
 

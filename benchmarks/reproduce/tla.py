@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     argv_used = sys.argv[1:] if argv is None else argv
     command = "nice -n 10 .venv/bin/python benchmarks/reproduce/tla.py" + (" " + shlex.join(argv_used) if argv_used
                                                                          else "")
-    key_lines = "\n".join(f"- {c.metric}, TLA − {c.baseline}: **{c.verdict}** ({c.interval.mean:+.1f}, CI "
+    key_lines = "\n".join(f"- {c.metric}, TLA − {c.baseline}: **{c.verdict_text}** ({c.interval.mean:+.1f}, CI "
                           f"[{c.interval.low:+.1f}, {c.interval.high:+.1f}]; the paper {c.paper_effect:+.2f})"
                           for c in comparisons if not c.metric.startswith("detection AUC (softmax)"))
     text = f"""# TLA vs AT vs ALP — paired reproduction (Mao et al. 2019) on LeNet-5

@@ -101,6 +101,9 @@ class NoisyAdversarialTraining(PGDAdversarialTraining):
         row[f"{self.noise_label}_mean"] = round(mean_of(p), 6)
         row[f"{self.noise_label}_min"] = round(min(t.detach().min().item() for t in p), 6)
         row[f"{self.noise_label}_max"] = round(max(t.detach().max().item() for t in p), 6)
+        for i, t in enumerate(p):  # per layer (injection point): how far the learned noise moved, and its spread
+            row[f"{self.noise_label}_{i}_mean"] = round(t.detach().mean().item(), 6)
+            row[f"{self.noise_label}_{i}_std"] = round(t.detach().std(unbiased=False).item(), 6)
         row["noise_on"] = float(self.noise_on(ctx.epoch))
         return row
 
