@@ -28,14 +28,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocol import (ROOT, Arm, Measurements, arm_table, attack_correct, comparison_table, finished_epochs,  # noqa: E402
-                      load, machine_line, mean_std, plan, standard_correct, train, verdict_lines, write_document)
+from protocol import (ROOT, Arm, Measurements, arm_table, attack_correct, compare_arms, comparison_table,  # noqa: E402
+                      finished_epochs, load, machine_line, mean_std, plan, skip_missing, standard_outcomes, train,
+                      verdict_lines, write_document)
 from robustlab.attacks import build_attack  # noqa: E402
-from robustlab.paired import compare  # noqa: E402
 
 ARMS = [Arm("AT", "configs/a3t/at.toml"), Arm("A3T", "configs/a3t/a3t.toml")]
 PAPER_EFFECT = 96.10 - 94.45   # FGSM ε 0.1 accuracy, A3T − AT (Table 1)
@@ -54,6 +55,7 @@ def parse_args(argv=None):
     p.add_argument("--no-standard", action="store_true", help="skip the standard suite (a quick look only)")
     p.add_argument("--runs", default="runs/reproduce_a3t")
     p.add_argument("--out", default="docs/results/reproduction/a3t.md")
+    p.add_argument("--report-only", action="store_true", help="compute nothing: write the document from what is done")
     p.add_argument("--quick", action="store_true", help="ε 0.1, 2 seeds, 3 epochs, 200 test images")
     args = p.parse_args(argv)
     if args.quick:
@@ -79,12 +81,9 @@ def measure(run_dir: Path, train_eps: float, args) -> dict[str, object]:
         out[f"pgd{eps}"] = m.get(f"pgd40x0.01 eps={eps} rs n={len(x)}", lambda: attack_correct(
             model, x, y, build_attack("pgd", eps, steps=40, step_size=0.01, random_start=True)))
     if not args.no_standard:
-        n = min(args.standard_subset, len(x))
-        key = f"standard eps={train_eps} n={n}"
-        out["standard"] = m.get(key, lambda: standard_correct(model, x[:n], y[:n], train_eps,
-                                                              run_dir / f"standard_eps{train_eps}_n{n}",
-                                                              log=lambda line: None))
-        out["standard_checks"] = m.info(key).get("failed_checks", [])
+        with skip_missing():
+            out["standard"], out["standard_checks"] = standard_outcomes(m, model, x, y, train_eps, run_dir,
+                                                                        args.standard_subset)
     return out
 
 
@@ -100,26 +99,25 @@ COLUMNS = [("clean", "clean"), ("fgsm0.1", "FGSM ε 0.1"), ("fgsm0.25", "FGSM ε
 
 def section(eps: float, results: dict, histories: dict, args) -> tuple[str, list]:
     """The markdown section of one training ε and its comparisons."""
-    rows = {label: {s: {k: 100 * float(v.mean()) for k, v in r.items() if hasattr(v, "mean")}
+    rows = {label: {s: {k: 100 * float(np.mean(v)) for k, v in r.items() if k != "standard_checks"}
                     for s, r in by_seed.items()} for label, by_seed in results.items()}
     for label, by_seed in histories.items():
         for s, hist in by_seed.items():
-            rows[label][s].update(d_clean=100 * hist[-1][0], d_adv=100 * hist[-1][1])
-    comparisons = []
-    at, a3t = results["AT"], results["A3T"]
+            if s in rows[label]:
+                rows[label][s].update(d_clean=100 * hist[-1][0], d_adv=100 * hist[-1][1])
+    at = results["AT"]
     claims = [("fgsm0.1", "FGSM ε 0.1 accuracy (the paper's metric)", PAPER_EFFECT),
               ("pgd0.1", "PGD-40 ε 0.1 accuracy", PAPER_EFFECT)]
     if eps > 0.1:
-        claims += [("fgsm0.25", "FGSM ε 0.25 accuracy", PAPER_EFFECT), ("pgd0.25", "PGD-40 ε 0.25 accuracy",
-                                                                         PAPER_EFFECT)]
-    if not args.no_standard:
-        claims.append(("standard", f"standard-suite accuracy at ε {eps}", PAPER_EFFECT))
-    claims.append(("clean", "clean accuracy", PAPER_CLEAN))
-    for key, name, effect in claims:
-        comparisons.append(compare(name, "AT", "A3T", effect, {s: rows["AT"][s][key] for s in at},
-                                   {s: rows["A3T"][s][key] for s in a3t},
-                                   baseline_outcomes={s: r[key] for s, r in at.items()},
-                                   method_outcomes={s: r[key] for s, r in a3t.items()}))
+        claims += [("fgsm0.25", "FGSM ε 0.25 accuracy", PAPER_EFFECT),
+                   ("pgd0.25", "PGD-40 ε 0.25 accuracy", PAPER_EFFECT)]
+    claims.append(("standard", f"standard-suite accuracy at ε {eps}", PAPER_EFFECT))
+    comparisons = [c for key, name, effect in claims
+                   if (c := compare_arms(name, "AT", "A3T", effect, results, key)) is not None]
+    cost = compare_arms("clean accuracy", "AT", "A3T", PAPER_CLEAN, results, "clean")
+    cost_line = "" if cost is None else (
+        f"Clean accuracy, A3T − AT: {cost.interval.mean:+.1f} points (95% CI [{cost.interval.low:+.1f}, "
+        f"{cost.interval.high:+.1f}]); the paper: −0.17, i.e. no cost.")
     failed = sorted({c for by_seed in results.values() for r in by_seed.values() for c in r.get("standard_checks", [])})
     epochs = [1, 5, 10, 20, args.epochs]
     d_lines = ["| arm | " + " | ".join(f"epoch {e}: D clean / adv" for e in epochs if e <= args.epochs) + " |",
@@ -131,8 +129,8 @@ def section(eps: float, results: dict, histories: dict, args) -> tuple[str, list
             adv = [100 * h[e - 1][1] for h in by_seed.values() if len(h) >= e]
             cells.append(f"{mean_std(clean)} / {mean_std(adv)}")
         d_lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    seeds = sorted(at)
-    text = f"""## Training ε {eps} — seeds {seeds[0]}–{seeds[-1]} ({len(seeds)} paired)
+    paired = sorted(set(at) & set(results["A3T"])) or [0]
+    text = f"""## Training ε {eps} — seeds {paired[0]}–{paired[-1]} ({len(set(at) & set(results["A3T"]))} paired)
 
 Accuracy (%) on the first {args.test_subset} MNIST-5k test images (standard suite: the first
 {min(args.standard_subset, args.test_subset)}), mean ± sample std over seeds; D = the discriminator's accuracy on
@@ -141,11 +139,13 @@ clean / FGSM test features after the last epoch (for AT it trains but only obser
 {arm_table(rows, COLUMNS)}
 
 Paired differences A3T − AT (accuracy points; the paper's effect is its FGSM ε 0.1 gain, +1.65, used as the
-reference size for the other attacks too, and −0.17 clean):
+reference size for the other attacks too):
 
 {comparison_table(comparisons)}
 
 {verdict_lines(comparisons)}
+
+{cost_line}
 
 Masking checks of the standard suite: {"all passed on every run" if not failed else "failed on some runs: "
                                           + ", ".join(failed)}.
@@ -167,22 +167,25 @@ def main(argv=None) -> int:
     total = sum(len(seeds_for(e, args)) * len(ARMS) for e in args.eps)
     plan("a3t", todo, total, 25.0, total, 120.0)
     sections, verdicts = [], []
+    Measurements.report_only = args.report_only
     for eps in args.eps:  # train everything first: the evaluations are the slow part
         for seed in seeds_for(eps, args):
             for arm in ARMS:
-                train(arm, seed, root / f"eps{eps}", epochs=args.epochs,
-                      extra=(f"defense.eps={eps}", "eval.every=0", f"run.keep_checkpoints=1"))
+                with skip_missing():
+                    train(arm, seed, root / f"eps{eps}", epochs=args.epochs,
+                          extra=(f"defense.eps={eps}", "eval.every=0", "run.keep_checkpoints=1"))
     for eps in args.eps:
         results: dict[str, dict[int, dict]] = {arm.label: {} for arm in ARMS}
         histories: dict[str, dict[int, list]] = {arm.label: {} for arm in ARMS}
         for seed in seeds_for(eps, args):
             for arm in ARMS:
                 run_dir = arm.run_dir(root / f"eps{eps}", seed)
-                results[arm.label][seed] = measure(run_dir, eps, args)
-                histories[arm.label][seed] = discriminator_history(run_dir)
-                print(f"[a3t ε {eps} {arm.label} seed {seed}] " + ", ".join(
-                    f"{k} {100 * v.mean():.1f}" for k, v in results[arm.label][seed].items() if hasattr(v, "mean")),
-                      flush=True)
+                with skip_missing():
+                    results[arm.label][seed] = measure(run_dir, eps, args)
+                    histories[arm.label][seed] = discriminator_history(run_dir)
+                    print(f"[a3t ε {eps} {arm.label} seed {seed}] " + ", ".join(
+                        f"{k} {100 * np.mean(v):.1f}" for k, v in results[arm.label][seed].items()
+                        if k != "standard_checks"), flush=True)
         text, comparisons = section(eps, results, histories, args)
         sections.append(text)
         verdicts.append((eps, comparisons))

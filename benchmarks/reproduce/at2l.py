@@ -33,11 +33,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocol import (ROOT, Arm, Measurements, arm_table, attack_correct, comparison_table, epoch_table,  # noqa: E402
-                      finished_epochs, history, load, machine_line, mean_std, plan, standard_outcomes, train,
-                      verdict_lines, write_document)
+from protocol import (ROOT, Arm, Measurements, arm_table, attack_correct, compare_arms, comparison_table,  # noqa: E402
+                      epoch_table, finished_epochs, history, load, machine_line, mean_std, plan, skip_missing,
+                      standard_outcomes, train, verdict_lines, write_document)
 from robustlab.attacks import build_attack  # noqa: E402
-from robustlab.paired import compare  # noqa: E402
 
 EPS = 0.3
 MAIN = "configs/at2l/cpu/known_fgsm.toml"
@@ -62,6 +61,7 @@ def parse_args(argv=None):
     p.add_argument("--margins", type=float, nargs="+", default=[0.1, 0.3, 3.0], help="α sweep (seed 0) besides 1")
     p.add_argument("--runs", default="runs/reproduce_at2l")
     p.add_argument("--out", default="docs/results/reproduction/at2l.md")
+    p.add_argument("--report-only", action="store_true", help="compute nothing: write the document from what is done")
     p.add_argument("--quick", action="store_true", help="2 seeds, 2 rounds, 1 ensemble epoch, small subsets")
     args = p.parse_args(argv)
     if args.quick:
@@ -110,8 +110,9 @@ def measure_final(run_dir: Path, args) -> dict:
     cw = build_attack("cw_l2", max_iter=args.cw_iter, binary_search_steps=args.cw_steps, initial_const=1e-3, lr=5e-3)
     out = {"cw": 1 - m.get(f"round {args.rounds} cw_l2 {args.cw_iter}x{args.cw_steps} c0=1e-3 lr=5e-3 n={n}",
                            lambda: attack_correct(model, x[:n], y[:n], cw))}
-    robust, failed = standard_outcomes(m, model, x, y, EPS, run_dir, args.standard_subset)
-    out["standard"], out["standard_checks"] = 1 - robust, failed
+    with skip_missing():
+        robust, failed = standard_outcomes(m, model, x, y, EPS, run_dir, args.standard_subset)
+        out["standard"], out["standard_checks"] = 1 - robust, failed
     return out
 
 
@@ -124,24 +125,26 @@ def main(argv=None) -> int:
     runs = [(arm, s) for arm in ARMS for s in args.seeds] + [(arm, args.seeds[0]) for arm in sweep]
     todo = sum(finished_epochs(arm.run_dir(root, s)) < args.rounds for arm, s in runs)
     plan("at2l", todo, len(runs), 16.0 * args.rounds + 40, len(ARMS) * len(args.seeds), 150.0)
-    members = []
-    for name, config in ENSEMBLE.items():
-        members.append(train(Arm(f"model {name.upper()}", config, (), f"model_{name}"), 0, root,
-                             epochs=args.ensemble_epochs))
+    Measurements.report_only = args.report_only
+    members = [train(Arm(f"model {name.upper()}", config, (), f"model_{name}"), 0, root, epochs=args.ensemble_epochs)
+               for name, config in ENSEMBLE.items()]
     shared = (f"defense.models={json.dumps([str(p) for p in members])}", f"run.keep_checkpoints={args.rounds}",
               f"data.test_subset={args.test_subset}")
     pretrained: dict[int, tuple[Path, int, float]] = {}
     for seed in args.seeds:
-        pretrained[seed] = pretrain(seed, root, args)
-        start = (f"run.init_from={json.dumps(str(pretrained[seed][0]))}",)
-        for arm in ARMS + (sweep if seed == args.seeds[0] else []):
-            train(arm, seed, root, epochs=args.rounds, extra=shared + start)
+        with skip_missing():
+            pretrained[seed] = pretrain(seed, root, args)
+            start = (f"run.init_from={json.dumps(str(pretrained[seed][0]))}",)
+            for arm in ARMS + (sweep if seed == args.seeds[0] else []):
+                train(arm, seed, root, epochs=args.rounds, extra=shared + start)
     results: dict[str, dict[int, dict]] = {arm.label: {} for arm in ARMS + sweep}
     for arm, seed in runs:
-        results[arm.label][seed] = measure(arm.run_dir(root, seed), args)
+        with skip_missing():
+            results[arm.label][seed] = measure(arm.run_dir(root, seed), args)
     for arm in ARMS:
-        for seed in args.seeds:
-            results[arm.label][seed].update(measure_final(arm.run_dir(root, seed), args))
+        for seed in [s for s in args.seeds if s in results[arm.label]]:
+            with skip_missing():
+                results[arm.label][seed].update(measure_final(arm.run_dir(root, seed), args))
             print(f"[at2l {arm.label} seed {seed}] " + ", ".join(
                 f"{k} {100 * v.mean():.1f}" for k, v in results[arm.label][seed].items()
                 if k in ("clean1", f"fgsm{args.rounds}", "fgsm_late", "cw", "standard")), flush=True)
@@ -153,11 +156,8 @@ def main(argv=None) -> int:
               ("fgsm_late", f"FGSM ε 0.3 error, mean of rounds {late}", PAPER_FGSM),
               ("cw", f"C&W error, round {R} ({args.cw_subset} images)", PAPER_CW),
               ("standard", f"standard-suite error ε 0.3, round {R}", PAPER_FGSM)]
-    comparisons = [compare(name, "AT", "AT²L", effect, {s: r[key] for s, r in rows["AT"].items()},
-                           {s: r[key] for s, r in rows["AT²L"].items()},
-                           baseline_outcomes={s: r[key] for s, r in results["AT"].items()},
-                           method_outcomes={s: r[key] for s, r in results["AT²L"].items()})
-                   for key, name, effect in claims]
+    comparisons = [c for key, name, effect in claims
+                   if (c := compare_arms(name, "AT", "AT²L", effect, results, key)) is not None]
     failed = sorted({c for label in ("AT", "AT²L") for r in results[label].values()
                      for c in r.get("standard_checks", [])})
     columns = [("clean1", "clean (1)"), ("fgsm1", "FGSM (1)"), (f"clean{R}", f"clean ({R})"), (f"fgsm{R}", f"FGSM ({R})"),
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     main_rows = {label: rows[label] for label in ("AT", "AT²L")}
     per_round = ["| arm | " + " | ".join(f"round {r}" for r in range(1, R + 1)) + " |", "|---" * (R + 1) + "|"]
     for label, by_seed in rows.items():
-        per_round.append(f"| {label} | " + " | ".join(mean_std([v[f"fgsm{r}"] for v in by_seed.values()])
+        per_round.append(f"| {label} | " + " | ".join(mean_std([v[f"fgsm{r}"] for v in by_seed.values() if f"fgsm{r}" in v])
                                                       for r in range(1, R + 1)) + " |")
     dirs = {arm.label: [arm.run_dir(root, s) for s in args.seeds] for arm in ARMS}
     dirs.update({arm.label: [arm.run_dir(root, args.seeds[0])] for arm in sweep})

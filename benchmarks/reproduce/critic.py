@@ -32,11 +32,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocol import (ROOT, Arm, Measurements, arm_table, comparison_table, epoch_table, finished_epochs,  # noqa: E402
-                      history, load, machine_line, plan, train, verdict_lines, write_document)
+from protocol import (ROOT, Arm, Measurements, arm_table, compare_arms, comparison_table, epoch_table,  # noqa: E402
+                      finished_epochs, history, load, machine_line, plan, skip_missing, train, verdict_lines,
+                      write_document)
 from robustlab.attacks import build_attack  # noqa: E402
 from robustlab.evaluate import attack_outcome, minimal_attack_outcome  # noqa: E402
-from robustlab.paired import compare  # noqa: E402
 
 BASELINES = [Arm("reference", "configs/critic/cpu/fc_reference.toml"), Arm("AT", "configs/critic/cpu/fc_at.toml"),
              Arm("VAT", "configs/critic/cpu/fc_vat.toml"), Arm("margin", "configs/critic/cpu/fc_margin.toml")]
@@ -57,6 +57,7 @@ def parse_args(argv=None):
     p.add_argument("--retry-critic-steps", type=int, default=5)
     p.add_argument("--runs", default="runs/reproduce_critic")
     p.add_argument("--out", default="docs/results/reproduction/critic.md")
+    p.add_argument("--report-only", action="store_true", help="compute nothing: write the document from what is done")
     p.add_argument("--quick", action="store_true", help="2 seeds, 3 epochs, small subsets")
     args = p.parse_args(argv)
     if args.quick:
@@ -97,9 +98,11 @@ def main(argv=None) -> int:
     arms = BASELINES + [CRITIC]
     todo = sum(finished_epochs(a.run_dir(root, s)) < args.epochs for a in arms for s in args.seeds)
     plan("critic", todo, len(arms) * len(args.seeds), 120.0, len(arms) * len(args.seeds), 300.0)
+    Measurements.report_only = args.report_only
     for seed in args.seeds:
         for arm in arms:
-            train(arm, seed, root, epochs=args.epochs, extra=("data.train_subset=0",))
+            with skip_missing():
+                train(arm, seed, root, epochs=args.epochs, extra=("data.train_subset=0",))
     no_go = [s for s in args.seeds if critic_go(CRITIC.run_dir(root, s)) == 0.0]
     if no_go:
         retry = Arm(f"critic, {args.retry_critic_steps} critic steps", CRITIC.config,
@@ -108,20 +111,19 @@ def main(argv=None) -> int:
         print(f"[critic] NO-GO on seeds {no_go}: the critic did not learn by epoch 6; training {retry.label}",
               flush=True)
         for seed in args.seeds:
-            train(retry, seed, root, epochs=args.epochs, extra=("data.train_subset=0",))
-    results = {a.label: {s: measure(a.run_dir(root, s), args) for s in args.seeds} for a in arms}
+            with skip_missing():
+                train(retry, seed, root, epochs=args.epochs, extra=("data.train_subset=0",))
+    results: dict[str, dict[int, dict]] = {a.label: {} for a in arms}
+    for a in arms:
+        for seed in args.seeds:
+            with skip_missing():
+                results[a.label][seed] = measure(a.run_dir(root, seed), args)
     rows = {label: {s: {k: (100 if k == "error" else 1) * float(np.mean(v)) for k, v in r.items()}
                     for s, r in by_seed.items()} for label, by_seed in results.items()}
     critic_arms = [a.label for a in arms if a.label.startswith("critic")]
-    comparisons = []
-    for method in critic_arms:
-        for base in ("AT", "VAT", "margin"):
-            for key, name, i in RHO:
-                comparisons.append(compare(name, base, method, PAPER["critic"][i] - PAPER[base][i],
-                                           {s: r[key] for s, r in rows[base].items()},
-                                           {s: r[key] for s, r in rows[method].items()},
-                                           baseline_outcomes={s: r[key] for s, r in results[base].items()},
-                                           method_outcomes={s: r[key] for s, r in results[method].items()}, scale=1.0))
+    comparisons = [c for method in critic_arms for base in ("AT", "VAT", "margin") for key, name, i in RHO
+                   if (c := compare_arms(name, base, method, PAPER["critic"][i] - PAPER[base][i], results, key,
+                                         scale=1.0)) is not None]
     go_lines = [f"- {label}, seed {s}: " + {1.0: "go", 0.0: "NO-GO", None: "not logged"}[critic_go(a.run_dir(root, s))]
                 for a in arms if a.label.startswith("critic") for label in [a.label] for s in args.seeds]
     dirs = {a.label: [a.run_dir(root, s) for s in args.seeds] for a in arms if a.label.startswith("critic")}

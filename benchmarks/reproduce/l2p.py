@@ -34,11 +34,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocol import (ROOT, Arm, Measurements, arm_table, comparison_table, epoch_table, finished_epochs,  # noqa: E402
-                      history, load, machine_line, mean_std, plan, standard_outcomes, train, verdict_lines,
-                      write_document)
+from protocol import (ROOT, Arm, Measurements, arm_table, compare_arms, comparison_table, epoch_table,  # noqa: E402
+                      finished_epochs, history, load, machine_line, mean_std, plan, standard_outcomes, train,
+                      verdict_lines, write_document)
 from robustlab.attacks import build_attack  # noqa: E402
-from robustlab.paired import compare  # noqa: E402
 
 EPS = 0.1
 ARMS = [Arm("PGD-AT", "configs/l2p/cpu/pgd_at.toml"), Arm("PNI", "configs/l2p/cpu/pni.toml"),
@@ -118,13 +117,10 @@ def main(argv=None) -> int:
             results[arm.label][seed] = measure(arm.run_dir(root, seed), args)
     rows = {label: {s: {k: 100 * float(np.mean(v)) for k, v in r.items() if k != "failed_checks"}
                     for s, r in by_seed.items()} for label, by_seed in results.items()}
-    comparisons = [compare(name, base, "L2P", PAPER[base], {s: r[key] for s, r in rows[base].items()},
-                           {s: r[key] for s, r in rows["L2P"].items()},
-                           baseline_outcomes={s: r[key] for s, r in results[base].items()},
-                           method_outcomes={s: r[key] for s, r in results["L2P"].items()})
-                   for base in ("PGD-AT", "PNI", "fixed noise")
+    comparisons = [c for base in ("PGD-AT", "PNI", "fixed noise")
                    for key, name in (("suite", "robust accuracy, rand/standard suite"),
-                                     ("eot_pgd", f"EOT-PGD ({args.eot_samples} draws × 20 steps)"))]
+                                     ("eot_pgd", f"EOT-PGD ({args.eot_samples} draws × 20 steps)"))
+                   if (c := compare_arms(name, base, "L2P", PAPER[base], results, key)) is not None]
     failed = sorted({c for by_seed in results.values() for r in by_seed.values() for c in r["failed_checks"]})
     points = ["| arm | seed | clean | suite | EOT-PGD |", "|---|---|---|---|---|"]
     for label, by_seed in rows.items():

@@ -12,6 +12,7 @@ the comparison table and the document.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -33,7 +34,7 @@ from common import train_or_reuse  # noqa: E402
 from robustlab.benchmarking import benchmark  # noqa: E402
 from robustlab.checkpoint import find_latest_checkpoint, load_checkpoint  # noqa: E402
 from robustlab.evaluate import attack_outcome, load_trained_model  # noqa: E402
-from robustlab.paired import Comparison, comparison_table  # noqa: E402
+from robustlab.paired import Comparison, compare, comparison_table  # noqa: E402
 
 MEASUREMENTS_FILE = "reproduce.json"
 
@@ -64,6 +65,10 @@ def train(arm: Arm, seed: int, root: Path, *, epochs: int, extra: tuple[str, ...
           log: Callable[[str], None] = print) -> Path:
     """Train (or resume, or reuse) ``arm`` with ``seed`` for ``epochs`` epochs; returns the run directory."""
     out = arm.run_dir(root, seed)
+    if Measurements.report_only:
+        if finished_epochs(out) < epochs:
+            raise Missing(f"{out.name}: not trained to {epochs} epochs")
+        return out
     started = time.perf_counter()
     train_or_reuse(arm.config, out, arm.label, seed=seed, overrides=[*arm.overrides, *extra], epochs=epochs, log=log)
     if time.perf_counter() - started > 5:
@@ -71,8 +76,18 @@ def train(arm: Arm, seed: int, root: Path, *, epochs: int, extra: tuple[str, ...
     return out
 
 
+class Missing(Exception):
+    """A run or measurement that is not there yet, in ``--report-only`` mode (which computes nothing)."""
+
+
 class Measurements:
-    """The per-example outcomes measured on one run, cached in ``<run>/reproduce.json`` (written after each)."""
+    """The per-example outcomes measured on one run, cached in ``<run>/reproduce.json`` (written after each).
+
+    ``Measurements.report_only = True`` (the scripts' ``--report-only``): nothing is computed, a missing measurement
+    raises :class:`Missing`, so a document can be written from whatever is finished.
+    """
+
+    report_only = False
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / MEASUREMENTS_FILE
@@ -81,6 +96,8 @@ class Measurements:
     def get(self, key: str, compute: Callable[[], tuple[np.ndarray, dict]]) -> np.ndarray:
         """The outcomes under ``key``, computed (outcomes, extra info) and saved when missing."""
         if key not in self.data:
+            if Measurements.report_only:
+                raise Missing(f"{self.path.parent.name}: {key}")
             started = time.perf_counter()
             outcomes, info = compute()
             self.data[key] = {"outcomes": np.asarray(outcomes, dtype=float).round(4).tolist(),
@@ -142,8 +159,33 @@ def epoch_table(run_dirs: dict[str, list[Path]], keys: list[tuple[str, str]], ep
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def skip_missing():
+    """In ``--report-only`` mode, leave out whatever is not measured yet (and say so); otherwise a no-op."""
+    try:
+        yield
+    except Missing as exc:
+        print(f"[report-only] left out: {exc}", flush=True)
+
+
+def compare_arms(metric: str, baseline: str, method: str, paper_effect: float, results: dict, key: str, *,
+                 scale: float = 100.0) -> Comparison | None:
+    """:func:`robustlab.paired.compare` of ``results[arm][seed][key]`` (per-example outcomes, or one number per run)
+    × ``scale``, over the seeds both arms have measured; None when they share none (a report written early)."""
+    a = {s: r[key] for s, r in results.get(baseline, {}).items() if key in r}
+    b = {s: r[key] for s, r in results.get(method, {}).items() if key in r}
+    if not set(a) & set(b):
+        return None
+    return compare(metric, baseline, method, paper_effect, {s: scale * float(np.mean(v)) for s, v in a.items()},
+                   {s: scale * float(np.mean(v)) for s, v in b.items()},
+                   baseline_outcomes={s: v for s, v in a.items() if np.ndim(v)} or None,
+                   method_outcomes={s: v for s, v in b.items() if np.ndim(v)} or None, scale=scale)
+
+
 def load(run_dir: Path, epoch: int | None = None):
     """(model, data) of a finished run, or of its ``epoch`` checkpoint, on the CPU in eval mode."""
+    if Measurements.report_only and finished_epochs(run_dir) == 0:
+        raise Missing(f"{run_dir.name}: not trained")
     where = run_dir if epoch is None else run_dir / "checkpoints" / f"epoch-{epoch:04d}"
     model, _, data, _ = load_trained_model(str(where))
     return model.eval(), data
@@ -199,6 +241,6 @@ def write_document(path: Path, text: str) -> None:
     print(f"wrote {path}", flush=True)
 
 
-__all__ = ["Arm", "Measurements", "arm_table", "attack_correct", "comparison_table", "epoch_table", "finished_epochs",
-           "history", "load", "machine_line", "mean_std", "plan", "standard_correct", "standard_outcomes", "train",
+__all__ = ["Arm", "Measurements", "Missing", "arm_table", "compare_arms", "attack_correct", "comparison_table", "epoch_table", "finished_epochs",
+           "history", "load", "skip_missing", "machine_line", "mean_std", "plan", "standard_correct", "standard_outcomes", "train",
            "verdict_lines", "write_document"]

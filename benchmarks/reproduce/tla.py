@@ -29,17 +29,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocol import (ROOT, Arm, Measurements, arm_table, attack_correct, comparison_table, epoch_table,  # noqa: E402
-                      finished_epochs, history, load, machine_line, plan, standard_outcomes, train, verdict_lines,
-                      write_document)
+from protocol import (ROOT, Arm, Measurements, arm_table, attack_correct, compare_arms, comparison_table,  # noqa: E402
+                      epoch_table, finished_epochs, history, load, machine_line, plan, skip_missing,
+                      standard_outcomes, train, verdict_lines, write_document)
 from robustlab.attacks import build_attack  # noqa: E402
 from robustlab.evaluate import attack_outcome  # noqa: E402
 from robustlab.metric_analysis import analyse_metric  # noqa: E402
-from robustlab.paired import compare  # noqa: E402
 
 EPS = 0.3
 ARMS = [Arm("AT", "configs/tla/cpu/lenet5_at.toml"), Arm("ALP", "configs/tla/cpu/lenet5_alp.toml"),
@@ -63,6 +63,7 @@ def parse_args(argv=None):
     p.add_argument("--detect-subset", type=int, default=500)
     p.add_argument("--detect-eps", type=float, default=0.4)
     p.add_argument("--no-ablation", action="store_true")
+    p.add_argument("--report-only", action="store_true", help="compute nothing: write the document from what is done")
     p.add_argument("--runs", default="runs/reproduce_tla")
     p.add_argument("--out", default="docs/results/reproduction/tla.md")
     p.add_argument("--quick", action="store_true", help="2 seeds, 2 epochs, 200 test images, no ablation")
@@ -94,8 +95,8 @@ def cheap(run_dir: Path, args) -> dict:
         return adv.correct.numpy(), {"auc_softmax": a["auc_softmax"], "auc_centroid": a["auc_centroid"]}
 
     out[f"pgd100_eps{args.detect_eps}"] = m.get(key, detection)
-    out["auc_softmax"] = 100 * m.info(key)["auc_softmax"]
-    out["auc_centroid"] = 100 * m.info(key)["auc_centroid"]
+    out["auc_softmax"] = m.info(key)["auc_softmax"]
+    out["auc_centroid"] = m.info(key)["auc_centroid"]
     return out
 
 
@@ -117,53 +118,47 @@ def main(argv=None) -> int:
     runs = [(arm, s) for arm in ARMS for s in args.seeds] + [(arm, args.seeds[0]) for arm in arms[len(ARMS):]]
     todo = sum(finished_epochs(arm.run_dir(root, s)) < args.epochs for arm, s in runs)
     plan("tla", todo, len(runs), 22.0 * args.epochs, len(ARMS) * len(args.seeds), 0.6 * args.standard_subset)
+    Measurements.report_only = args.report_only
     results: dict[str, dict[int, dict]] = {arm.label: {} for arm in arms}
-    for seed in args.seeds:  # the main arms first, seed by seed, then their measurements; the ablation after
+    for seed in args.seeds:  # the main arms first, seed by seed, then their measurements; the ablation last
         for arm in ARMS:
-            train(arm, seed, root, epochs=args.epochs)
-    for arm in ARMS:
-        for seed in args.seeds:
+            with skip_missing():
+                train(arm, seed, root, epochs=args.epochs)
+    for arm, seed in runs[:len(ARMS) * len(args.seeds)]:
+        with skip_missing():
             results[arm.label][seed] = cheap(arm.run_dir(root, seed), args)
     failed: set[str] = set()
-    chunks = list(range(500, args.standard_subset, 500)) + [args.standard_subset]
-    for i, n in enumerate(chunks):  # the standard suite 500 images at a time over all runs
-        if i == 1 and not args.no_ablation:
-            for arm in ABLATION:
-                train(arm, args.seeds[0], root, epochs=args.epochs)
-                results[arm.label][args.seeds[0]] = cheap(arm.run_dir(root, args.seeds[0]), args)
-        for arm in ARMS:
-            for seed in args.seeds:
+    for n in list(range(500, args.standard_subset, 500)) + [args.standard_subset]:  # 500 images at a time
+        for arm, seed in runs[:len(ARMS) * len(args.seeds)]:
+            with skip_missing():
                 outcomes, bad = standard(arm.run_dir(root, seed), args, n)
                 results[arm.label][seed]["standard"] = outcomes
                 failed |= set(bad)
                 print(f"[tla {arm.label} seed {seed}] standard suite on {len(outcomes)}: {100 * outcomes.mean():.1f}%",
                       flush=True)
-    if len(chunks) == 1 and not args.no_ablation:
-        for arm in ABLATION:
-            train(arm, args.seeds[0], root, epochs=args.epochs)
-            results[arm.label][args.seeds[0]] = cheap(arm.run_dir(root, args.seeds[0]), args)
-    rows = {label: {s: {k: (100 * float(v.mean()) if hasattr(v, "mean") else v) for k, v in r.items()}
-                    for s, r in by_seed.items()} for label, by_seed in results.items()}
+    for arm, seed in runs[len(ARMS) * len(args.seeds):]:
+        with skip_missing():
+            train(arm, seed, root, epochs=args.epochs)
+            results[arm.label][seed] = cheap(arm.run_dir(root, seed), args)
+    rows = {label: {s: {k: 100 * float(np.mean(v)) for k, v in r.items()} for s, r in by_seed.items()}
+            for label, by_seed in results.items()}
     main_rows = {arm.label: rows[arm.label] for arm in ARMS}
     comparisons = []
     for base in ("AT", "ALP"):
-        for key, name in (("pgd100", "PGD-100 accuracy"), ("standard", "standard-suite accuracy")):
-            comparisons.append(compare(name, base, "TLA", PAPER[base], {s: r[key] for s, r in rows[base].items()},
-                                       {s: r[key] for s, r in rows["TLA"].items()},
-                                       baseline_outcomes={s: r[key] for s, r in results[base].items()},
-                                       method_outcomes={s: r[key] for s, r in results["TLA"].items()}))
-        for key, name in (("auc_centroid", "detection AUC (centroid distance)"),
-                          ("auc_softmax", "detection AUC (softmax)")):
-            comparisons.append(compare(name, base, "TLA", PAPER_AUC, {s: r[key] for s, r in rows[base].items()},
-                                       {s: r[key] for s, r in rows["TLA"].items()}))
+        for key, name, effect in (("pgd100", "PGD-100 accuracy", PAPER[base]),
+                                  ("standard", "standard-suite accuracy", PAPER[base]),
+                                  ("auc_centroid", "detection AUC (centroid distance)", PAPER_AUC),
+                                  ("auc_softmax", "detection AUC (softmax)", PAPER_AUC)):
+            comparisons.append(compare_arms(name, base, "TLA", effect, results, key))
+    comparisons = [c for c in comparisons if c is not None]
     dirs = {arm.label: [arm.run_dir(root, s) for s in args.seeds] for arm in ARMS if arm.label != "ALP"}
     epochs = sorted({1, 3, 4, 6, 9, 12, args.epochs} & set(range(1, args.epochs + 1)))
-    last_active = [history(d)[-1].get("train_triplet_active", 1.0) for d in dirs["TLA"]]
-    engaged = max(last_active) < 1.0
-    mean_active = sum(last_active) / len(last_active)
+    last_active = [history(d)[-1].get("train_triplet_active", 1.0) for d in dirs["TLA"] if history(d)]
+    engaged = bool(last_active) and max(last_active) < 1.0
+    mean_active = sum(last_active) / max(len(last_active), 1)
     n_std = min(args.standard_subset, args.test_subset)
     ablation = {arm.label: rows[arm.label] for arm in arms[len(ARMS):]}
-    ablation["TLA, K = 50 (the main arm)"] = {args.seeds[0]: rows["TLA"][args.seeds[0]]}
+    ablation["TLA, K = 50 (the main arm)"] = {s: r for s, r in rows["TLA"].items() if s == args.seeds[0]}
     argv_used = sys.argv[1:] if argv is None else argv
     command = "nice -n 10 .venv/bin/python benchmarks/reproduce/tla.py" + (" " + shlex.join(argv_used) if argv_used
                                                                          else "")
