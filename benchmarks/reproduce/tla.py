@@ -128,8 +128,9 @@ def main(argv=None) -> int:
         with skip_missing():
             results[arm.label][seed] = cheap(arm.run_dir(root, seed), args)
     failed: set[str] = set()
+    order = [(arm, s) for label in ("AT", "TLA", "ALP") for arm in ARMS if arm.label == label for s in args.seeds]
     for n in list(range(500, args.standard_subset, 500)) + [args.standard_subset]:  # 500 images at a time
-        for arm, seed in runs[:len(ARMS) * len(args.seeds)]:
+        for arm, seed in order:  # the two arms of the main claim first
             with skip_missing():
                 outcomes, bad = standard(arm.run_dir(root, seed), args, n)
                 results[arm.label][seed]["standard"] = outcomes
