@@ -210,7 +210,8 @@ def comparison_table(comparisons: list[Comparison], digits: int = 1) -> str:
         per_seed = ", ".join(f"{d:+.{digits}f}" for d in c.differences)
         power = "–" if math.isnan(c.power) else f"{100 * c.power:.0f}%"
         detect = "–" if not math.isfinite(i.detectable()) else f"±{i.detectable():.{digits}f}"
+        paper = f"{c.paper_effect:+.{max(digits, 2)}f}"
         lines.append(f"| {c.metric} | {c.method} − {c.baseline} | {per_seed} | {i.mean:+.{digits}f} | "
-                     f"{span(c.by_seeds)} | {span(c.by_images)} | {c.paper_effect:+.{max(digits, 2)}f} | {power} | {detect} "
+                     f"{span(c.by_seeds)} | {span(c.by_images)} | {paper} | {power} | {detect} "
                      f"| **{c.verdict_text}** |")
     return "\n".join(lines)

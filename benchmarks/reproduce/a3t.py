@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -33,9 +32,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocol import (ROOT, Arm, Measurements, arm_table, attack_correct, compare_arms, comparison_table,  # noqa: E402
-                      finished_epochs, load, machine_line, mean_std, plan, skip_missing, standard_outcomes, train,
-                      verdict_lines, write_document)
+from protocol import (  # noqa: E402
+    ROOT, Arm, arm_table, attack_correct, command_line, compare_arms, comparison_table, finished_epochs, load,
+    machine_line, mean_std, Measurements, plan, skip_missing, standard_outcomes, train, verdict_lines,
+    write_document)
 from robustlab.attacks import build_attack  # noqa: E402
 
 ARMS = [Arm("AT", "configs/a3t/at.toml"), Arm("A3T", "configs/a3t/a3t.toml")]
@@ -189,12 +189,13 @@ def main(argv=None) -> int:
         text, comparisons = section(eps, results, histories, args)
         sections.append(text)
         verdicts.append((eps, comparisons))
-    command = "nice -n 10 .venv/bin/python benchmarks/reproduce/a3t.py" + (
-        " " + shlex.join(sys.argv[1:] if argv is None else argv) if (sys.argv[1:] if argv is None else argv) else "")
-    summary = "\n".join(f"- training ε {eps}: " + "; ".join(f"{c.metric}: **{c.verdict_text}** ({c.interval.mean:+.1f}, "
-                                                              f"CI [{c.interval.low:+.1f}, {c.interval.high:+.1f}])"
-                                                              for c in comps[:1] + [c for c in comps if
-                                                                                    c.metric.startswith("standard")])
+    command = command_line("a3t.py", argv)
+    def headline(c) -> str:
+        return (f"{c.metric}: **{c.verdict_text}** ({c.interval.mean:+.1f}, CI [{c.interval.low:+.1f}, "
+                f"{c.interval.high:+.1f}])")
+
+    summary = "\n".join(f"- training ε {eps}: " + "; ".join(headline(c) for c in comps[:1] + [
+        c for c in comps if c.metric.startswith("standard")])
                         for eps, comps in verdicts)
     text = f"""# A3T vs AT — paired reproduction of Table 1 (Erraqabi et al. 2018)
 

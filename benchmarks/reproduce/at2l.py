@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -33,9 +32,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocol import (ROOT, Arm, Measurements, arm_table, attack_correct, compare_arms, comparison_table,  # noqa: E402
-                      epoch_table, finished_epochs, history, load, machine_line, mean_std, plan, skip_missing,
-                      standard_outcomes, train, verdict_lines, write_document)
+from protocol import (  # noqa: E402
+    ROOT, Arm, arm_table, attack_correct, command_line, compare_arms, comparison_table, epoch_table,
+    finished_epochs, history, load, machine_line, mean_std, Measurements, plan, skip_missing, standard_outcomes,
+    train, verdict_lines, write_document)
 from robustlab.attacks import build_attack  # noqa: E402
 
 EPS = 0.3
@@ -160,22 +160,21 @@ def main(argv=None) -> int:
                    if (c := compare_arms(name, "AT", "AT²L", effect, results, key)) is not None]
     failed = sorted({c for label in ("AT", "AT²L") for r in results[label].values()
                      for c in r.get("standard_checks", [])})
-    columns = [("clean1", "clean (1)"), ("fgsm1", "FGSM (1)"), (f"clean{R}", f"clean ({R})"), (f"fgsm{R}", f"FGSM ({R})"),
-               ("fgsm_late", f"FGSM (mean {late})"), ("cw", f"C&W ({R})"), ("standard", f"standard suite ({R})")]
+    columns = [("clean1", "clean (1)"), ("fgsm1", "FGSM (1)"), (f"clean{R}", f"clean ({R})"),
+               (f"fgsm{R}", f"FGSM ({R})"), ("fgsm_late", f"FGSM (mean {late})"), ("cw", f"C&W ({R})"),
+               ("standard", f"standard suite ({R})")]
     main_rows = {label: rows[label] for label in ("AT", "AT²L")}
     per_round = ["| arm | " + " | ".join(f"round {r}" for r in range(1, R + 1)) + " |", "|---" * (R + 1) + "|"]
     for label, by_seed in rows.items():
-        per_round.append(f"| {label} | " + " | ".join(mean_std([v[f"fgsm{r}"] for v in by_seed.values() if f"fgsm{r}" in v])
-                                                      for r in range(1, R + 1)) + " |")
+        cells = [mean_std([v[f"fgsm{r}"] for v in by_seed.values() if f"fgsm{r}" in v]) for r in range(1, R + 1)]
+        per_round.append(f"| {label} | " + " | ".join(cells) + " |")
     dirs = {arm.label: [arm.run_dir(root, s) for s in args.seeds] for arm in ARMS}
     dirs.update({arm.label: [arm.run_dir(root, args.seeds[0])] for arm in sweep})
     active = epoch_table(dirs, [("train_triplet_active", "active triplets"), ("train_triplet_hinge", "hinge"),
                                 ("train_triplet_d_pos", "D(a, p)"), ("train_triplet_d_neg", "D(a, n)")],
                          sorted({1, 2, 5, R} & set(range(1, R + 1))))
     pre = ", ".join(f"seed {s}: epoch {e} ({100 * a:.1f}%)" for s, (_, e, a) in pretrained.items())
-    argv_used = sys.argv[1:] if argv is None else argv
-    command = "nice -n 10 .venv/bin/python benchmarks/reproduce/at2l.py" + (" " + shlex.join(argv_used) if argv_used
-                                                                          else "")
+    command = command_line("at2l.py", argv)
     key_lines = "\n".join(f"- {c.metric}: **{c.verdict_text}** ({c.interval.mean:+.1f}, CI [{c.interval.low:+.1f}, "
                           f"{c.interval.high:+.1f}]; the paper {c.paper_effect:+.2f})" for c in comparisons)
     text = f"""# AT²L vs AT — paired reproduction of Table 7's FGSM row (Li et al.) at CPU scale

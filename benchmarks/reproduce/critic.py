@@ -1,4 +1,4 @@
-"""Reproduce the adversary critic's Table 1 (FC column) claim — larger ρ_adv than AT, VAT and margin — with paired seeds.
+"""Reproduce the adversary critic's Table 1 (FC) claim — larger ρ_adv than AT, VAT and margin — with paired seeds.
 
 The paper (Matyasko & Chau 2018, Table 1a, FC 784-1200-1200-1200-10, MNIST, 10 runs): ρ under DeepFool / C&W /
 the critic attack: AT .228 / .210 / .299, VAT .244 / .215 / .355, margin .262 / .230 / .453, critic .290 / .272 /
@@ -22,7 +22,6 @@ the critic attack: AT .228 / .210 / .299, VAT .244 / .215 / .355, margin .262 / 
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -32,9 +31,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocol import (ROOT, Arm, Measurements, arm_table, compare_arms, comparison_table, epoch_table,  # noqa: E402
-                      finished_epochs, history, load, machine_line, plan, skip_missing, train, verdict_lines,
-                      write_document)
+from protocol import (  # noqa: E402
+    ROOT, Arm, arm_table, command_line, compare_arms, comparison_table, epoch_table, finished_epochs, history,
+    load, machine_line, Measurements, plan, skip_missing, train, verdict_lines, write_document)
 from robustlab.attacks import build_attack  # noqa: E402
 from robustlab.evaluate import attack_outcome, minimal_attack_outcome  # noqa: E402
 
@@ -44,6 +43,7 @@ CRITIC = Arm("critic", "configs/critic/cpu/fc_critic.toml")
 PAPER = {  # ρ: DeepFool, C&W, critic attack (Table 1a)
     "AT": (0.228, 0.210, 0.299), "VAT": (0.244, 0.215, 0.355), "margin": (0.262, 0.230, 0.453),
     "critic": (0.290, 0.272, 0.575)}
+COLUMNS = [("error", "error %"), ("deepfool", "ρ DeepFool"), ("cw_l2", "ρ C&W"), ("critic_hc", "ρ critic attack")]
 RHO = [("deepfool", "ρ DeepFool", 0), ("cw_l2", "ρ C&W", 1), ("critic_hc", "ρ critic attack", 2)]
 
 
@@ -127,12 +127,11 @@ def main(argv=None) -> int:
     go_lines = [f"- {label}, seed {s}: " + {1.0: "go", 0.0: "NO-GO", None: "not logged"}[critic_go(a.run_dir(root, s))]
                 for a in arms if a.label.startswith("critic") for label in [a.label] for s in args.seeds]
     dirs = {a.label: [a.run_dir(root, s) for s in args.seeds] for a in arms if a.label.startswith("critic")}
-    diag = epoch_table(dirs, [("train_critic_acc_real", "D accuracy, real"), ("train_critic_acc_adv", "D accuracy, adv"),
-                              ("train_critic_loss", "D loss"), ("train_fooled", "fooled share")],
+    diag = epoch_table(dirs, [("train_critic_acc_real", "D accuracy, real"),
+                              ("train_critic_acc_adv", "D accuracy, adv"), ("train_critic_loss", "D loss"),
+                              ("train_fooled", "fooled share")],
                        sorted({2, 4, 6, 11, args.epochs} & set(range(2, args.epochs + 1))))
-    argv_used = sys.argv[1:] if argv is None else argv
-    command = "nice -n 10 .venv/bin/python benchmarks/reproduce/critic.py" + (" " + shlex.join(argv_used) if argv_used
-                                                                            else "")
+    command = command_line("critic.py", argv)
     headline = "\n".join(f"- {c.metric}, {c.method} − {c.baseline}: **{c.verdict_text}** ({c.interval.mean:+.3f}, CI "
                          f"[{c.interval.low:+.3f}, {c.interval.high:+.3f}]; the paper {c.paper_effect:+.3f})"
                          for c in comparisons if c.metric != "ρ C&W")
@@ -157,7 +156,7 @@ binary-search steps, c₀ 1e-3, lr 1e-2) on the first {args.cw_subset}; test err
 
 ## Error (%) and ρ_adv, mean ± std over seeds
 
-{arm_table(rows, [("error", "error %"), ("deepfool", "ρ DeepFool"), ("cw_l2", "ρ C&W"), ("critic_hc", "ρ critic attack")], 3)}
+{arm_table(rows, COLUMNS, 3)}
 
 ## Paired differences (ρ)
 

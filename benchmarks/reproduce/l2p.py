@@ -24,7 +24,6 @@ network with the same amount of noise held fixed. At CPU scale:
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -34,9 +33,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocol import (ROOT, Arm, Measurements, arm_table, compare_arms, comparison_table, epoch_table,  # noqa: E402
-                      finished_epochs, history, load, machine_line, mean_std, plan, standard_outcomes, train,
-                      verdict_lines, write_document)
+from protocol import (  # noqa: E402
+    ROOT, Arm, arm_table, command_line, compare_arms, comparison_table, epoch_table, finished_epochs, history,
+    load, machine_line, mean_std, Measurements, plan, standard_outcomes, train, verdict_lines, write_document)
 from robustlab.attacks import build_attack  # noqa: E402
 
 EPS = 0.1
@@ -150,9 +149,7 @@ def main(argv=None) -> int:
     theta = epoch_table({"L2P": [ARMS[2].run_dir(root, s) for s in args.seeds]},
                         [(k, k.replace("theta_", "θ layer ").replace("_mean", " mean").replace("_std", " std"))
                          for k in layer_keys], sorted({1, 2, 3, args.epochs // 2, args.epochs} - {0}))
-    argv_used = sys.argv[1:] if argv is None else argv
-    command = "nice -n 10 .venv/bin/python benchmarks/reproduce/l2p.py" + (" " + shlex.join(argv_used) if argv_used
-                                                                         else "")
+    command = command_line("l2p.py", argv)
     headline = "\n".join(f"- {c.metric}, L2P − {c.baseline}: **{c.verdict_text}** ({c.interval.mean:+.1f}, CI "
                          f"[{c.interval.low:+.1f}, {c.interval.high:+.1f}]; the paper {c.paper_effect:+.2f})"
                          for c in comparisons)

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -216,10 +217,17 @@ def verdict_lines(comparisons: list[Comparison], digits: int = 1, unit: str = "p
         span = ("no interval (one seed)" if not np.isfinite(i.width)
                 else f"95% CI [{i.low:+.{digits}f}, {i.high:+.{digits}f}]")
         power = "–" if np.isnan(c.power) else f"{100 * c.power:.0f}%"
-        out.append(f"- **{c.metric}, {c.method} − {c.baseline}: {c.verdict_text}.** Measured "
-                   f"{i.mean:+.{digits}f}{' ' + unit if unit else ''} ({span}, {i.source}) against the paper's {c.paper_effect:+.{max(digits, 2)}f}; power to see the "
-                   f"paper's effect {power}, smallest effect detectable with 80% power ±{i.detectable():.{digits}f}.")
+        measured = f"{i.mean:+.{digits}f}" + (f" {unit}" if unit else "")
+        out.append(f"- **{c.metric}, {c.method} − {c.baseline}: {c.verdict_text}.** Measured {measured} ({span}, "
+                   f"{i.source}) against the paper's {c.paper_effect:+.{max(digits, 2)}f}; power to see the paper's "
+                   f"effect {power}, smallest effect detectable with 80% power ±{i.detectable():.{digits}f}.")
     return "\n".join(out)
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """The command that reproduces the document (``--report-only`` only renders it: left out)."""
+    args = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--report-only"]
+    return f"nice -n 10 .venv/bin/python benchmarks/reproduce/{script}" + (" " + shlex.join(args) if args else "")
 
 
 def machine_line() -> str:
@@ -241,6 +249,6 @@ def write_document(path: Path, text: str) -> None:
     print(f"wrote {path}", flush=True)
 
 
-__all__ = ["Arm", "Measurements", "Missing", "arm_table", "compare_arms", "attack_correct", "comparison_table", "epoch_table", "finished_epochs",
-           "history", "load", "skip_missing", "machine_line", "mean_std", "plan", "standard_correct", "standard_outcomes", "train",
-           "verdict_lines", "write_document"]
+__all__ = ["Arm", "Measurements", "Missing", "arm_table", "attack_correct", "command_line", "compare_arms",
+           "comparison_table", "epoch_table", "finished_epochs", "history", "load", "machine_line", "mean_std", "plan",
+           "skip_missing", "standard_correct", "standard_outcomes", "train", "verdict_lines", "write_document"]

@@ -24,7 +24,6 @@ the metric can engage:
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -34,9 +33,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocol import (ROOT, Arm, Measurements, arm_table, attack_correct, compare_arms, comparison_table,  # noqa: E402
-                      epoch_table, finished_epochs, history, load, machine_line, plan, skip_missing,
-                      standard_outcomes, train, verdict_lines, write_document)
+from protocol import (  # noqa: E402
+    ROOT, Arm, arm_table, attack_correct, command_line, compare_arms, comparison_table, epoch_table,
+    finished_epochs, history, load, machine_line, Measurements, plan, skip_missing, standard_outcomes, train,
+    verdict_lines, write_document)
 from robustlab.attacks import build_attack  # noqa: E402
 from robustlab.evaluate import attack_outcome  # noqa: E402
 from robustlab.metric_analysis import analyse_metric  # noqa: E402
@@ -160,9 +160,7 @@ def main(argv=None) -> int:
     n_std = min(args.standard_subset, args.test_subset)
     ablation = {arm.label: rows[arm.label] for arm in arms[len(ARMS):]}
     ablation["TLA, K = 50 (the main arm)"] = {s: r for s, r in rows["TLA"].items() if s == args.seeds[0]}
-    argv_used = sys.argv[1:] if argv is None else argv
-    command = "nice -n 10 .venv/bin/python benchmarks/reproduce/tla.py" + (" " + shlex.join(argv_used) if argv_used
-                                                                         else "")
+    command = command_line("tla.py", argv)
     key_lines = "\n".join(f"- {c.metric}, TLA − {c.baseline}: **{c.verdict_text}** ({c.interval.mean:+.1f}, CI "
                           f"[{c.interval.low:+.1f}, {c.interval.high:+.1f}]; the paper {c.paper_effect:+.2f})"
                           for c in comparisons if not c.metric.startswith("detection AUC (softmax)"))
@@ -190,7 +188,7 @@ detection AUC (%) on the first {args.detect_subset} clean images and their PGD-1
 
 {arm_table(main_rows, COLUMNS)}
 
-Masking checks of the standard suite: {"all passed on every run" if not failed else "failed: " + ", ".join(sorted(failed))}.
+Masking checks of the standard suite: {"all passed on every run" if not failed else "failed: " + ", ".join(failed)}.
 
 ## Paired differences TLA − baseline (points)
 
