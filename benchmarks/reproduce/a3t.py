@@ -114,6 +114,14 @@ def section(eps: float, results: dict, histories: dict, args) -> tuple[str, list
     claims.append(("standard", f"standard-suite accuracy at ε {eps}", PAPER_EFFECT))
     comparisons = [c for key, name, effect in claims
                    if (c := compare_arms(name, "AT", "A3T", effect, results, key)) is not None]
+    mean = {label: {k: float(np.mean([r[k] for r in by_seed.values() if k in r] or [np.nan])) for k, _ in COLUMNS}
+            for label, by_seed in rows.items()}
+    leak = ""
+    if eps > 0.1 and mean["AT"]["fgsm0.25"] > mean["AT"]["fgsm0.1"]:
+        leak = (f"AT is more accurate under FGSM at its training ε 0.25 ({mean['AT']['fgsm0.25']:.1f}%) than at 0.1 "
+                f"({mean['AT']['fgsm0.1']:.1f}%), and PGD-40 at 0.25 leaves it {mean['AT']['pgd0.25']:.1f}%: accuracy "
+                "must fall as ε grows, so FGSM at the training ε is masked (label leaking) and overstates AT there; "
+                "read the PGD-40 and standard-suite rows.")
     cost = compare_arms("clean accuracy", "AT", "A3T", PAPER_CLEAN, results, "clean")
     cost_line = "" if cost is None else (
         f"Clean accuracy, A3T − AT: {cost.interval.mean:+.1f} points (95% CI [{cost.interval.low:+.1f}, "
@@ -146,6 +154,8 @@ reference size for the other attacks too):
 {verdict_lines(comparisons)}
 
 {cost_line}
+
+{leak}
 
 Masking checks of the standard suite: {"all passed on every run" if not failed else "failed on some runs: "
                                           + ", ".join(failed)}.
