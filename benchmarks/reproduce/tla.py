@@ -67,6 +67,9 @@ def parse_args(argv=None):
     p.add_argument("--runs", default="runs/reproduce_tla")
     p.add_argument("--out", default="docs/results/reproduction/tla.md")
     p.add_argument("--quick", action="store_true", help="2 seeds, 2 epochs, 200 test images, no ablation")
+    p.add_argument("--label-smoothing", type=float, default=None,
+                   help="override AT's and TLA's label smoothing (0.1 in the configs, as the authors' MNIST code); "
+                        "their runs get their own directories, ALP's are shared")
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.epochs, args.test_subset, args.standard_subset, args.detect_subset = [0, 1], 2, 200, 100, 100
@@ -114,6 +117,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     root = ROOT / args.runs
     started = time.perf_counter()
+    if args.label_smoothing is not None:  # AT and TLA with another label smoothing, in their own run directories
+        suffix = f"_ls{args.label_smoothing:g}"
+        ARMS[:] = [arm if arm.label == "ALP" else Arm(arm.label, arm.config,
+                                                        (*arm.overrides, f"defense.label_smoothing={args.label_smoothing}"),
+                                                        arm.label.lower() + suffix) for arm in ARMS]
     arms = ARMS + ([] if args.no_ablation else ABLATION)
     runs = [(arm, s) for arm in ARMS for s in args.seeds] + [(arm, args.seeds[0]) for arm in arms[len(ARMS):]]
     todo = sum(finished_epochs(arm.run_dir(root, s)) < args.epochs for arm, s in runs)
@@ -175,7 +183,8 @@ Setting: LeNet-5 (conv32–conv64–FC512, h = the 512-d ReLU layer) on MNIST-5k
 PGD-7 training at ε 0.3 (step 2.5ε/7, random start, ε ramped over 3 epochs), Adam 1e-3, weight decay 2e-4 on
 weights only, batch 50, {args.epochs} epochs; seeds {", ".join(map(str, args.seeds))}, paired (same initialisation
 and data order). **AT** = `configs/tla/cpu/lenet5_at.toml` (TLA's loss with λ_trip = λ_norm = 0: adversarial CE,
-label smoothing 0.1), **ALP** = `lenet5_alp.toml` (no label smoothing), **TLA** = `lenet5_tla.toml`. Test: the first
+label smoothing {0.1 if args.label_smoothing is None else args.label_smoothing:g} for AT and TLA), **ALP** =
+`lenet5_alp.toml` (no label smoothing), **TLA** = `lenet5_tla.toml`. Test: the first
 {args.test_subset} MNIST-5k test images at ε 0.3: clean, FGSM, PGD-100 × 0.01 (one random start), the standard suite
 (AutoAttack-strength: APGD-CE, APGD-T 9 targets, FAB-T, Square 5,000; 100 iterations each) on the first {n_std};
 detection AUC (%) on the first {args.detect_subset} clean images and their PGD-100 versions at ε {args.detect_eps}.
