@@ -140,6 +140,7 @@ class Comparison:
     differences: tuple[float, ...]  # per seed
     by_seeds: Interval
     by_images: Interval | None
+    room: bool = True  # False: baseline + the paper's effect lies outside the metric's range (a floor or ceiling)
 
     @property
     def interval(self) -> Interval:
@@ -150,11 +151,14 @@ class Comparison:
 
     @property
     def verdict(self) -> str:
-        return verdict(self.interval, self.paper_effect)
+        """As :func:`verdict`; inconclusive when the metric has no room for the paper's effect."""
+        return verdict(self.interval, self.paper_effect) if self.room else INCONCLUSIVE
 
     @property
     def verdict_text(self) -> str:
         """The verdict, with "smaller / larger than the paper's" when the interval excludes the paper's effect."""
+        if not self.room:
+            return f"{INCONCLUSIVE} (no room: the baseline is too close to the metric's bound for the paper's effect)"
         extra = qualifier(self.interval, self.paper_effect)
         return f"{self.verdict} ({extra})" if extra else self.verdict
 
@@ -174,11 +178,13 @@ class Comparison:
 
 def compare(metric: str, baseline: str, method: str, paper_effect: float, baseline_values: dict[int, float],
             method_values: dict[int, float], *, baseline_outcomes: dict[int, np.ndarray] | None = None,
-            method_outcomes: dict[int, np.ndarray] | None = None, scale: float = 100.0) -> Comparison:
+            method_outcomes: dict[int, np.ndarray] | None = None, scale: float = 100.0,
+            bounds: tuple[float, float] | None = None) -> Comparison:
     """Pair the two arms by seed (seeds present in both) and build the :class:`Comparison`.
 
     ``*_values`` map seed → the metric of that run (in the paper's units, e.g. points); ``*_outcomes`` (optional)
-    map seed → per-example outcomes on the same images, multiplied by ``scale`` to reach those units.
+    map seed → per-example outcomes on the same images, multiplied by ``scale`` to reach those units. ``bounds``:
+    the metric's range (e.g. 0–100 %); a baseline whose mean plus the paper's effect leaves it gives no verdict.
     """
     seeds = sorted(set(baseline_values) & set(method_values))
     if not seeds:
@@ -191,7 +197,11 @@ def compare(metric: str, baseline: str, method: str, paper_effect: float, baseli
             a = np.stack([np.asarray(baseline_outcomes[s], dtype=float) for s in both]) * scale
             b = np.stack([np.asarray(method_outcomes[s], dtype=float) for s in both]) * scale
             by_images = bootstrap_interval(a, b)
-    return Comparison(metric, baseline, method, paper_effect, diffs, seed_interval(diffs), by_images)
+    room = True
+    if bounds is not None:
+        target = float(np.mean([baseline_values[s] for s in seeds])) + paper_effect
+        room = bounds[0] <= target <= bounds[1]
+    return Comparison(metric, baseline, method, paper_effect, diffs, seed_interval(diffs), by_images, room)
 
 
 def comparison_table(comparisons: list[Comparison], digits: int = 1) -> str:

@@ -111,3 +111,11 @@ def test_a_reproduced_effect_smaller_than_the_papers_says_so():
     assert qualifier(_interval(0.5, 3.0), 2.0) == ""
     assert qualifier(_interval(-1.0, 1.0), 2.0) == ""  # not reproduced: nothing to qualify
     assert qualifier(_interval(-9.0, -8.0), -7.2) == "larger than the paper's"
+
+
+def test_no_verdict_when_the_baseline_leaves_no_room_for_the_papers_effect():
+    # both arms detect at 99.8%: a +3.69-point gain would pass 100%, so a zero difference says nothing
+    at_ceiling = compare("AUC", "AT", "TLA", 3.69, {0: 99.8, 1: 99.9}, {0: 99.8, 1: 99.9}, bounds=(0.0, 100.0))
+    assert not at_ceiling.room and at_ceiling.verdict == INCONCLUSIVE and "no room" in at_ceiling.verdict_text
+    with_room = compare("AUC", "AT", "TLA", 3.69, {0: 90.0, 1: 91.0}, {0: 90.0, 1: 91.0}, bounds=(0.0, 100.0))
+    assert with_room.room and with_room.verdict == CONTRADICTED

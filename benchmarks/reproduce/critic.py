@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     critic_arms = [a.label for a in arms if a.label.startswith("critic")]
     comparisons = [c for method in critic_arms for base in ("AT", "VAT", "margin") for key, name, i in RHO
                    if (c := compare_arms(name, base, method, PAPER["critic"][i] - PAPER[base][i], results, key,
-                                         scale=1.0)) is not None]
+                                         scale=1.0, bounds=None)) is not None]
     go_lines = [f"- {label}, seed {s}: " + {1.0: "go", 0.0: "NO-GO", None: "not logged"}[critic_go(a.run_dir(root, s))]
                 for a in arms if a.label.startswith("critic") for label in [a.label] for s in args.seeds]
     dirs = {a.label: [a.run_dir(root, s) for s in args.seeds] for a in arms if a.label.startswith("critic")}

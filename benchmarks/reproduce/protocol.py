@@ -170,7 +170,7 @@ def skip_missing():
 
 
 def compare_arms(metric: str, baseline: str, method: str, paper_effect: float, results: dict, key: str, *,
-                 scale: float = 100.0) -> Comparison | None:
+                 scale: float = 100.0, bounds: tuple[float, float] | None = (0.0, 100.0)) -> Comparison | None:
     """:func:`robustlab.paired.compare` of ``results[arm][seed][key]`` (per-example outcomes, or one number per run)
     × ``scale``, over the seeds both arms have measured; None when they share none (a report written early)."""
     a = {s: r[key] for s, r in results.get(baseline, {}).items() if key in r}
@@ -180,7 +180,7 @@ def compare_arms(metric: str, baseline: str, method: str, paper_effect: float, r
     return compare(metric, baseline, method, paper_effect, {s: scale * float(np.mean(v)) for s, v in a.items()},
                    {s: scale * float(np.mean(v)) for s, v in b.items()},
                    baseline_outcomes={s: v for s, v in a.items() if np.ndim(v)} or None,
-                   method_outcomes={s: v for s, v in b.items() if np.ndim(v)} or None, scale=scale)
+                   method_outcomes={s: v for s, v in b.items() if np.ndim(v)} or None, scale=scale, bounds=bounds)
 
 
 def load(run_dir: Path, epoch: int | None = None):

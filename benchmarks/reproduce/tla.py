@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from protocol import (  # noqa: E402
-    ROOT, Arm, arm_table, attack_correct, command_line, compare_arms, comparison_table, epoch_table,
+    ROOT, Arm, mean_std, arm_table, attack_correct, command_line, compare_arms, comparison_table, epoch_table,
     finished_epochs, history, load, machine_line, Measurements, plan, skip_missing, standard_outcomes, train,
     verdict_lines, write_document)
 from robustlab.attacks import build_attack  # noqa: E402
@@ -166,6 +166,22 @@ def main(argv=None) -> int:
     engaged = bool(last_active) and max(last_active) < 1.0
     mean_active = sum(last_active) / max(len(last_active), 1)
     n_std = min(args.standard_subset, args.test_subset)
+    gap_lines = ["| arm | accuracy under the training PGD-7 (last epoch, training batches) | PGD-100 (test) |",
+                 "|---|---|---|"]
+    masked = []
+    for arm in ARMS:
+        train_adv = [100 * history(arm.run_dir(root, s))[-1].get("train_acc_adv", float("nan"))
+                     for s in args.seeds if history(arm.run_dir(root, s))]
+        test = [r["pgd100"] for r in rows[arm.label].values() if "pgd100" in r]
+        gap_lines.append(f"| {arm.label} | {mean_std(train_adv)} | {mean_std(test)} |")
+        if train_adv and test and np.mean(train_adv) - np.mean(test) > 30:
+            masked.append(arm.label)
+    gap_note = ("" if not masked else
+                f"**{', '.join(masked)}: the training attack is masked.** These models classify their own PGD-7 "
+                "training examples almost perfectly but fall to PGD-100 with small steps: they learned to defeat "
+                "the large-step training attack (2.5ε/7 per step), not to be robust, and their robustness "
+                "comparisons sit at the floor. Label smoothing is a known cause of such masking: "
+                "`--label-smoothing 0` (docs/results/reproduction/tla_no_smoothing.md) trains both without it.")
     ablation = {arm.label: rows[arm.label] for arm in arms[len(ARMS):]}
     ablation["TLA, K = 50 (the main arm)"] = {s: r for s, r in rows["TLA"].items() if s == args.seeds[0]}
     command = command_line("tla.py", argv)
@@ -198,6 +214,12 @@ detection AUC (%) on the first {args.detect_subset} clean images and their PGD-1
 {arm_table(main_rows, COLUMNS)}
 
 Masking checks of the standard suite: {"all passed on every run" if not failed else "failed: " + ", ".join(failed)}.
+
+## Is the training attack working?
+
+{chr(10).join(gap_lines)}
+
+{gap_note}
 
 ## Paired differences TLA − baseline (points)
 
