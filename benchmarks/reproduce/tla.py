@@ -179,9 +179,10 @@ def main(argv=None) -> int:
     gap_note = ("" if not masked else
                 f"**{', '.join(masked)}: the training attack is masked.** These models classify their own PGD-7 "
                 "training examples almost perfectly but fall to PGD-100 with small steps: they learned to defeat "
-                "the large-step training attack (2.5ε/7 per step), not to be robust, and their robustness "
-                "comparisons sit at the floor. Label smoothing is a known cause of such masking: "
-                "`--label-smoothing 0` (docs/results/reproduction/tla_no_smoothing.md) trains both without it.")
+                "the large-step training attack (2.5ε/7 = 0.107 per step, adversarial examples only), not to be "
+                "robust, and their robustness comparisons sit at the floor; ALP, which trains on half clean "
+                "examples, does not mask. Label smoothing is one known cause: `--label-smoothing 0` "
+                "(docs/results/reproduction/tla_no_smoothing.md) trains AT and TLA without it.")
     ablation = {arm.label: rows[arm.label] for arm in arms[len(ARMS):]}
     ablation["TLA, K = 50 (the main arm)"] = {s: r for s, r in rows["TLA"].items() if s == args.seeds[0]}
     command = command_line("tla.py", argv)
