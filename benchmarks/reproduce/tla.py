@@ -181,8 +181,12 @@ def main(argv=None) -> int:
                 "training examples almost perfectly but fall to PGD-100 with small steps: they learned to defeat "
                 "the large-step training attack (2.5ε/7 = 0.107 per step, adversarial examples only), not to be "
                 "robust, and their robustness comparisons sit at the floor; ALP, which trains on half clean "
-                "examples, does not mask. Label smoothing is one known cause: `--label-smoothing 0` "
-                "(docs/results/reproduction/tla_no_smoothing.md) trains AT and TLA without it.")
+                "examples, does not mask. " + (
+                    "Label smoothing is one known cause: `--label-smoothing 0` "
+                    "(docs/results/reproduction/tla_no_smoothing.md) trains AT and TLA without it."
+                    if args.label_smoothing is None or args.label_smoothing > 0 else
+                    "It happens without label smoothing too, so the cause is the large-step, adversarial-only "
+                    "training attack; the paper trains with PGD-40 × 0.01."))
     ablation = {arm.label: rows[arm.label] for arm in arms[len(ARMS):]}
     ablation["TLA, K = 50 (the main arm)"] = {s: r for s, r in rows["TLA"].items() if s == args.seeds[0]}
     command = command_line("tla.py", argv)
