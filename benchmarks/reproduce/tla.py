@@ -185,8 +185,9 @@ def main(argv=None) -> int:
                     "Label smoothing is one known cause: `--label-smoothing 0` "
                     "(docs/results/reproduction/tla_no_smoothing.md) trains AT and TLA without it."
                     if args.label_smoothing is None or args.label_smoothing > 0 else
-                    "It happens without label smoothing too, so the cause is the large-step, adversarial-only "
-                    "training attack; the paper trains with PGD-40 × 0.01."))
+                    "It happens without label smoothing too. The demo's PGD-AT recipe (the same PGD-7, a 5-epoch "
+                    "ε ramp, batch 64) does not mask; a longer ramp or the paper's PGD-40 × 0.01 is the next "
+                    "setting to try."))
     ablation = {arm.label: rows[arm.label] for arm in arms[len(ARMS):]}
     ablation["TLA, K = 50 (the main arm)"] = {s: r for s, r in rows["TLA"].items() if s == args.seeds[0]}
     command = command_line("tla.py", argv)
