@@ -194,7 +194,7 @@ wall-clock, finished runs and measurements reused from `{args.runs}`):
 
 Setting: Algorithm 2 with the FGSM attack, known setting. f = LeNet-5 (a CPU stand-in for model A) on MNIST-5k
 (4,000 real MNIST training images), pretrained on clean data until ≥ {100 * args.pretrain_target:.0f}% clean test
-accuracy ({pre}); M = {{f, B, C, D}} with B, C, D of Table 6 pretrained {args.ensemble_epochs} epochs each and
+accuracy, else its best of {args.pretrain_max} epochs ({pre}); M = {{f, B, C, D}} with B, C, D of Table 6 pretrained {args.ensemble_epochs} epochs each and
 frozen. Both arms start from the same pretrained f of their seed (`configs/at2l/cpu/known_fgsm.toml`; **AT** with
 `defense.lam2=0`): {R} rounds, each rebuilding the FGSM ε 0.3 example of every training image against a model of M
 drawn for it, then one pass of eq. (1) or (2) (k = 32, λ1 0.3, λ2 1, α 1, L∞ on the logits, negative from the
