@@ -28,12 +28,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from protocol import (  # noqa: E402
-    ROOT, Arm, arm_table, attack_correct, command_line, compare_arms, comparison_table, finished_epochs, load,
+    ROOT, begin, Arm, arm_table, attack_correct, command_line, compare_arms, comparison_table, finished_epochs, load,
     machine_line, mean_std, Measurements, plan, skip_missing, standard_outcomes, train, verdict_lines,
     write_document)
 from robustlab.attacks import build_attack  # noqa: E402
@@ -60,7 +59,6 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.eps, args.seeds, args.epochs, args.test_subset, args.standard_subset = [0.1], [0, 1], 3, 200, 100
-        args.runs, args.out = args.runs + "_quick", str(Path(args.runs + "_quick") / "a3t.md")
     return args
 
 
@@ -168,16 +166,13 @@ The discriminator's accuracy on the first test images per epoch (mean ± std ove
 
 
 def main(argv=None) -> int:
-    torch.set_num_threads(1)
     args = parse_args(argv)
-    root = ROOT / args.runs
-    started = time.perf_counter()
+    root, started = begin(args, "a3t")
     todo = sum(finished_epochs(arm.run_dir(root / f"eps{e}", s)) < args.epochs
                for e in args.eps for s in seeds_for(e, args) for arm in ARMS)
     total = sum(len(seeds_for(e, args)) * len(ARMS) for e in args.eps)
     plan("a3t", todo, total, 25.0, total, 120.0)
     sections, verdicts = [], []
-    Measurements.report_only = args.report_only
     for eps in args.eps:  # train everything first: the evaluations are the slow part
         for seed in seeds_for(eps, args):
             for arm in ARMS:

@@ -28,12 +28,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from protocol import (  # noqa: E402
-    ROOT, Arm, arm_table, attack_correct, command_line, compare_arms, comparison_table, epoch_table,
+    ROOT, begin, Arm, arm_table, attack_correct, command_line, compare_arms, comparison_table, epoch_table,
     finished_epochs, history, load, machine_line, mean_std, Measurements, plan, skip_missing, standard_outcomes,
     train, verdict_lines, write_document)
 from robustlab.attacks import build_attack  # noqa: E402
@@ -68,7 +67,6 @@ def parse_args(argv=None):
         args.seeds, args.rounds, args.ensemble_epochs, args.pretrain_max = [0, 1], 2, 1, 2
         args.test_subset, args.cw_subset, args.cw_iter, args.cw_steps, args.standard_subset = 200, 20, 20, 2, 100
         args.margins = [0.1]
-        args.runs, args.out = args.runs + "_quick", str(Path(args.runs + "_quick") / "at2l.md")
     return args
 
 
@@ -119,15 +117,12 @@ def measure_final(run_dir: Path, args) -> dict:
 
 
 def main(argv=None) -> int:
-    torch.set_num_threads(1)
     args = parse_args(argv)
-    root = ROOT / args.runs
-    started = time.perf_counter()
+    root, started = begin(args, "at2l")
     sweep = [Arm(f"AT²L, α = {a:g}", MAIN, (f"defense.margin={a}",), f"at2l_margin{a:g}") for a in args.margins]
     runs = [(arm, s) for arm in ARMS for s in args.seeds] + [(arm, args.seeds[0]) for arm in sweep]
     todo = sum(finished_epochs(arm.run_dir(root, s)) < args.rounds for arm, s in runs)
     plan("at2l", todo, len(runs), 16.0 * args.rounds + 40, len(ARMS) * len(args.seeds), 150.0)
-    Measurements.report_only = args.report_only
     members = [train(Arm(f"model {name.upper()}", config, (), f"model_{name}"), 0, root, epochs=args.ensemble_epochs)
                for name, config in ENSEMBLE.items()]
     shared = (f"defense.models={json.dumps([str(p) for p in members])}", f"run.keep_checkpoints={args.rounds}",

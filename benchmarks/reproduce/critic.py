@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from protocol import (  # noqa: E402
-    ROOT, Arm, arm_table, command_line, compare_arms, comparison_table, epoch_table, finished_epochs, history,
+    ROOT, begin, Arm, arm_table, command_line, compare_arms, comparison_table, epoch_table, finished_epochs, history,
     load, machine_line, Measurements, plan, skip_missing, train, verdict_lines, write_document)
 from robustlab.attacks import build_attack  # noqa: E402
 from robustlab.evaluate import attack_outcome, minimal_attack_outcome  # noqa: E402
@@ -62,7 +62,6 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.epochs, args.rho_subset, args.cw_subset, args.cw_iterations = [0, 1], 3, 40, 20, 50
-        args.runs, args.out = args.runs + "_quick", str(Path(args.runs + "_quick") / "critic.md")
     return args
 
 
@@ -91,14 +90,11 @@ def critic_go(run_dir: Path) -> float | None:
 
 
 def main(argv=None) -> int:
-    torch.set_num_threads(1)
     args = parse_args(argv)
-    root = ROOT / args.runs
-    started = time.perf_counter()
+    root, started = begin(args, "critic")
     arms = BASELINES + [CRITIC]
     todo = sum(finished_epochs(a.run_dir(root, s)) < args.epochs for a in arms for s in args.seeds)
     plan("critic", todo, len(arms) * len(args.seeds), 120.0, len(arms) * len(args.seeds), 300.0)
-    Measurements.report_only = args.report_only
     for seed in args.seeds:
         for arm in arms:
             with skip_missing():

@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from protocol import (  # noqa: E402
-    ROOT, Arm, arm_table, command_line, compare_arms, comparison_table, epoch_table, finished_epochs, history,
+    ROOT, begin, skip_missing, Arm, arm_table, command_line, compare_arms, comparison_table, epoch_table, finished_epochs, history,
     load, machine_line, mean_std, Measurements, plan, standard_outcomes, train, verdict_lines, write_document)
 from robustlab.attacks import build_attack  # noqa: E402
 
@@ -54,12 +54,12 @@ def parse_args(argv=None):
     p.add_argument("--no-eot-check", action="store_true")
     p.add_argument("--runs", default="runs/reproduce_l2p")
     p.add_argument("--out", default="docs/results/reproduction/l2p.md")
+    p.add_argument("--report-only", action="store_true", help="compute nothing: write the document from what is done")
     p.add_argument("--quick", action="store_true", help="2 seeds, 3 epochs, 1,000 training / 100 test images")
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.epochs, args.train_subset, args.test_subset, args.eot_samples = [0, 1], 3, 1000, 100, 4
         args.no_eot_check = True
-        args.runs, args.out = args.runs + "_quick", str(Path(args.runs + "_quick") / "l2p.md")
     return args
 
 
@@ -93,27 +93,27 @@ def measure(run_dir: Path, args) -> dict:
 
 
 def main(argv=None) -> int:
-    torch.set_num_threads(1)
     args = parse_args(argv)
-    root = ROOT / args.runs
-    started = time.perf_counter()
+    root, started = begin(args, "l2p")
     todo = sum(finished_epochs(a.run_dir(root, s)) < args.epochs for a in ARMS for s in args.seeds)
     plan("l2p", todo + len(args.seeds), 4 * len(args.seeds), 45.0 * args.epochs * args.train_subset / 10000,
          4 * len(args.seeds), 200.0)
     fixed: dict[int, Arm] = {}
     for seed in args.seeds:
-        for arm in ARMS:
-            train(arm, seed, root, epochs=args.epochs, extra=schedule(args))
-        theta = history(ARMS[2].run_dir(root, seed))[-1]["theta_mean"]
-        fixed[seed] = Arm("fixed noise", "configs/l2p/cpu/l2p.toml",
-                          ("defense.variant='l2p_r'", "defense.gamma=0.0", "defense.noise_lr=0.0",
-                           f"model.theta0={theta}"), "fixed_noise")
-        train(fixed[seed], seed, root, epochs=args.epochs, extra=schedule(args))
+        with skip_missing():
+            for arm in ARMS:
+                train(arm, seed, root, epochs=args.epochs, extra=schedule(args))
+            theta = history(ARMS[2].run_dir(root, seed))[-1]["theta_mean"]
+            fixed[seed] = Arm("fixed noise", "configs/l2p/cpu/l2p.toml",
+                              ("defense.variant='l2p_r'", "defense.gamma=0.0", "defense.noise_lr=0.0",
+                               f"model.theta0={theta}"), "fixed_noise")
+            train(fixed[seed], seed, root, epochs=args.epochs, extra=schedule(args))
     labels = [a.label for a in ARMS] + ["fixed noise"]
     results = {label: {} for label in labels}
-    for seed in args.seeds:
+    for seed in fixed:
         for arm in [*ARMS, fixed[seed]]:
-            results[arm.label][seed] = measure(arm.run_dir(root, seed), args)
+            with skip_missing():
+                results[arm.label][seed] = measure(arm.run_dir(root, seed), args)
     rows = {label: {s: {k: 100 * float(np.mean(v)) for k, v in r.items() if k != "failed_checks"}
                     for s, r in by_seed.items()} for label, by_seed in results.items()}
     comparisons = [c for base in ("PGD-AT", "PNI", "fixed noise")

@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import shlex
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import train_or_reuse  # noqa: E402
+from common import mean_std, train_or_reuse  # noqa: E402
 from robustlab.benchmarking import benchmark  # noqa: E402
 from robustlab.checkpoint import find_latest_checkpoint, load_checkpoint  # noqa: E402
 from robustlab.evaluate import attack_outcome, load_trained_model  # noqa: E402
@@ -51,6 +50,16 @@ class Arm:
 
     def run_dir(self, root: Path, seed: int) -> Path:
         return root / f"{self.slug or self.label.lower()}_seed{seed}"
+
+
+def begin(args, name: str) -> tuple[Path, float]:
+    """Common start of a reproduction: one torch thread, ``--report-only``, the ``--quick`` locations under
+    ``runs/``; returns (the runs root, the start time)."""
+    torch.set_num_threads(1)
+    Measurements.report_only = bool(getattr(args, "report_only", False))
+    if getattr(args, "quick", False):
+        args.runs, args.out = args.runs + "_quick", str(Path(args.runs + "_quick") / f"{name}.md")
+    return ROOT / args.runs, time.perf_counter()
 
 
 def finished_epochs(run_dir: Path) -> int:
@@ -192,14 +201,6 @@ def load(run_dir: Path, epoch: int | None = None):
     return model.eval(), data
 
 
-def mean_std(values: list[float], digits: int = 1) -> str:
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
 def arm_table(rows: dict[str, dict[int, dict[str, float]]], columns: list[tuple[str, str]], digits: int = 1) -> str:
     """Markdown: one row per arm, mean ± sample std over its seeds for each (key, header) column."""
     lines = ["| arm | seeds | " + " | ".join(h for _, h in columns) + " |", "|---" * (len(columns) + 2) + "|"]
@@ -249,6 +250,6 @@ def write_document(path: Path, text: str) -> None:
     print(f"wrote {path}", flush=True)
 
 
-__all__ = ["Arm", "Measurements", "Missing", "arm_table", "attack_correct", "command_line", "compare_arms",
+__all__ = ["Arm", "Measurements", "Missing", "arm_table", "attack_correct", "begin", "command_line", "compare_arms",
            "comparison_table", "epoch_table", "finished_epochs", "history", "load", "machine_line", "mean_std", "plan",
            "skip_missing", "standard_correct", "standard_outcomes", "train", "verdict_lines", "write_document"]

@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from protocol import (  # noqa: E402
-    ROOT, Arm, mean_std, arm_table, attack_correct, command_line, compare_arms, comparison_table, epoch_table,
+    ROOT, begin, Arm, mean_std, arm_table, attack_correct, command_line, compare_arms, comparison_table, epoch_table,
     finished_epochs, history, load, machine_line, Measurements, plan, skip_missing, standard_outcomes, train,
     verdict_lines, write_document)
 from robustlab.attacks import build_attack  # noqa: E402
@@ -74,7 +74,6 @@ def parse_args(argv=None):
     if args.quick:
         args.seeds, args.epochs, args.test_subset, args.standard_subset, args.detect_subset = [0, 1], 2, 200, 100, 100
         args.no_ablation = True
-        args.runs, args.out = args.runs + "_quick", str(Path(args.runs + "_quick") / "tla.md")
     return args
 
 
@@ -113,10 +112,8 @@ COLUMNS = [("clean", "clean"), ("fgsm", "FGSM"), ("pgd100", "PGD-100"), ("standa
 
 
 def main(argv=None) -> int:
-    torch.set_num_threads(1)
     args = parse_args(argv)
-    root = ROOT / args.runs
-    started = time.perf_counter()
+    root, started = begin(args, "tla")
     if args.label_smoothing is not None:  # AT and TLA with another label smoothing, in their own run directories
         suffix = f"_ls{args.label_smoothing:g}"
         ARMS[:] = [arm if arm.label == "ALP" else Arm(arm.label, arm.config,
@@ -126,7 +123,6 @@ def main(argv=None) -> int:
     runs = [(arm, s) for arm in ARMS for s in args.seeds] + [(arm, args.seeds[0]) for arm in arms[len(ARMS):]]
     todo = sum(finished_epochs(arm.run_dir(root, s)) < args.epochs for arm, s in runs)
     plan("tla", todo, len(runs), 22.0 * args.epochs, len(ARMS) * len(args.seeds), 0.6 * args.standard_subset)
-    Measurements.report_only = args.report_only
     results: dict[str, dict[int, dict]] = {arm.label: {} for arm in arms}
     for seed in args.seeds:  # the main arms first, seed by seed, then their measurements; the ablation last
         for arm in ARMS:
