@@ -39,7 +39,7 @@ from benchmarks.a3t import machine_facts  # noqa: E402
 from common import train_or_reuse  # noqa: E402
 from robustlab.attacks import build_attack  # noqa: E402
 from robustlab.checkpoint import atomic_write_text  # noqa: E402
-from robustlab.config import load_config  # noqa: E402
+from robustlab.experiment import load_config  # noqa: E402
 from robustlab.engine import Trainer  # noqa: E402
 from robustlab.evaluate import accuracy, minimal_attack_outcome  # noqa: E402
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from robustlab.config import config_from_dict  # noqa: E402
+from robustlab.experiment import config_from_dict  # noqa: E402
 from robustlab.data import load_dataset  # noqa: E402
 from robustlab.engine import Trainer, epoch_batches  # noqa: E402
 from robustlab.models import build_model  # noqa: E402

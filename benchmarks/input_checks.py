@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 from common import train_or_reuse  # noqa: E402
 from robustlab.attacks import PGD  # noqa: E402
 from robustlab.attacks.base import check_batch  # noqa: E402
-from robustlab.evaluate import load_trained_model  # noqa: E402
+from robustlab.runs import load_trained_model  # noqa: E402
 
 
 def main() -> None:

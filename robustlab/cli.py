@@ -108,7 +108,7 @@ def _set_threads(threads: int | None) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from robustlab.config import load_config
+    from robustlab.experiment import load_config
     from robustlab.engine import Trainer
 
     _set_threads(args.threads)
@@ -208,7 +208,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                   "default_dir": Path("runs") / "eval" / args.model.replace(":", ".")}
     else:
         from robustlab.checkpoint import resolve_checkpoint
-        from robustlab.evaluate import load_trained_model
+        from robustlab.runs import load_trained_model
 
         if args.weights or args.dataset:
             raise ConfigError("--weights and --dataset go with --model; a checkpoint holds its own")
@@ -291,7 +291,7 @@ def _eval_fast(args: argparse.Namespace, loaded: dict, device) -> int:
     import dataclasses
 
     from robustlab.checks import any_failed, summary_line
-    from robustlab.config import config_from_dict
+    from robustlab.experiment import config_from_dict
     from robustlab.report import NOT_A_CLAIM, checks_table, markdown_table, suite_markdown, write_suite_report
     from robustlab.suite import SuiteSettings, evaluate_suite
 
@@ -336,7 +336,7 @@ def _eval_fast(args: argparse.Namespace, loaded: dict, device) -> int:
         raise ConfigError("--transfer-source needs the transfer row: use --suite fast (with 'transfer' in "
                           "--attacks if you list them)")
     if args.transfer_source:
-        from robustlab.attacks import load_source_model
+        from robustlab.runs import load_source_model
 
         source = load_source_model(args.transfer_source, device)
     print(f"{name} on {config.data.name}: {args.suite} suite on {min(settings.subset, len(x))} test examples "

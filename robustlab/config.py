@@ -1,10 +1,11 @@
-"""Experiment configuration: TOML files validated into typed sections.
+"""Experiment configuration schema: TOML files parsed into typed sections (the bottom layer: no registries).
 
 A config has the sections ``[run]``, ``[data]``, ``[model]``, ``[optim]``, ``[schedule]``, ``[defense]`` and
-``[eval]``. Every key is checked: an unknown key, a wrong type or a value outside its choices raises
-:class:`~robustlab.errors.ConfigError` naming the key (``data.batch_size``). ``[model]`` and ``[defense]`` hold a
-``name`` plus that model's or defense's own options, validated against the model builder's signature and the
-defense's option dataclass.
+``[eval]``. Every key of the fixed sections is checked here: an unknown key, a wrong type or a value outside its
+choices raises :class:`~robustlab.errors.ConfigError` naming the key (``data.batch_size``). ``[model]`` and
+``[defense]`` hold a ``name`` plus that model's or defense's own options; those, and the attack names of
+``[eval]``, are validated against the registries by :mod:`robustlab.experiment` (``load_config``), the one entry
+point that checks a whole experiment.
 """
 
 from __future__ import annotations
@@ -113,8 +114,8 @@ class Config:
 _SECTIONS = {f.name: f for f in dataclasses.fields(Config)}
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a TOML file, apply ``key=value`` overrides (``data.batch_size=64``) and validate."""
+def read_config_file(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The raw table of a TOML file with ``key=value`` overrides (``data.batch_size=64``) applied."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -126,7 +127,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     for item in overrides or []:
         apply_override(raw, item)
-    return config_from_dict(raw)
+    return raw
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -147,19 +148,20 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     raw[parts[0]][parts[1]] = value
 
 
-def config_from_dict(raw: dict[str, Any]) -> Config:
-    """Validate a raw dict (from TOML or from ``Config.to_dict()``) into a :class:`Config`."""
-    _reject_unknown(raw, _SECTIONS, "")
+def parse_config(raw: dict[str, Any]) -> Config:
+    """The schema check of a raw dict (from TOML or ``Config.to_dict()``): the fixed sections fully, ``[model]``
+    and ``[defense]`` only for their ``name`` (:func:`robustlab.experiment.config_from_dict` checks the rest)."""
+    reject_unknown(raw, _SECTIONS, "")
     _reject_non_finite(raw, "")
     sections: dict[str, Any] = {}
     for name, f in _SECTIONS.items():
         value = raw.get(name, {})
         if not isinstance(value, dict):
             raise ConfigError(f"[{name}] must be a table, got {type(value).__name__}")
-        if name == "model":
-            sections[name] = _named_options(value, name, default="lenet5", validate=_validate_model)
-        elif name == "defense":
-            sections[name] = _named_options(value, name, default="standard", validate=_validate_defense)
+        if name in ("model", "defense"):
+            value = dict(value)
+            default = f.default_factory()["name"]  # type: ignore[misc]
+            sections[name] = {"name": check_type(value.pop("name", default), str, f"{name}.name"), **value}
         else:
             sections[name] = build_dataclass(f.default_factory().__class__, value, name)  # type: ignore[misc]
     config = Config(**sections)
@@ -170,7 +172,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
 def build_dataclass(cls: type, values: dict[str, Any], prefix: str) -> Any:
     """Build dataclass ``cls`` from ``values``, checking names, types and choices; errors name ``prefix.key``."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    _reject_unknown(values, fields, prefix)
+    reject_unknown(values, fields, prefix)
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in values.items():
@@ -232,29 +234,7 @@ def check_type(value: Any, annotation: Any, key: str) -> Any:
     raise TypeError(f"unsupported annotation {annotation!r} for {key}")
 
 
-def _named_options(values: dict[str, Any], section: str, default: str, validate) -> dict[str, Any]:
-    values = dict(values)
-    name = check_type(values.pop("name", default), str, f"{section}.name")
-    validate(name, values)
-    return {"name": name, **values}
-
-
-def _validate_model(name: str, options: dict[str, Any]) -> None:
-    from robustlab.models.registry import model_option_types
-
-    types_ = model_option_types(name)  # raises ConfigError for an unknown model
-    _reject_unknown(options, types_, "model")
-    for key, value in options.items():
-        options[key] = check_type(value, types_[key], f"model.{key}")
-
-
-def _validate_defense(name: str, options: dict[str, Any]) -> None:
-    from robustlab.defenses import validate_defense_section
-
-    validate_defense_section({"name": name, **options})
-
-
-def _reject_unknown(values: dict[str, Any], known: Any, prefix: str) -> None:
+def reject_unknown(values: dict[str, Any], known: Any, prefix: str) -> None:
     for key in values:
         if key not in known:
             where = f"{prefix}.{key}" if prefix else f"[{key}]"
@@ -295,11 +275,6 @@ def _check_values(config: Config) -> None:
         raise ConfigError(f"eval.eps must lie in [0, 1] (L∞ on [0,1] images), got {bad[0]} in {config.eval.eps}")
     if len(config.optim.betas) != 2:
         raise ConfigError(f"optim.betas must have two values, got {config.optim.betas}")
-    from robustlab.attacks import available_attacks
-
-    for name in config.eval.attacks:
-        if name not in available_attacks():
-            raise ConfigError(f"eval.attacks: unknown attack {name!r}; available: {', '.join(available_attacks())}")
 
 
 def _type_name(annotation: Any) -> str:

@@ -27,16 +27,17 @@ from tqdm.auto import tqdm
 
 from robustlab.checkpoint import (CONFIG_FILE, atomic_write_text, find_latest_checkpoint, load_checkpoint,
                                   remove_stale_temporaries, save_checkpoint)
-from robustlab.config import Config, config_differences, config_from_dict
+from robustlab.config import Config, config_differences
 from robustlab.data import ImageDataset, load_dataset
 from robustlab.data.augment import random_crop_flip
-from robustlab.defenses import Defense, build_defense
+from robustlab.defenses import Defense, TrainContext, build_defense
 from robustlab.distributed import (all_reduce_sum, average_gradients, barrier, broadcast_module, init_distributed,
                                    shard, synchronise_optimizer)
 from robustlab.errors import CheckpointError, ConfigError
 from robustlab.evaluate import accuracy, attack_factories, predictions_repeat
-from robustlab.models import RobustModel, build_model
+from robustlab.experiment import config_from_dict
 from robustlab.run_lock import RunLock
+from robustlab.runs import build_model_for
 from robustlab.schedule import lr_factor
 
 METRICS_FILE = "metrics.jsonl"
@@ -101,27 +102,6 @@ def _from_json(obj: Any) -> Any:
     if isinstance(obj, list):
         return tuple(_from_json(v) for v in obj)
     return obj
-
-
-@dataclass
-class TrainContext:
-    """What a defense may read while training: device, data, config, the position in training, AMP."""
-
-    config: Config
-    device: torch.device
-    dataset: ImageDataset
-    amp_dtype: torch.dtype | None = None
-    epoch: int = 0  # 0-based epoch being trained
-    global_step: int = 0
-    batch_index: torch.Tensor | None = None  # training-set indices of the current batch (AT²L looks up X_adv)
-    rank: int = 0
-    world_size: int = 1
-    log: Callable[[str], None] = print
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 
 def build_optimizer(params, config: Config) -> torch.optim.Optimizer:
@@ -308,7 +288,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         cfg, model, defense, ctx = self.config, self.train_model, self.defense, self.ctx
         ctx.epoch = epoch
-        factor = lr_factor(cfg.schedule, epoch, cfg.run.epochs)
+        factor = ctx.lr_factor = lr_factor(cfg.schedule, epoch, cfg.run.epochs)
         for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base_lr * factor
         started, cpu_started = time.perf_counter(), time.process_time()
@@ -400,12 +380,6 @@ def dataset_on(dataset: ImageDataset, device: torch.device, policy: str) -> Imag
         return dataset
     return ImageDataset(dataset.name, *(t.to(device) for t in tensors), dataset.num_classes, dataset.mean,
                         dataset.std)
-
-
-def build_model_for(config: Config, dataset: ImageDataset) -> RobustModel:
-    options = {k: v for k, v in config.model.items() if k != "name"}
-    return build_model(config.model["name"], in_shape=dataset.in_shape, num_classes=dataset.num_classes,
-                       mean=dataset.mean, std=dataset.std, **options)
 
 
 def load_initial_weights(model: torch.nn.Module, checkpoint: str) -> None:

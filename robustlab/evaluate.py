@@ -282,26 +282,3 @@ def worst_case_ensemble(model: nn.Module, x: torch.Tensor, y: torch.Tensor, atta
             robust[todo[fooled]] = False
         stages.append({"attack": name, "attacked": len(todo), "robust_after": int(robust.sum())})
     return EnsembleResult(float(robust.double().mean()), robust, x_adv, stages)
-
-
-def load_trained_model(checkpoint: str, device: torch.device | str = "cpu"):
-    """Model, config and dataset of a checkpoint (a run directory or one of its ``checkpoints/epoch-*``)."""
-    from robustlab.checkpoint import load_checkpoint
-    from robustlab.config import config_from_dict
-    from robustlab.data import load_dataset
-    from robustlab.engine import build_model_for
-    from robustlab.errors import CheckpointError
-
-    model_state, state, config_dict = load_checkpoint(checkpoint)
-    try:
-        config = config_from_dict(config_dict)
-    except Exception as exc:  # a config that no longer validates is a corrupt checkpoint for the user
-        raise CheckpointError(f"checkpoint {checkpoint} holds an invalid config: {exc}") from None
-    data = load_dataset(config.data.name, root=config.data.root or None, download=config.data.download)
-    data = data.subset(config.data.train_subset, config.data.test_subset)
-    model = build_model_for(config, data)
-    try:
-        model.load_state_dict(model_state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {checkpoint}: weights do not fit the model: {exc}") from None
-    return model.to(device).eval(), config, data, state

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from robustlab.checkpoint import load_checkpoint
-from robustlab.config import config_from_dict
+from robustlab.experiment import config_from_dict
 from robustlab.defenses import build_defense
 from robustlab.defenses.a3t import (Discriminator, FeatureDiscriminatorOptions, FeatureDiscriminatorTerm,
                                     FeatureSplit, a3t_variant)

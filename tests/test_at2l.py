@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robustlab.config import config_from_dict
+from robustlab.experiment import config_from_dict
 from robustlab.defenses import build_defense
 from robustlab.defenses.at2l import AT2L, at2l_loss, expand_attacks
 from robustlab.defenses.triplet import (MiningRequest, Negatives, NegativeMiner, TripletLoss, build_miner,

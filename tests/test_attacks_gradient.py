@@ -336,12 +336,13 @@ def test_transfer_ignores_the_target_for_crafting(trained_digits_mlp, testset):
 def test_transfer_source_from_a_checkpoint(trained_digits_mlp, tmp_path):
     from robustlab.checkpoint import save_checkpoint
     from robustlab.config import Config
+    from robustlab.runs import load_source_model
 
     config = Config().to_dict()
     config["data"]["name"] = "digits"
     config["model"] = {"name": "mlp_a3t"}
     ckpt = save_checkpoint(tmp_path, 1, trained_digits_mlp.state_dict(), {"epoch": 1}, config)
-    attack = TransferAttack.from_checkpoint(str(ckpt), FGSM(0.1))
+    attack = TransferAttack(load_source_model(str(ckpt)), FGSM(0.1))
     source = attack.source_model
     assert not source.training
     for name, value in trained_digits_mlp.state_dict().items():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from robustlab.config import load_config
+from robustlab.experiment import load_config
 from robustlab.demo import DEMO_RECIPES, recipe_path
 
 ROOT = Path(__file__).resolve().parents[1]

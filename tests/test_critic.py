@@ -14,7 +14,7 @@ import robustlab.attacks.critic_unrolled as unrolled_module
 from robustlab.attacks.critic_unrolled import (RunningConfidence, straight_through_step, training_target,
                                                unrolled_high_confidence_attack)
 from robustlab.checkpoint import load_checkpoint
-from robustlab.config import config_from_dict
+from robustlab.experiment import config_from_dict
 from robustlab.defenses import build_defense
 from robustlab.defenses.critic import critic_loss, cycle_distance, gradient_penalty, hidden_weight_decay
 from robustlab.defenses.margin import margin_normal_penalty

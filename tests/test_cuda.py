@@ -10,7 +10,7 @@ import socket
 import pytest
 import torch
 
-from robustlab.config import config_from_dict
+from robustlab.experiment import config_from_dict
 from robustlab.engine import Trainer
 
 pytestmark = [pytest.mark.cuda,

@@ -381,4 +381,4 @@ def test_register_dataset_makes_a_custom_loader_reachable_by_name_and_refuses_a_
             register_dataset("mnist", loader)
         register_dataset("tiny_custom", loader, replace=True)
     finally:
-        registry._LOADERS.pop("tiny_custom", None)
+        registry.DATASETS.remove("tiny_custom")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from robustlab.checkpoint import load_checkpoint
-from robustlab.config import config_from_dict
+from robustlab.experiment import config_from_dict
 from robustlab.defenses.adversarial import PGDAdversarialTraining
 from robustlab.engine import Trainer, epoch_batches
 from robustlab.errors import CheckpointError, ConfigError
@@ -104,13 +104,13 @@ def test_add_on_terms_get_hooks_and_their_networks_are_checkpointed(tmp_path):
     """A term with its own network and optimiser: trained alongside, saved, and restored on resume."""
     from dataclasses import dataclass
 
-    from robustlab.defenses.base import LossTerm, register_term, registered_terms
+    from robustlab.defenses.base import TERMS, LossTerm, register_term
 
     @dataclass
     class ProbeOptions:
         weight: float = 0.1
 
-    if "probe" not in registered_terms():
+    if "probe" not in TERMS:
         @register_term("probe", ProbeOptions)
         class ProbeTerm(LossTerm):
             def setup(self, model, ctx):

@@ -10,14 +10,14 @@ import torch
 
 from robustlab.attacks.losses import loss_gradient
 from robustlab.cli import main
-from robustlab.config import config_from_dict
-from robustlab.defenses import build_defense
+from robustlab.experiment import config_from_dict
+from robustlab.defenses import TrainContext, build_defense
 from robustlab.defenses.l2p import harmonic_number, regulariser_loss, tau_at
-from robustlab.engine import TrainContext, Trainer
+from robustlab.engine import Trainer
 from robustlab.errors import ConfigError
-from robustlab.evaluate import load_trained_model
 from robustlab.models import build_model
 from robustlab.models.noise import alpha_parameters, noise_enabled, theta_parameters
+from robustlab.runs import load_trained_model
 
 SMALL = {"name": "noisy", "base": "resnet_v1", "base_options": {"depth": 8, "width": 0.25}}
 

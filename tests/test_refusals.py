@@ -16,7 +16,7 @@ from torch import nn
 from robustlab.attacks import FGSM, PGD, TransferAttack, build_attack
 from robustlab.checkpoint import load_checkpoint, save_checkpoint
 from robustlab.cli import main
-from robustlab.config import config_from_dict, load_config
+from robustlab.experiment import config_from_dict, load_config
 from robustlab.engine import Trainer
 from robustlab.errors import CheckpointError, ConfigError
 from robustlab.run_lock import RunLock

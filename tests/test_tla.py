@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab.config import config_from_dict
+from robustlab.experiment import config_from_dict
 from robustlab.defenses import build_defense
 from robustlab.defenses.alp import logit_pairing
 from robustlab.defenses.tla import norm_penalty, tla_loss

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from robustlab.attacks import PGD
-from robustlab.config import config_from_dict
+from robustlab.experiment import config_from_dict
 from robustlab.engine import Trainer
 from robustlab.evaluate import accuracy
 

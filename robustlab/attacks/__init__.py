@@ -9,10 +9,10 @@ from robustlab.attacks.pgd import (IFGSM, PGD, PGDL2, IterativeLeastLikely, L2Ba
                                    project_l2, project_linf)
 from robustlab.attacks.registry import available_attacks, build_attack
 from robustlab.attacks.square import Square
-from robustlab.attacks.transfer import TransferAttack, load_source_model
+from robustlab.attacks.transfer import TransferAttack
 
 __all__ = ["APGD", "APGDCE", "APGDDLR", "EOTPGD", "FAB", "IFGSM", "IterativeLeastLikely", "L2Ball", "LeastLikely",
-           "LinfBall", "PGDL2", "Square", "ThreatModel", "TransferAttack", "load_source_model", "project_l2", "with_eot",
+           "LinfBall", "PGDL2", "Square", "ThreatModel", "TransferAttack", "project_l2", "with_eot",
            "Attack", "FGSM", "PGD", "available_attacks", "build_attack", "model_mode",
            "project_linf"]
 
@@ -26,3 +26,5 @@ from robustlab.attacks.perturbation import MinimalAttack, MinimalResult, perturb
 
 __all__ += ["CarliniWagnerL2", "DeepFool", "FewPixel", "HighConfidenceAttack", "HighConfidenceResult",
             "MinimalAttack", "MinimalResult", "closest_boundary_target", "high_confidence_step", "perturbation_ratio"]
+
+import robustlab.attacks.families  # noqa: E402,F401  (every attack registered: the registry is complete)

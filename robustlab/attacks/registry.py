@@ -1,7 +1,7 @@
 """Build attacks by name from config values (the evaluation and the defenses both use this).
 
-Attack classes register themselves with ``@register_attack("name")``; ``families.py`` imports every attack
-module so that the registry is complete. ε-bounded attacks take ``eps`` as their first argument; minimal-
+Attack classes register themselves with ``@register_attack("name")``; the package's ``__init__`` imports
+every attack module (``families.py``), so the registry is complete once ``robustlab.attacks`` is imported. ε-bounded attacks take ``eps`` as their first argument; minimal-
 perturbation attacks (C&W, DeepFool, ...) set ``bounded = False`` on the class and take no ε.
 """
 
@@ -11,35 +11,22 @@ from collections.abc import Callable
 from typing import Any
 
 from robustlab.attacks.base import Attack
-from robustlab.errors import ConfigError, unknown_name
+from robustlab.errors import ConfigError
+from robustlab.registry import Registry
 
-_ATTACKS: dict[str, type[Attack]] = {}
+ATTACKS: Registry[type[Attack]] = Registry("attack")
 
 
 def register_attack(name: str) -> Callable[[type[Attack]], type[Attack]]:
-    def decorator(cls: type[Attack]) -> type[Attack]:
-        if name in _ATTACKS:
-            raise ValueError(f"attack {name!r} registered twice")
-        _ATTACKS[name] = cls
-        return cls
-
-    return decorator
-
-
-def _load_all() -> None:
-    import robustlab.attacks.families  # noqa: F401
+    return ATTACKS.register(name)
 
 
 def available_attacks() -> list[str]:
-    _load_all()
-    return sorted(_ATTACKS)
+    return ATTACKS.names()
 
 
 def attack_class(name: str) -> type[Attack]:
-    _load_all()
-    if name not in _ATTACKS:
-        raise unknown_name("attack", name, _ATTACKS)
-    return _ATTACKS[name]
+    return ATTACKS.get(name)
 
 
 def build_attack(name: str, eps: float | None = None, **options: Any) -> Attack:

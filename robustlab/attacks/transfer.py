@@ -5,8 +5,8 @@ its x_adv; the target model is not used for crafting and its mode is not touched
 source model's mode). Used for the masking check "white-box ≥ transfer", AT²L's "unknown" setting (examples
 transferred from a separately trained model C) and Learn2Perturb's transfer from a PGD-AT model.
 
-Not in the attack registry: it needs a source model, which a name and an ε cannot describe. Build one from a
-checkpoint with :meth:`TransferAttack.from_checkpoint` or :func:`load_source_model`.
+Not in the attack registry: it needs a source model, which a name and an ε cannot describe. Load a source from a
+checkpoint with :func:`robustlab.runs.load_source_model`.
 """
 
 from __future__ import annotations
@@ -17,14 +17,6 @@ import torch
 from torch import nn
 
 from robustlab.attacks.base import Attack
-
-
-def load_source_model(checkpoint: str, device: torch.device | str = "cpu") -> nn.Module:
-    """The trained model of a checkpoint (a run directory or one of its ``checkpoints/epoch-*``), in eval mode."""
-    from robustlab.evaluate import load_trained_model
-
-    model, _config, _data, _state = load_trained_model(checkpoint, device=device)
-    return model
 
 
 class TransferAttack(Attack):
@@ -43,11 +35,6 @@ class TransferAttack(Attack):
             attack = copy.copy(attack)
             attack.early_stop = False
         self.attack = attack
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint: str, attack: Attack, device: torch.device | str = "cpu"
-                        ) -> "TransferAttack":
-        return cls(load_source_model(checkpoint, device=device), attack)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # The source may live on another device than the target's batch (e.g. a CPU source for a GPU target).

@@ -9,18 +9,15 @@ from robustlab.data.base import ImageDataset
 from robustlab.data.cifar import load_cifar10, load_cifar100
 from robustlab.data.embedded import load_digits, load_mnist5k
 from robustlab.data.mnist import load_fashion_mnist, load_mnist
-from robustlab.errors import unknown_name
+from robustlab.registry import Registry
 
 Loader = Callable[[str | os.PathLike | None, bool], ImageDataset]
 
-_LOADERS: dict[str, Loader] = {
-    "mnist": load_mnist,
-    "fashion_mnist": load_fashion_mnist,
-    "cifar10": load_cifar10,
-    "cifar100": load_cifar100,
-    "mnist5k": lambda root, download: load_mnist5k(),
-    "digits": lambda root, download: load_digits(),
-}
+DATASETS: Registry[Loader] = Registry("dataset")
+for _name, _loader in {"mnist": load_mnist, "fashion_mnist": load_fashion_mnist, "cifar10": load_cifar10,
+                       "cifar100": load_cifar100, "mnist5k": lambda root, download: load_mnist5k(),
+                       "digits": lambda root, download: load_digits()}.items():
+    DATASETS.add(_name, _loader)
 
 
 def register_dataset(name: str, loader: Loader, *, replace: bool = False) -> None:
@@ -31,14 +28,12 @@ def register_dataset(name: str, loader: Loader, *, replace: bool = False) -> Non
     """
     if not name or not callable(loader):
         raise ValueError("register_dataset needs a non-empty name and a callable loader(root, download)")
-    if name in _LOADERS and not replace:
-        raise ValueError(f"dataset {name!r} is already registered (pass replace=True to override it)")
-    _LOADERS[name] = loader
+    DATASETS.add(name, loader, replace=replace)
 
 
 def available_datasets() -> list[str]:
     """The names :func:`load_dataset` accepts."""
-    return list(_LOADERS)
+    return DATASETS.names()
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, download: bool = False) -> ImageDataset:
@@ -48,7 +43,4 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, download: boo
     ``~/.cache/robustlab``); missing files are downloaded only when ``download`` is true.
     ``mnist5k`` and ``digits`` come with installed packages and ignore ``root``/``download``.
     """
-    loader = _LOADERS.get(name)
-    if loader is None:
-        raise unknown_name("dataset", name, _LOADERS)
-    return loader(root, download)
+    return DATASETS.get(name)(root, download)

@@ -53,9 +53,10 @@ from robustlab.attacks import Attack
 from robustlab.attacks.registry import build_training_attack
 from robustlab.defenses.base import Defense, LossOutput, register_defense
 from robustlab.defenses.standard import clean_loss
-from robustlab.defenses.triplet import (_MINERS, EMBEDDINGS, TripletLoss, available_miners, embed, get_distance,
+from robustlab.defenses.triplet import (EMBEDDINGS, MINERS, TripletLoss, available_miners, embed, get_distance,
                                         triplet_hinge)
 from robustlab.errors import ConfigError, require
+from robustlab.runs import load_source_model
 
 #: The paper's attack sets (§3.3).
 ATTACK_SETS: dict[str, tuple[str, ...]] = {
@@ -122,9 +123,7 @@ class AT2LOptions:
 
     def __post_init__(self):
         get_distance(self.distance)
-        if self.negatives not in _MINERS:
-            raise ConfigError(f"defense.negatives: unknown negative miner {self.negatives!r}; "
-                              f"available: {', '.join(available_miners())}")
+        MINERS.get(self.negatives, where="defense.negatives")
         require(self, "defense", ge=0, names=("lam1", "lam2", "margin", "eps", "iter_step_size", "pretrain_epochs",
                                               "eps_ramp_epochs"))
         require(self, "defense", ge=1, names=("iter_steps", "cw_max_iter", "cw_binary_steps", "gen_batch_size"))
@@ -314,9 +313,7 @@ class AT2L(Defense):
 
 def load_frozen_model(path: str, device) -> nn.Module:
     """A pre-trained model of M from its checkpoint: eval mode, no parameter gradients."""
-    from robustlab.evaluate import load_trained_model
-
-    model, _config, _data, _state = load_trained_model(path, device=device)
+    model = load_source_model(path, device=device)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -25,13 +25,38 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import contextlib
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from robustlab.engine import TrainContext
+from robustlab.config import Config
+from robustlab.data.base import ImageDataset
+from robustlab.registry import Registry
+
+@dataclass
+class TrainContext:
+    """What a defense may read while training: device, data, config, the position in training (epoch, step and
+    the learning-rate factor the engine applies this epoch), AMP."""
+
+    config: Config
+    device: torch.device
+    dataset: ImageDataset
+    amp_dtype: torch.dtype | None = None
+    epoch: int = 0  # 0-based epoch being trained
+    global_step: int = 0
+    lr_factor: float = 1.0  # the schedule's multiplier of the base learning rate this epoch (auxiliary optimisers)
+    batch_index: torch.Tensor | None = None  # training-set indices of the current batch (AT²L looks up X_adv)
+    rank: int = 0
+    world_size: int = 1
+    log: Callable[[str], None] = print
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 
 @dataclass
@@ -175,34 +200,24 @@ class Defense(Recipe):
         return found
 
 
-_DEFENSES: dict[str, tuple[type[Defense], type]] = {}
-_TERMS: dict[str, tuple[type[LossTerm], type]] = {}
+DEFENSES: Registry[tuple[type[Defense], type]] = Registry("defense")  # name → (recipe class, options class)
+TERMS: Registry[tuple[type[LossTerm], type]] = Registry("term")
 
 
 def register_defense(name: str, options_cls: type) -> Callable[[type[Defense]], type[Defense]]:
     """Class decorator: ``@register_defense("pgd_at", PGDATOptions) class PGDAT(Defense): ...``."""
-    return _register(_DEFENSES, name, options_cls)
+    return _register(DEFENSES, name, options_cls)
 
 
 def register_term(name: str, options_cls: type) -> Callable[[type[LossTerm]], type[LossTerm]]:
     """Class decorator for add-on loss terms: ``@register_term("triplet", TripletOptions)``."""
-    return _register(_TERMS, name, options_cls)
+    return _register(TERMS, name, options_cls)
 
 
-def _register(table: dict, name: str, options_cls: type):
+def _register(registry: Registry, name: str, options_cls: type):
     def decorator(cls):
-        if name in table:
-            raise ValueError(f"{name!r} registered twice")
+        registry.add(name, (cls, options_cls))
         cls.name = name
-        table[name] = (cls, options_cls)
         return cls
 
     return decorator
-
-
-def registered_defenses() -> dict[str, tuple[type[Defense], type]]:
-    return _DEFENSES
-
-
-def registered_terms() -> dict[str, tuple[type[LossTerm], type]]:
-    return _TERMS

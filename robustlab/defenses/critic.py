@@ -45,7 +45,6 @@ from robustlab.defenses.base import Defense, LossOutput, register_defense
 from robustlab.distributed import sum_over_processes
 from robustlab.errors import ConfigError, require
 from robustlab.models.critic import INITS, AdversaryCritic
-from robustlab.schedule import lr_factor
 
 
 def gradient_penalty(score: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
@@ -165,7 +164,7 @@ class AdversaryCriticDefense(Defense):
             self.confidence.load_state_dict({"mean": state["confidence"]})
 
     def on_epoch_start(self, model: nn.Module, ctx) -> None:
-        factor = lr_factor(ctx.config.schedule, ctx.epoch, ctx.config.run.epochs)
+        factor = ctx.lr_factor
         for group in self.critic_opt.param_groups:
             group["lr"] = self.options.critic_lr * factor
 

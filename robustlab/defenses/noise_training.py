@@ -28,7 +28,6 @@ from robustlab.defenses.base import LossOutput
 from robustlab.defenses.standard import clean_loss
 from robustlab.errors import ConfigError, require
 from robustlab.models.noise import mean_of, noise_enabled
-from robustlab.schedule import lr_factor
 
 
 @dataclass
@@ -91,7 +90,7 @@ class NoisyAdversarialTraining(PGDAdversarialTraining):
     def on_epoch_start(self, model: nn.Module, ctx) -> None:
         super().on_epoch_start(model, ctx)
         noise_enabled(model, self.noise_on(ctx.epoch))
-        factor = lr_factor(ctx.config.schedule, ctx.epoch, ctx.config.run.epochs) if self.options.noise_schedule else 1
+        factor = ctx.lr_factor if self.options.noise_schedule else 1
         for group in self.noise_opt.param_groups:
             group["lr"] = self.noise_base_lr * factor
 

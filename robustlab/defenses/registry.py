@@ -14,27 +14,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from robustlab.defenses.base import Defense, LossTerm, registered_defenses, registered_terms
-from robustlab.errors import ConfigError, unknown_name
-
-
-def _load_all() -> None:
-    # Importing the modules runs their @register_defense / @register_term decorators.
-    import robustlab.defenses.families  # noqa: F401
+from robustlab.config import build_dataclass
+from robustlab.defenses.base import DEFENSES, TERMS, Defense, LossTerm
+from robustlab.errors import ConfigError
 
 
 def available_defenses() -> list[str]:
-    _load_all()
-    return sorted(registered_defenses())
+    return DEFENSES.names()
 
 
 def available_terms() -> list[str]:
-    _load_all()
-    return sorted(registered_terms())
-
-
-def defense_options_class(name: str) -> type:
-    return _lookup(registered_defenses, name, "defense")[1]
+    return TERMS.names()
 
 
 def validate_defense_section(section: dict[str, Any]) -> None:
@@ -45,13 +35,11 @@ def validate_defense_section(section: dict[str, Any]) -> None:
 
 def build_defense(name: str, options: dict[str, Any] | None = None, *, build: bool = True) -> Defense:
     """Validate ``options`` (and ``options["terms"]``) against the option dataclasses and build the recipe."""
-    from robustlab.config import build_dataclass
-
     options = dict(options or {})
     raw_terms = options.pop("terms", [])
     if not isinstance(raw_terms, list) or not all(isinstance(t, dict) for t in raw_terms):
         raise ConfigError("defense.terms must be a list of tables, each with a name ([[defense.terms]])")
-    cls, options_cls = _lookup(registered_defenses, name, "defense")
+    cls, options_cls = DEFENSES.get(name, where="defense")
     defense_options = build_dataclass(options_cls, options, "defense")
     terms: list[LossTerm] = []
     for i, raw in enumerate(raw_terms):
@@ -59,17 +47,8 @@ def build_defense(name: str, options: dict[str, Any] | None = None, *, build: bo
         term_name = raw.pop("name", None)
         if not isinstance(term_name, str):
             raise ConfigError(f"defense.terms[{i}] needs a name; available: {', '.join(available_terms())}")
-        term_cls, term_options_cls = _lookup(registered_terms, term_name, f"defense.terms[{i}]")
+        term_cls, term_options_cls = TERMS.get(term_name, where=f"defense.terms[{i}]")
         term_options = build_dataclass(term_options_cls, raw, f"defense.terms[{i}]")
         if build:
             terms.append(term_cls(term_options))
     return cls(defense_options, terms) if build else None  # type: ignore[return-value]
-
-
-def _lookup(table, name: str, what: str):
-    _load_all()
-    entries = table()
-    if name not in entries:
-        kind = "term" if "terms" in what else "defense"
-        raise ConfigError(f"{what}: {unknown_name(kind, name, entries)}")
-    return entries[name]

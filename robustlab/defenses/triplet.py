@@ -47,24 +47,18 @@ from torch import nn
 from robustlab.attacks.base import model_mode
 from robustlab.defenses.base import LossOutput, LossTerm, register_term
 from robustlab.errors import ConfigError
+from robustlab.registry import Registry
 from robustlab.retrieval import pairwise_distance
 
 # --- distances -------------------------------------------------------------------------------------------------
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-_DISTANCES: dict[str, Distance] = {}
+DISTANCES: Registry[Distance] = Registry("triplet distance")
 
 
 def register_distance(name: str) -> Callable[[Distance], Distance]:
     """Decorator: ``@register_distance("name") def d(u, v) -> (N,)`` on row-wise embeddings ``(N, D)``."""
-
-    def decorator(fn: Distance) -> Distance:
-        if name in _DISTANCES:
-            raise ValueError(f"distance {name!r} registered twice")
-        _DISTANCES[name] = fn
-        return fn
-
-    return decorator
+    return DISTANCES.register(name)
 
 
 @register_distance("linf")
@@ -92,13 +86,11 @@ def abs_cosine_distance(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def available_distances() -> list[str]:
-    return sorted(_DISTANCES)
+    return DISTANCES.names()
 
 
 def get_distance(name: str) -> Distance:
-    if name not in _DISTANCES:
-        raise ConfigError(f"unknown triplet distance {name!r}; available: {', '.join(available_distances())}")
-    return _DISTANCES[name]
+    return DISTANCES.get(name)
 
 
 # --- negative mining -------------------------------------------------------------------------------------------
@@ -162,29 +154,26 @@ def sample_uniform(mask: torch.Tensor, generator: torch.Generator | None = None
     return scores.argmax(dim=1), mask.any(dim=1)
 
 
-_MINERS: dict[str, type[NegativeMiner]] = {}
+MINERS: Registry[type[NegativeMiner]] = Registry("negative miner")
 
 
 def register_miner(name: str) -> Callable[[type[NegativeMiner]], type[NegativeMiner]]:
     def decorator(cls: type[NegativeMiner]) -> type[NegativeMiner]:
-        if name in _MINERS:
-            raise ValueError(f"negative miner {name!r} registered twice")
+        MINERS.add(name, cls)
         cls.name = name
-        _MINERS[name] = cls
         return cls
 
     return decorator
 
 
 def available_miners() -> list[str]:
-    return sorted(_MINERS)
+    return MINERS.names()
 
 
 def build_miner(name: str, **options: Any) -> NegativeMiner:
-    if name not in _MINERS:
-        raise ConfigError(f"unknown negative miner {name!r}; available: {', '.join(available_miners())}")
+    cls = MINERS.get(name)
     try:
-        return _MINERS[name](**options)
+        return cls(**options)
     except TypeError as exc:
         raise ConfigError(f"negative miner {name!r}: {exc}") from None
 
@@ -416,8 +405,7 @@ class TripletOptions:
 
     def __post_init__(self):
         get_distance(self.distance)
-        if self.negatives not in _MINERS:
-            raise ConfigError(f"unknown negative miner {self.negatives!r}; available: {', '.join(available_miners())}")
+        MINERS.get(self.negatives)
         if self.weight < 0 or self.margin < 0 or self.eps < 0 or self.start_epoch < 0:
             raise ConfigError("triplet weight, margin, eps and start_epoch must be >= 0")
         if self.attack:

@@ -6,3 +6,5 @@ from robustlab.models.registry import available_models, build_model, model_optio
 
 __all__ = ["ModelConfigError", "Normalize", "RobustModel", "available_models", "build_model", "injection_points",
            "model_options", "register_model", "replace_injections"]
+
+from robustlab.models import zoo  # noqa: E402,F401  (every model family registered: the registry is complete)

@@ -7,11 +7,13 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from robustlab.errors import ConfigError, unknown_name
+from robustlab.config import check_type, reject_unknown
+from robustlab.errors import ConfigError
 from robustlab.models.base import RobustModel
+from robustlab.registry import Registry
 
 ModelBuilder = Callable[..., RobustModel]
-_MODELS: dict[str, ModelBuilder] = {}
+MODELS: Registry[ModelBuilder] = Registry("model")
 
 #: Arguments every builder receives from the dataset; the rest are model options from the config.
 DATASET_ARGS = ("in_shape", "num_classes", "mean", "std")
@@ -19,31 +21,23 @@ DATASET_ARGS = ("in_shape", "num_classes", "mean", "std")
 
 def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
     """Decorator: ``@register_model("lenet5") def lenet5(in_shape, num_classes, mean, std, ...)``."""
-
-    def decorator(builder: ModelBuilder) -> ModelBuilder:
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} registered twice")
-        _MODELS[name] = builder
-        return builder
-
-    return decorator
+    return MODELS.register(name)
 
 
 def available_models() -> list[str]:
-    _load_zoo()
-    return sorted(_MODELS)
+    return MODELS.names()
 
 
 def model_options(name: str) -> dict[str, inspect.Parameter]:
     """The builder's own options (not the dataset arguments), for config validation."""
-    builder = _get_builder(name)
+    builder = MODELS.get(name)
     params = inspect.signature(builder).parameters
     return {k: p for k, p in params.items() if k not in DATASET_ARGS}
 
 
 def model_option_types(name: str) -> dict[str, Any]:
     """The annotated type of each option (``Any`` where the builder gives none)."""
-    hints = typing.get_type_hints(_get_builder(name))
+    hints = typing.get_type_hints(MODELS.get(name))
     return {key: hints.get(key, Any) for key in model_options(name)}
 
 
@@ -57,7 +51,7 @@ def build_model(
     **options: Any,
 ) -> RobustModel:
     """Build a registered model; ``mean``/``std`` default to no normalisation (0 and 1 per channel)."""
-    builder = _get_builder(name)
+    builder = MODELS.get(name)
     channels = int(in_shape[0])
     mean = list(mean) if mean is not None else [0.0] * channels
     std = list(std) if std is not None else [1.0] * channels
@@ -69,13 +63,9 @@ def build_model(
                    **options)
 
 
-def _get_builder(name: str) -> ModelBuilder:
-    _load_zoo()
-    if name not in _MODELS:
-        raise unknown_name("model", name, _MODELS)
-    return _MODELS[name]
-
-
-def _load_zoo() -> None:
-    # Importing the zoo modules runs their @register_model decorators.
-    import robustlab.models.zoo  # noqa: F401
+def validate_model_options(name: str, options: dict[str, Any]) -> None:
+    """Check a ``[model]`` table's options against the builder's signature (in place: numbers become floats)."""
+    types_ = model_option_types(name)  # raises ConfigError for an unknown model
+    reject_unknown(options, types_, "model")
+    for key, value in options.items():
+        options[key] = check_type(value, types_[key], f"model.{key}")

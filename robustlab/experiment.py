@@ -1,0 +1,36 @@
+"""A whole experiment's config, validated: the schema (:mod:`robustlab.config`) plus everything the registries
+know — the model's options against its builder, the ``[defense]`` table (and its terms) against the defense's
+option class, the ``[eval]`` attack names. Every entry point that starts work (``robustlab train``, the demo, a
+resume, the benchmarks) loads its config here, so an invalid value fails at load time, before any compute.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from robustlab.attacks.registry import ATTACKS
+from robustlab.config import Config, parse_config, read_config_file
+from robustlab.defenses.registry import validate_defense_section
+from robustlab.errors import ConfigError
+from robustlab.models.registry import validate_model_options
+
+__all__ = ["config_from_dict", "load_config"]
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a TOML file, apply ``key=value`` overrides (``data.batch_size=64``) and validate the experiment."""
+    return config_from_dict(read_config_file(path, overrides))
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Validate a raw dict (from TOML or from ``Config.to_dict()``) into a :class:`~robustlab.config.Config`."""
+    config = parse_config(raw)
+    model_options = {k: v for k, v in config.model.items() if k != "name"}
+    validate_model_options(config.model["name"], model_options)
+    config.model = {"name": config.model["name"], **model_options}
+    validate_defense_section(config.defense)
+    for name in config.eval.attacks:
+        if name not in ATTACKS:
+            raise ConfigError(f"eval.attacks: unknown attack {name!r}; available: {', '.join(ATTACKS.names())}")
+    return config
