@@ -70,10 +70,11 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = field(default="constant", metadata=_choices("constant", "multistep", "cosine"))
+    name: str = field(default="constant", metadata=_choices("constant", "multistep", "cosine", "one_cycle"))
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
     warmup_epochs: int = 0
+    peak: float = 0.4  # one_cycle: the fraction of training at which the learning rate peaks (Wong et al.: 2/5)
 
 
 @dataclass
@@ -273,6 +274,8 @@ def _check_values(config: Config) -> None:
     bad = [e for e in config.eval.eps if not 0 <= e <= 1]
     if bad:
         raise ConfigError(f"eval.eps must lie in [0, 1] (L∞ on [0,1] images), got {bad[0]} in {config.eval.eps}")
+    if not 0 < config.schedule.peak < 1:
+        raise ConfigError(f"schedule.peak must lie in (0, 1), got {config.schedule.peak}")
     if len(config.optim.betas) != 2:
         raise ConfigError(f"optim.betas must have two values, got {config.optim.betas}")
 

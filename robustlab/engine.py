@@ -38,7 +38,7 @@ from robustlab.evaluate import accuracy, attack_factories, predictions_repeat
 from robustlab.experiment import config_from_dict
 from robustlab.run_lock import RunLock
 from robustlab.runs import build_model_for
-from robustlab.schedule import lr_factor
+from robustlab.schedule import STEPWISE, lr_factor
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -288,9 +288,8 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         cfg, model, defense, ctx = self.config, self.train_model, self.defense, self.ctx
         ctx.epoch = epoch
-        factor = ctx.lr_factor = lr_factor(cfg.schedule, epoch, cfg.run.epochs)
-        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base_lr * factor
+        self._set_lr(lr_factor(cfg.schedule, epoch, cfg.run.epochs))
+        stepwise = cfg.schedule.name in STEPWISE
         started, cpu_started = time.perf_counter(), time.process_time()
         defense.on_epoch_start_all(model, ctx)
         model.train()
@@ -301,7 +300,9 @@ class Trainer:
         show = cfg.run.progress and self.dist.is_main
         bar = tqdm(epoch_batches(len(x_all), cfg.data.batch_size, cfg.run.seed, epoch), total=n_batches,
                    desc=f"epoch {epoch + 1}/{cfg.run.epochs}", disable=not show or None, leave=False)
-        for global_idx in bar:
+        for batch_number, global_idx in enumerate(bar):
+            if stepwise:
+                self._set_lr(lr_factor(cfg.schedule, epoch + (batch_number + 1) / n_batches, cfg.run.epochs))
             idx = shard(global_idx, self.dist)
             x = x_all[idx].to(self.device, non_blocking=True)
             y = y_all[idx].to(self.device, non_blocking=True)
@@ -338,6 +339,12 @@ class Trainer:
             row.update(self.evaluate_epoch(epoch))
         row["time_s"] = round(time.perf_counter() - started, 3)
         return row
+
+    def _set_lr(self, factor: float) -> None:
+        """The main optimiser's learning rates at ``factor`` × their base, and the factor in the context."""
+        self.ctx.lr_factor = factor
+        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base_lr * factor
 
     def evaluate_epoch(self, epoch: int) -> dict[str, float]:
         """Clean test accuracy every epoch; robust accuracy every ``eval.every`` epochs on ``eval.subset``."""

@@ -133,14 +133,19 @@ def make_threat_model(norm: str, eps: float) -> ThreatModel:
 
 def gradient_steps(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, threat: ThreatModel, *,
                    step_size: float, steps: int, random_start: bool, loss_fn: PerExampleLoss = cross_entropy,
-                   eot_samples: int = 1) -> torch.Tensor:
+                   eot_samples: int = 1, start: torch.Tensor | None = None) -> torch.Tensor:
     """``steps`` ascent steps of ``loss_fn`` inside ``threat`` on every example (no early exit): the last iterate.
 
     ``loss_fn(logits, labels)`` returns per-example losses to *ascend* (use :func:`targeted_cross_entropy` with
-    target labels for a targeted attack). ``eot_samples`` > 1 averages each gradient over that many passes.
-    The single-step attacks (FGSM, LL) are one such step.
+    target labels for a targeted attack; ``labels`` may be any per-example tensor, e.g. clean probabilities).
+    ``eot_samples`` > 1 averages each gradient over that many passes. ``start``: the first iterate (projected to
+    the ball around ``x``) instead of ``x`` or the ball's random start. The single-step attacks (FGSM, LL) are
+    one such step.
     """
-    x_adv = threat.random_start(x) if random_start and threat.eps > 0 else x.clone()
+    if start is not None:
+        x_adv = threat.project(start, x)
+    else:
+        x_adv = threat.random_start(x) if random_start and threat.eps > 0 else x.clone()
     for _ in range(steps):
         grad = loss_gradient(model, x_adv, labels, loss_fn, eot_samples).grad
         x_adv = threat.project(threat.step(x_adv, grad, step_size), x)

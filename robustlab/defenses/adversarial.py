@@ -83,12 +83,23 @@ class AdversarialTraining(Defense):
     def on_epoch_end(self, model: nn.Module, ctx) -> dict[str, float]:
         return {"train_eps": self.eps}
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> LossOutput:
-        if ctx.epoch < self.options.warmup_epochs:
-            return clean_loss(model, x, y)
-        x_adv = self.attack(model, x, y)
+    def adversarial(self, ctx) -> bool:
+        """Whether this epoch trains on adversarial examples (False during the clean warm-up)."""
+        return ctx.epoch >= self.options.warmup_epochs
+
+    def craft(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training examples x_adv of a batch (this epoch's attack against the current model)."""
+        return self.attack(model, x, y)
+
+    def objective(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> LossOutput:
+        """The loss minimised on (x, x_adv); ``model`` may be any callable (AWP evaluates it at perturbed weights)."""
         w_clean, w_adv = self.weights()
         return mixed_adversarial_loss(model, x, x_adv, y, w_clean, w_adv)
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> LossOutput:
+        if not self.adversarial(ctx):
+            return clean_loss(model, x, y)
+        return self.objective(model, x, self.craft(model, x, y), y)
 
 
 @dataclass
@@ -130,6 +141,13 @@ class PGDATOptions:
     attack_mode: str = field(default="eval", metadata={"choices": ("eval", "train")})
 
 
+def pgd_training_attack(options, eps: float) -> Attack:
+    """PGD at ``eps`` with the ``steps``, ``step_size`` (0: 2.5·ε/steps), ``random_start`` and ``attack_mode`` of a
+    defense's options, every step taken (no early exit): the training attack of PGD-AT and the defenses on it."""
+    return PGD(eps, steps=options.steps, step_size=options.step_size or None, random_start=options.random_start,
+               early_stop=False, model_mode=options.attack_mode)
+
+
 @register_defense("pgd_at", PGDATOptions)
 class PGDAdversarialTraining(AdversarialTraining):
     """Madry PGD-AT (adversarial-only) or the α/β clean/adversarial mix of Learn2Perturb eq. (11)."""
@@ -141,9 +159,7 @@ class PGDAdversarialTraining(AdversarialTraining):
         super().__init__(options, terms)
 
     def make_attack(self, eps: float) -> Attack:
-        o = self.options
-        return PGD(eps, steps=o.steps, step_size=o.step_size or None, random_start=o.random_start,
-                   early_stop=False, model_mode=o.attack_mode)
+        return pgd_training_attack(self.options, eps)
 
     def weights(self) -> tuple[float, float]:
         if self.options.mix == "adversarial":

@@ -12,3 +12,7 @@ import robustlab.defenses.tla  # noqa: F401
 import robustlab.defenses.alp  # noqa: F401
 import robustlab.defenses.l2p  # noqa: F401
 import robustlab.defenses.pni  # noqa: F401
+import robustlab.defenses.trades  # noqa: F401
+import robustlab.defenses.mart  # noqa: F401
+import robustlab.defenses.fgsm_rs  # noqa: F401
+import robustlab.defenses.awp  # noqa: F401

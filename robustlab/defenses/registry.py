@@ -28,27 +28,26 @@ def available_terms() -> list[str]:
 
 
 def validate_defense_section(section: dict[str, Any]) -> None:
-    """Check a ``[defense]`` table (name, options, terms) without building anything."""
-    build_defense(section.get("name", "standard"), {k: v for k, v in section.items() if k != "name"},
-                  build=False)
+    """Check a ``[defense]`` table (name, options, terms) fully: the recipe is built (cheap: networks and optimisers
+    come at ``setup``), so every check a defense makes on its options runs at load time, and discarded."""
+    build_defense(section.get("name", "standard"), {k: v for k, v in section.items() if k != "name"})
 
 
-def build_defense(name: str, options: dict[str, Any] | None = None, *, build: bool = True) -> Defense:
-    """Validate ``options`` (and ``options["terms"]``) against the option dataclasses and build the recipe."""
+def build_defense(name: str, options: dict[str, Any] | None = None, *, where: str = "defense") -> Defense:
+    """Validate ``options`` (and ``options["terms"]``) against the option dataclasses and build the recipe;
+    errors name the keys under ``where`` (the config table the options come from)."""
     options = dict(options or {})
     raw_terms = options.pop("terms", [])
     if not isinstance(raw_terms, list) or not all(isinstance(t, dict) for t in raw_terms):
-        raise ConfigError("defense.terms must be a list of tables, each with a name ([[defense.terms]])")
-    cls, options_cls = DEFENSES.get(name, where="defense")
-    defense_options = build_dataclass(options_cls, options, "defense")
+        raise ConfigError(f"{where}.terms must be a list of tables, each with a name ([[defense.terms]])")
+    cls, options_cls = DEFENSES.get(name, where=where)
+    defense_options = build_dataclass(options_cls, options, where)
     terms: list[LossTerm] = []
     for i, raw in enumerate(raw_terms):
         raw = dict(raw)
         term_name = raw.pop("name", None)
         if not isinstance(term_name, str):
-            raise ConfigError(f"defense.terms[{i}] needs a name; available: {', '.join(available_terms())}")
-        term_cls, term_options_cls = TERMS.get(term_name, where=f"defense.terms[{i}]")
-        term_options = build_dataclass(term_options_cls, raw, f"defense.terms[{i}]")
-        if build:
-            terms.append(term_cls(term_options))
-    return cls(defense_options, terms) if build else None  # type: ignore[return-value]
+            raise ConfigError(f"{where}.terms[{i}] needs a name; available: {', '.join(available_terms())}")
+        term_cls, term_options_cls = TERMS.get(term_name, where=f"{where}.terms[{i}]")
+        terms.append(term_cls(build_dataclass(term_options_cls, raw, f"{where}.terms[{i}]")))
+    return cls(defense_options, terms)
