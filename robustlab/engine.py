@@ -11,7 +11,6 @@ with the same weights as an uninterrupted run.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import time

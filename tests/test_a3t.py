@@ -12,16 +12,23 @@ import torch.nn.functional as F
 
 from robustlab.checkpoint import load_checkpoint
 from robustlab.experiment import config_from_dict
-from robustlab.defenses import build_defense
-from robustlab.defenses.a3t import (Discriminator, FeatureDiscriminatorOptions, FeatureDiscriminatorTerm,
-                                    FeatureSplit, a3t_variant)
+from robustlab.config import Config
+from robustlab.defenses import TrainContext, build_defense
+from robustlab.defenses.feature_discriminator import (Discriminator, FeatureDiscriminatorOptions,
+                                                      FeatureDiscriminatorTerm)
 from robustlab.engine import Trainer
 from robustlab.errors import ConfigError
 from robustlab.models import build_model
+from robustlab.models.split import FeatureSplit
+
+
+# α and β of the paper's four variants (Table 1)
+VARIANTS = {"simple": {"alpha": 1.0, "beta": 0.0}, "at": {"alpha": 0.5, "beta": 0.0},
+            "a2t": {"alpha": 1.0, "beta": 1.0}, "a3t": {"alpha": 0.5, "beta": 1.0}}
 
 
 def ctx_for(dataset, epoch=0):
-    return types.SimpleNamespace(epoch=epoch, device=torch.device("cpu"), dataset=dataset)
+    return TrainContext(config=Config(), device=torch.device("cpu"), dataset=dataset, epoch=epoch)
 
 
 def fgsm(model, x, y, eps):
@@ -91,7 +98,7 @@ def test_main_backward_leaves_discriminator_gradients_alone(mlp, digits):
 def test_four_variants_loss_by_hand(mlp, digits, variant):
     """L = α CE(x) + (1−α) CE(x_adv) − β log D'(E(x_adv)), D' = D after one Adam step on L_D (dropout 0)."""
     x, y = digits.test_x[:32], digits.test_y[:32]
-    ab = a3t_variant(variant)
+    ab = dict(VARIANTS[variant])
     eps = 0.25
     defense = build_defense("a3t", {**ab, "eps": eps, "layer": "encoder", "dropout": 0.0})
     ctx = ctx_for(digits)

@@ -12,9 +12,11 @@ import torch.nn.functional as F
 
 from robustlab.experiment import config_from_dict
 from robustlab.defenses import build_defense
-from robustlab.defenses.at2l import AT2L, at2l_loss, expand_attacks
-from robustlab.defenses.triplet import (MiningRequest, Negatives, NegativeMiner, TripletLoss, build_miner,
-                                        get_distance, register_miner, triplet_hinge)
+from robustlab.defenses.at2l import AT2L, at2l_loss
+from robustlab.defenses.at2l_ensemble import AdversarialEnsemble, expand_attacks
+from robustlab.defenses.triplet import TripletLoss, triplet_hinge
+from robustlab.defenses.triplet_mining import (MiningRequest, Negatives, NegativeMiner, build_miner, get_distance,
+                                               register_miner)
 from robustlab.engine import Trainer
 from robustlab.errors import CheckpointError, ConfigError
 
@@ -249,7 +251,7 @@ def test_ensemble_pregenerates_every_pair_once_per_round(tmp_path, monkeypatch, 
     frozen = _frozen_checkpoint(tmp_path)
     calls: list[tuple[int, int, int]] = []
     epoch_of = {"now": -1}
-    original_craft = AT2L.craft
+    original_craft = AdversarialEnsemble.craft
 
     def counting_craft(self, pair, model, x, y):
         calls.append((epoch_of["now"], pair, len(x)))
@@ -270,7 +272,7 @@ def test_ensemble_pregenerates_every_pair_once_per_round(tmp_path, monkeypatch, 
             gaps.append(float((out.x_adv - x).abs().amax()))
         return out
 
-    monkeypatch.setattr(AT2L, "craft", counting_craft)
+    monkeypatch.setattr(AdversarialEnsemble, "craft", counting_craft)
     monkeypatch.setattr(AT2L, "on_epoch_start", tracking_start)
     monkeypatch.setattr(AT2L, "loss", checking_loss)
     config = tiny(tmp_path / "run", defense={"name": "at2l", "eps": 0.1, "attacks": ["fgsm", "ll"],
@@ -279,8 +281,8 @@ def test_ensemble_pregenerates_every_pair_once_per_round(tmp_path, monkeypatch, 
     trainer = Trainer(config, log=lambda _: None)
     trainer.fit()
     defense = trainer.defense
-    assert defense.pairs == [("fgsm", "self"), ("fgsm", frozen), ("ll", "self"), ("ll", frozen)]
-    assert defense.generated_rounds == 2
+    assert defense.ensemble.pairs == [("fgsm", "self"), ("fgsm", frozen), ("ll", "self"), ("ll", frozen)]
+    assert defense.ensemble.generated_rounds == 2
     n = 320
     assert not [c for c in calls if c[0] == 0]  # the pretraining epoch crafts nothing
     for epoch in (1, 2):  # every round regenerates

@@ -16,7 +16,7 @@ from robustlab.attacks.critic_unrolled import (RunningConfidence, straight_throu
 from robustlab.checkpoint import load_checkpoint
 from robustlab.experiment import config_from_dict
 from robustlab.defenses import build_defense
-from robustlab.defenses.critic import critic_loss, cycle_distance, gradient_penalty, hidden_weight_decay
+from robustlab.defenses.critic_losses import critic_loss, cycle_distance, gradient_penalty, hidden_weight_decay
 from robustlab.defenses.margin import margin_normal_penalty
 from robustlab.defenses.vat import kl_from_logits, virtual_adversarial_direction
 from robustlab.engine import Trainer

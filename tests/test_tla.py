@@ -15,8 +15,9 @@ from robustlab.experiment import config_from_dict
 from robustlab.defenses import build_defense
 from robustlab.defenses.alp import logit_pairing
 from robustlab.defenses.tla import norm_penalty, tla_loss
-from robustlab.defenses.triplet import (PoolMiner, TripletLoss, build_miner, nearest_other_class,
-                                        sample_positive_indices)
+from robustlab.defenses.triplet import TripletLoss
+from robustlab.defenses.pool_mining import PoolMiner, nearest_other_class, sample_positive_indices
+from robustlab.defenses.triplet_mining import build_miner
 from robustlab.detection import centroid_scores, class_centroids, detection_auc, plot_roc, softmax_scores
 from robustlab.engine import Trainer
 from robustlab.errors import CheckpointError, ConfigError
@@ -101,7 +102,7 @@ def test_pool_miner_embeds_in_eval_mode_and_restores_train_mode():
     model = Probe().train()
     train_x, train_y = torch.randn(6, 2), torch.tensor([0, 1, 2, 0, 1, 2])
     miner = build_miner("pool", pool_size=4)
-    from robustlab.defenses.triplet import MiningRequest
+    from robustlab.defenses.triplet_mining import MiningRequest
 
     req = MiningRequest(model=model, x=train_x[:2], y=train_y[:2], x_adv=train_x[:2], anchor=train_x[:2],
                         clean=None, anchor_logits=None, ctx=dataset_ctx(train_x, train_y), embedding="features")
@@ -114,7 +115,7 @@ def test_random_negative_ablation_picks_other_class_pool_items_at_random():
     train_x = torch.arange(40, dtype=torch.float32).view(20, 2)
     train_y = torch.arange(20) % 4
     miner = PoolMiner(pool_size=20, choice="random")
-    from robustlab.defenses.triplet import MiningRequest
+    from robustlab.defenses.triplet_mining import MiningRequest
 
     y = torch.zeros(8, dtype=torch.long)
     seen = set()

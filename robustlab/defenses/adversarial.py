@@ -27,6 +27,17 @@ from robustlab.defenses.standard import clean_loss
 from robustlab.errors import ConfigError, require
 
 
+def scheduled_eps(eps: float, epoch: int, clean_epochs: int, ramp_epochs: int) -> float:
+    """The one ε schedule of training attacks: 0 for the first ``clean_epochs`` (0-based ``epoch``), then a linear
+    ramp to ``eps`` over ``ramp_epochs`` epochs (0: ``eps`` at once)."""
+    adversarial_epoch = epoch - clean_epochs
+    if adversarial_epoch < 0:
+        return 0.0
+    if ramp_epochs <= 0:
+        return eps
+    return eps * min(1.0, (adversarial_epoch + 1) / ramp_epochs)
+
+
 def mixed_adversarial_loss(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
                            w_clean: float, w_adv: float) -> LossOutput:
     """``w_clean·CE(f(x), y) + w_adv·CE(f(x_adv), y)`` with batch-mean CE; skips the clean pass if w_clean = 0."""
@@ -45,11 +56,36 @@ def mixed_adversarial_loss(model: nn.Module, x: torch.Tensor, x_adv: torch.Tenso
     return LossOutput(loss, metrics, x_adv=x_adv, logits_clean=logits_clean, logits_adv=logits_adv)
 
 
-class AdversarialTraining(Defense):
-    """Craft ``x_adv`` with :meth:`make_attack` at the epoch's ε, then minimise the weighted loss.
+@dataclass
+class AdversaryOptions:
+    """The training adversary's schedule, declared once for every adversarial-training defense."""
 
-    Subclasses' options must have ``eps``, ``warmup_epochs`` and ``eps_ramp_epochs``.
-    """
+    eps: float = 0.3
+    warmup_epochs: int = 0    # clean epochs before the first adversarial one
+    eps_ramp_epochs: int = 0  # ε grows linearly to ``eps`` over this many adversarial epochs (0: at once)
+    attack_mode: str = field(default="eval", metadata={"choices": ("eval", "train")})  # the model as the attack sees it
+
+    def __post_init__(self):
+        require(self, "defense", ge=0, names=("eps", "warmup_epochs", "eps_ramp_epochs"))
+
+
+@dataclass
+class PGDAdversaryOptions(AdversaryOptions):
+    """:class:`AdversaryOptions` plus the PGD training attack's steps."""
+
+    steps: int = 7
+    step_size: float = 0.0    # 0: 2.5·ε/steps (Madry et al.), so it follows ε during a ramp
+    random_start: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self, "defense", ge=1, names=("steps",))
+        require(self, "defense", ge=0, names=("step_size",))
+
+
+class AdversarialTraining(Defense):
+    """Craft ``x_adv`` with :meth:`make_attack` at the epoch's ε (:func:`scheduled_eps`), then minimise
+    :meth:`objective`; options derive from :class:`AdversaryOptions`."""
 
     attack: Attack
 
@@ -67,14 +103,8 @@ class AdversarialTraining(Defense):
         raise NotImplementedError
 
     def epoch_eps(self, epoch: int) -> float:
-        """ε for 0-based ``epoch``: 0 during warm-up, then a linear ramp over ``eps_ramp_epochs`` epochs."""
         o = self.options
-        adversarial_epoch = epoch - o.warmup_epochs
-        if adversarial_epoch < 0:
-            return 0.0
-        if o.eps_ramp_epochs <= 0:
-            return o.eps
-        return o.eps * min(1.0, (adversarial_epoch + 1) / o.eps_ramp_epochs)
+        return scheduled_eps(o.eps, epoch, o.warmup_epochs, o.eps_ramp_epochs)
 
     def on_epoch_start(self, model: nn.Module, ctx) -> None:
         self.eps = self.epoch_eps(ctx.epoch)
@@ -91,33 +121,34 @@ class AdversarialTraining(Defense):
         """The training examples x_adv of a batch (this epoch's attack against the current model)."""
         return self.attack(model, x, y)
 
-    def objective(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> LossOutput:
+    def objective(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, ctx
+                  ) -> LossOutput:
         """The loss minimised on (x, x_adv); ``model`` may be any callable (AWP evaluates it at perturbed weights)."""
         w_clean, w_adv = self.weights()
         return mixed_adversarial_loss(model, x, x_adv, y, w_clean, w_adv)
 
+    def warmup_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> LossOutput:
+        """The loss of the clean warm-up epochs."""
+        return clean_loss(model, x, y)
+
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> LossOutput:
         if not self.adversarial(ctx):
-            return clean_loss(model, x, y)
-        return self.objective(model, x, self.craft(model, x, y), y)
+            return self.warmup_loss(model, x, y)
+        return self.objective(model, x, self.craft(model, x, y), y, ctx)
 
 
 @dataclass
-class FGSMATOptions:
-    eps: float = 0.3
+class FGSMATOptions(AdversaryOptions):
     lam: float = 1.0  # λ of eq. (1): weight of the adversarial term
-    warmup_epochs: int = 0
-    eps_ramp_epochs: int = 0
-    attack_mode: str = field(default="eval", metadata={"choices": ("eval", "train")})
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self, "defense", ge=0, names=("lam",))
 
 
 @register_defense("fgsm_at", FGSMATOptions)
 class FGSMAdversarialTraining(AdversarialTraining):
     """FGSM adversarial training with the normalised mixed loss of AT²L eq. (1) (Kurakin et al.)."""
-
-    def __init__(self, options: FGSMATOptions, terms=None):
-        require(options, "defense", ge=0, names=("lam", "eps", "warmup_epochs", "eps_ramp_epochs"))
-        super().__init__(options, terms)
 
     def make_attack(self, eps: float) -> Attack:
         return FGSM(eps, model_mode=self.options.attack_mode)
@@ -128,17 +159,14 @@ class FGSMAdversarialTraining(AdversarialTraining):
 
 
 @dataclass
-class PGDATOptions:
-    eps: float = 0.3
-    steps: int = 7
-    step_size: float = 0.0  # 0: 2.5·ε/steps (Madry et al.), so it follows ε during a ramp
-    random_start: bool = True
+class PGDATOptions(PGDAdversaryOptions):
     mix: str = field(default="adversarial", metadata={"choices": ("adversarial", "weighted")})
     alpha: float = 0.5  # weight of the clean term when mix = "weighted" (Learn2Perturb eq. 11)
     beta: float = 0.5  # weight of the adversarial term when mix = "weighted"
-    warmup_epochs: int = 0
-    eps_ramp_epochs: int = 0
-    attack_mode: str = field(default="eval", metadata={"choices": ("eval", "train")})
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self, "defense", ge=0, names=("alpha", "beta"))
 
 
 def pgd_training_attack(options, eps: float) -> Attack:
@@ -151,12 +179,6 @@ def pgd_training_attack(options, eps: float) -> Attack:
 @register_defense("pgd_at", PGDATOptions)
 class PGDAdversarialTraining(AdversarialTraining):
     """Madry PGD-AT (adversarial-only) or the α/β clean/adversarial mix of Learn2Perturb eq. (11)."""
-
-    def __init__(self, options: PGDATOptions, terms=None):
-        require(options, "defense", ge=1, names=("steps",))
-        require(options, "defense", ge=0, names=("alpha", "beta", "eps", "step_size", "warmup_epochs",
-                                                 "eps_ramp_epochs"))
-        super().__init__(options, terms)
 
     def make_attack(self, eps: float) -> Attack:
         return pgd_training_attack(self.options, eps)

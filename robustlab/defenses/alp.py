@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from robustlab.defenses.adversarial import PGDAdversarialTraining, PGDATOptions, mixed_adversarial_loss
+from robustlab.defenses.adversarial import PGDAdversarialTraining, PGDATOptions
 from robustlab.defenses.base import LossOutput, register_defense
-from robustlab.defenses.standard import clean_loss
 from robustlab.errors import ConfigError
 
 
@@ -45,12 +44,9 @@ class ALP(PGDAdversarialTraining):
             raise ConfigError(f"defense.lam_pair must be >= 0, got {options.lam_pair}")
         super().__init__(options, terms)
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> LossOutput:
-        if ctx.epoch < self.options.warmup_epochs:
-            return clean_loss(model, x, y)
-        x_adv = self.attack(model, x, y)
-        w_clean, w_adv = self.weights()
-        out = mixed_adversarial_loss(model, x, x_adv, y, w_clean, w_adv)
+    def objective(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, ctx
+                  ) -> LossOutput:
+        out = super().objective(model, x, x_adv, y, ctx)
         if out.logits_clean is None:
             out.logits_clean = model(x)
         pairing = logit_pairing(out.logits_clean, out.logits_adv)

@@ -49,35 +49,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab.attacks import Attack
-from robustlab.attacks.registry import build_training_attack
+from robustlab.defenses.adversarial import scheduled_eps
+from robustlab.defenses.at2l_ensemble import ATTACK_SETS, TRAINING_ATTACKS, AdversarialEnsemble, expand_attacks
 from robustlab.defenses.base import Defense, LossOutput, register_defense
 from robustlab.defenses.standard import clean_loss
-from robustlab.defenses.triplet import (EMBEDDINGS, MINERS, TripletLoss, available_miners, embed, get_distance,
-                                        triplet_hinge)
+from robustlab.defenses.triplet import TripletLoss, triplet_hinge
+from robustlab.defenses.triplet_mining import EMBEDDINGS, MINERS, embed, get_distance
 from robustlab.errors import ConfigError, require
-from robustlab.runs import load_source_model
-
-#: The paper's attack sets (§3.3).
-ATTACK_SETS: dict[str, tuple[str, ...]] = {
-    "gradient": ("fgsm", "ll", "ifgsm", "ill"),
-    "optimization": ("cw_l2",),
-    "optimisation": ("cw_l2",),
-    "mixed": ("fgsm", "ll", "ifgsm", "ill", "cw_l2"),
-}
-TRAINING_ATTACKS = ("fgsm", "ll", "ifgsm", "ill", "pgd", "cw_l2")
-SELF = "self"  # the name of the defended model f in M
-
-
-def expand_attacks(names: list[str]) -> list[str]:
-    """Expand set names (gradient / optimization / mixed) and drop duplicates, keeping the order."""
-    out: list[str] = []
-    for name in names:
-        for attack in ATTACK_SETS.get(name, (name,)):
-            if attack not in out:
-                out.append(attack)
-    return out
-
 
 def at2l_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, negative_index: torch.Tensor,
               *, lam1: float, lam2: float, margin: float, distance: str = "linf",
@@ -142,144 +120,29 @@ class AT2L(Defense):
 
     def __init__(self, options: AT2LOptions, terms=None):
         super().__init__(options, terms)
-        o = options
-        self.attack_names = expand_attacks(o.attacks)
-        self.model_names = ([SELF] if o.include_self else []) + list(o.models)
-        self.pairs = [(a, m) for a in self.attack_names for m in self.model_names]  # (a, m) ∈ A × M
-        self.triplet = TripletLoss(o.margin, o.distance, o.negatives, o.embedding)
-        self.frozen: dict[str, nn.Module] = {}
-        self.attacks: dict[str, Attack] = {}
+        self.ensemble = AdversarialEnsemble(options)
+        self.triplet = TripletLoss(options.margin, options.distance, options.negatives, options.embedding)
         self.eps = 0.0
-        self.store: torch.Tensor | None = None       # round: (N, ...); round_full: (|pairs|, N, ...)
-        self.store_pair: torch.Tensor | None = None  # round: the (a, m) index of each stored example
-        self.generated_rounds = 0
-        try:  # every attack of the set at its final ε must be valid now, not at the first round
-            for name in self.attack_names:
-                self.make_attack(name, o.eps)
-        except ValueError as exc:
-            raise ConfigError(f"defense: {exc}") from None
 
-    # --- set-up ------------------------------------------------------------------------------------------------
     def setup(self, model: nn.Module, ctx) -> None:
-        o = self.options
-        config = getattr(ctx, "config", None)
-        if o.generation != "online" and config is not None and config.data.augment != "none":
-            raise ConfigError(f"defense at2l with generation = {o.generation!r} pre-generates adversarial examples "
-                              f"of the stored training images and needs data.augment = 'none' "
-                              f"(or generation = 'online')")
-        device = getattr(ctx, "device", None) or next(model.parameters()).device
-        for path in o.models:
-            if path not in self.frozen:
-                self.frozen[path] = load_frozen_model(path, device)
-        dataset = getattr(ctx, "dataset", None)
-        if dataset is not None and self.frozen:
-            probe = dataset.train_x[:2].to(device)
-            with torch.no_grad():
-                for path, m in self.frozen.items():
-                    try:
-                        out = m(probe)
-                    except RuntimeError as exc:
-                        raise ConfigError(f"defense.models: {path} does not accept this dataset's images: {exc}"
-                                          ) from None
-                    if out.shape[1] != dataset.num_classes:
-                        raise ConfigError(f"defense.models: {path} predicts {out.shape[1]} classes, the dataset "
-                                          f"has {dataset.num_classes}")
-
-    def model_of(self, name: str, model: nn.Module) -> nn.Module:
-        return model if name == SELF else self.frozen[name]
-
-    def make_attack(self, name: str, eps: float) -> Attack:
-        o = self.options
-        if name in ("fgsm", "ll"):
-            return build_training_attack(name, eps, model_mode=o.attack_mode)
-        if name in ("ifgsm", "ill"):
-            return build_training_attack(name, eps, steps=o.iter_steps, step_size=o.iter_step_size,
-                                         model_mode=o.attack_mode)
-        if name == "pgd":
-            return build_training_attack("pgd", eps, steps=o.iter_steps, step_size=o.iter_step_size,
-                                         model_mode=o.attack_mode)
-        if name == "cw_l2":
-            return build_training_attack("cw_l2", max_iter=o.cw_max_iter, binary_search_steps=o.cw_binary_steps,
-                                         initial_const=o.cw_initial_const, lr=o.cw_lr, model_mode=o.attack_mode)
-        raise ConfigError(f"unknown training attack {name!r}")
+        self.ensemble.setup(model, ctx)
 
     def epoch_eps(self, epoch: int) -> float:
         """ε for 0-based ``epoch``: 0 while pretraining, then (optionally ramped) ``eps``."""
         o = self.options
-        round_ = epoch - o.pretrain_epochs
-        if round_ < 0:
-            return 0.0
-        if o.eps_ramp_epochs <= 0:
-            return o.eps
-        return o.eps * min(1.0, (round_ + 1) / o.eps_ramp_epochs)
+        return scheduled_eps(o.eps, epoch, o.pretrain_epochs, o.eps_ramp_epochs)
 
     # --- rounds ------------------------------------------------------------------------------------------------
     def on_epoch_start(self, model: nn.Module, ctx) -> None:
         self.eps = self.epoch_eps(ctx.epoch)
-        self.attacks = {name: self.make_attack(name, self.eps) for name in self.attack_names}
-        self.store = self.store_pair = None
-        if ctx.epoch < self.options.pretrain_epochs or self.options.generation == "online":
-            return
-        self.pregenerate(model, ctx.dataset.train_x, ctx.dataset.train_y, ctx.device)
-
-    def craft(self, pair: int, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Adversarial examples of ``(x, y)`` under the pair ``(a, m) = self.pairs[pair]``."""
-        attack_name, model_name = self.pairs[pair]
-        return self.attacks[attack_name](self.model_of(model_name, model), x, y)
-
-    def _craft_chunks(self, pair: int, model: nn.Module, x: torch.Tensor, y: torch.Tensor, device) -> torch.Tensor:
-        size = self.options.gen_batch_size
-        out = torch.empty_like(x)
-        for start in range(0, len(x), size):
-            xb = x[start:start + size].to(device)
-            yb = y[start:start + size].to(device)
-            out[start:start + size] = self.craft(pair, model, xb, yb).to(out.device, out.dtype)
-        return out
-
-    def pregenerate(self, model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, device) -> None:
-        """Build this round's adversarial examples of the whole training set (stored next to ``train_x``)."""
-        n = len(train_x)
-        if self.options.generation == "round_full":
-            self.store = torch.stack([self._craft_chunks(p, model, train_x, train_y, device)
-                                      for p in range(len(self.pairs))])
-        else:
-            pair_of = torch.randint(len(self.pairs), (n,))
-            store = torch.empty_like(train_x)
-            for p in range(len(self.pairs)):
-                idx = (pair_of == p).nonzero().squeeze(1)
-                if len(idx):
-                    store[idx] = self._craft_chunks(p, model, train_x[idx], train_y[idx], device)
-            self.store, self.store_pair = store, pair_of
-        self.generated_rounds += 1
-
-    def adversarial_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> torch.Tensor:
-        """x_adv for the batch: looked up in this round's examples, or crafted now (``generation = "online"``)."""
-        o = self.options
-        if o.generation == "online":
-            pair_of = torch.randint(len(self.pairs), (len(y),))
-            x_adv = torch.empty_like(x)
-            for p in pair_of.unique().tolist():
-                idx = (pair_of == p).nonzero().squeeze(1).to(x.device)
-                x_adv[idx] = self.craft(p, model, x[idx], y[idx])
-            return x_adv
-        index = getattr(ctx, "batch_index", None)
-        if index is None or self.store is None:
-            raise RuntimeError("at2l with pre-generated rounds needs ctx.batch_index (the training-set indices of "
-                               "the batch, set by the engine) and on_epoch_start to have run")
-        index = index.to(self.store.device)
-        if o.generation == "round_full":
-            pair_of = torch.randint(len(self.pairs), (len(index),), device=self.store.device)
-            x_adv = self.store[pair_of, index]
-        else:
-            x_adv = self.store[index]
-        return x_adv.to(x.device, non_blocking=True)
+        self.ensemble.start_round(model, ctx, self.eps, adversarial=ctx.epoch >= self.options.pretrain_epochs)
 
     # --- the loss ----------------------------------------------------------------------------------------------
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> LossOutput:
         o = self.options
         if ctx.epoch < o.pretrain_epochs:
             return clean_loss(model, x, y)
-        x_adv = self.adversarial_batch(model, x, y, ctx)
+        x_adv = self.ensemble.adversarial_batch(model, x, y, ctx)
         k = len(y)
         if o.joint_forward:
             emb, logits = embed(model, torch.cat([x, x_adv]), o.embedding)
@@ -309,12 +172,3 @@ class AT2L(Defense):
 
     def on_epoch_end(self, model: nn.Module, ctx) -> dict[str, float]:
         return {"train_eps": self.eps, "round": max(ctx.epoch - self.options.pretrain_epochs + 1, 0)}
-
-
-def load_frozen_model(path: str, device) -> nn.Module:
-    """A pre-trained model of M from its checkpoint: eval mode, no parameter gradients."""
-    model = load_source_model(path, device=device)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model

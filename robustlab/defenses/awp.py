@@ -75,10 +75,10 @@ class AdversarialWeightPerturbation(Defense):
         if not self.base.adversarial(ctx) or ctx.epoch < self.options.awp_warmup:
             return self.base.loss(model, x, y, ctx)
         x_adv = self.base.craft(model, x, y)
-        self.perturbation = weight_perturbation(model, lambda m: self.base.objective(m, x, x_adv, y),
+        self.perturbation = weight_perturbation(model, lambda m: self.base.objective(m, x, x_adv, y, ctx),
                                                 self.options.gamma)
         self._shift(model, +1.0)
-        out = self.base.objective(model, x, x_adv, y)
+        out = self.base.objective(model, x, x_adv, y, ctx)
         out.metrics["awp_norm"] = torch.sqrt(sum((v * v).sum() for v in self.perturbation.values())).detach()
         return out
 

@@ -1,9 +1,12 @@
 """Imports every defense and term module so their registration decorators run (one line per module)."""
 
+import robustlab.defenses.feature_discriminator  # noqa: F401
 import robustlab.defenses.a3t  # noqa: F401
 import robustlab.defenses.adversarial  # noqa: F401
 import robustlab.defenses.standard  # noqa: F401
 import robustlab.defenses.at2l  # noqa: F401
+import robustlab.defenses.triplet_mining  # noqa: F401
+import robustlab.defenses.pool_mining  # noqa: F401
 import robustlab.defenses.triplet  # noqa: F401
 import robustlab.defenses.critic  # noqa: F401
 import robustlab.defenses.vat  # noqa: F401

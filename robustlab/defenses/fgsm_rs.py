@@ -15,7 +15,7 @@ from torch import nn
 
 from robustlab.attacks.base import Attack, check_epsilon
 from robustlab.attacks.pgd import LinfBall, gradient_steps
-from robustlab.defenses.adversarial import AdversarialTraining
+from robustlab.defenses.adversarial import AdversarialTraining, AdversaryOptions
 from robustlab.defenses.base import register_defense
 from robustlab.errors import require
 
@@ -32,21 +32,18 @@ class RandomStartFGSM(Attack):
 
 
 @dataclass
-class FGSMRSOptions:
-    eps: float = 0.3
+class FGSMRSOptions(AdversaryOptions):
     step_ratio: float = 1.25  # α / ε (Wong et al.: 1.25; 2 and above overfit catastrophically)
-    warmup_epochs: int = 0
-    eps_ramp_epochs: int = 0
     attack_mode: str = field(default="train", metadata={"choices": ("eval", "train")})  # the paper: train mode
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self, "defense", ge=0, names=("step_ratio",))
 
 
 @register_defense("fgsm_rs", FGSMRSOptions)
 class FGSMRandomStart(AdversarialTraining):
     """Fast AT: cross-entropy on FGSM-RS examples only."""
-
-    def __init__(self, options: FGSMRSOptions, terms=None):
-        require(options, "defense", ge=0, names=("eps", "step_ratio", "warmup_epochs", "eps_ramp_epochs"))
-        super().__init__(options, terms)
 
     def make_attack(self, eps: float) -> Attack:
         return RandomStartFGSM(eps, step_size=self.options.step_ratio * eps, model_mode=self.options.attack_mode)

@@ -10,14 +10,14 @@ the boosted cross-entropy adds a margin term on the strongest wrong class. λ 6 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from robustlab.attacks import Attack
-from robustlab.defenses.adversarial import AdversarialTraining, pgd_training_attack
+from robustlab.defenses.adversarial import AdversarialTraining, PGDAdversaryOptions, pgd_training_attack
 from robustlab.defenses.base import LossOutput, register_defense
 from robustlab.defenses.trades import kl_from_clean
 from robustlab.errors import require
@@ -36,30 +36,24 @@ def mart_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Ten
 
 
 @dataclass
-class MARTOptions:
-    eps: float = 0.3
-    steps: int = 10
-    step_size: float = 0.0  # 0: 2.5·ε/steps (the paper: 2/255 for ε 8/255, 10 steps)
-    random_start: bool = True
+class MARTOptions(PGDAdversaryOptions):
+    steps: int = 10         # the paper: 10 steps of 2/255 for ε 8/255
     lam: float = 6.0        # λ of eq. (10)
-    warmup_epochs: int = 0
-    eps_ramp_epochs: int = 0
-    attack_mode: str = field(default="eval", metadata={"choices": ("eval", "train")})
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self, "defense", ge=0, names=("lam",))
 
 
 @register_defense("mart", MARTOptions)
 class MART(AdversarialTraining):
     """MART: boosted cross-entropy on x' plus λ times the misclassification-weighted KL divergence."""
 
-    def __init__(self, options: MARTOptions, terms=None):
-        require(options, "defense", ge=1, names=("steps",))
-        require(options, "defense", ge=0, names=("eps", "step_size", "lam", "warmup_epochs", "eps_ramp_epochs"))
-        super().__init__(options, terms)
-
     def make_attack(self, eps: float) -> Attack:
         return pgd_training_attack(self.options, eps)
 
-    def objective(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> LossOutput:
+    def objective(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, ctx
+                  ) -> LossOutput:
         logits_clean, logits_adv = model(x), model(x_adv)
         loss, bce, kl = mart_loss(logits_clean, logits_adv, y, self.options.lam)
         metrics = {"loss": loss.detach(), "bce_adv": bce.detach(), "kl_weighted": kl.detach(),

@@ -23,9 +23,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks.base import model_mode
-from robustlab.defenses.adversarial import PGDAdversarialTraining, PGDATOptions, mixed_adversarial_loss
-from robustlab.defenses.base import LossOutput
-from robustlab.defenses.standard import clean_loss
+from robustlab.defenses.adversarial import PGDAdversarialTraining, PGDATOptions
 from robustlab.errors import ConfigError, require
 from robustlab.models.noise import mean_of, noise_enabled
 
@@ -110,15 +108,12 @@ class NoisyAdversarialTraining(PGDAdversarialTraining):
     def before_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> None:
         self.noise_opt.zero_grad(set_to_none=True)  # the main backward must start from empty noise gradients
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> LossOutput:
-        if ctx.epoch < self.options.warmup_epochs:
-            return clean_loss(model, x, y)
+    def craft(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         target = y
         if self.options.labels == "predicted":
             with torch.no_grad(), model_mode(model, self.options.attack_mode):  # as the attack sees the model
                 target = model(x).argmax(1)
-        x_adv = self.attack(model, x, target)
-        return mixed_adversarial_loss(model, x, x_adv, y, *self.weights())
+        return self.attack(model, x, target)
 
     def steps_noise_on_loss(self) -> bool:
         """Whether the loss gradient moves the noise parameters (False for Learn2Perturb-R)."""

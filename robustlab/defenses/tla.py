@@ -36,8 +36,9 @@ from torch import nn
 from robustlab.defenses.adversarial import PGDAdversarialTraining, PGDATOptions
 from robustlab.defenses.base import LossOutput, register_defense
 from robustlab.defenses.standard import clean_loss
-from robustlab.defenses.triplet import (EMBEDDINGS, POOL_CHOICES, PoolMiner, TripletLoss, embed, get_distance,
-                                        sample_positive_indices, triplet_hinge)
+from robustlab.defenses.triplet import TripletLoss, triplet_hinge
+from robustlab.defenses.pool_mining import POOL_CHOICES, PoolMiner, sample_positive_indices
+from robustlab.defenses.triplet_mining import EMBEDDINGS, embed, get_distance
 from robustlab.errors import ConfigError, require
 
 
@@ -118,11 +119,12 @@ class TLA(PGDAdversarialTraining):
         index, valid = sample_positive_indices(dataset.train_y, y, getattr(ctx, "batch_index", None))
         return dataset.train_x[index].to(y.device, non_blocking=True), valid.to(y.device)
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> LossOutput:
+    def warmup_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> LossOutput:
+        return clean_loss(model, x, y, self.options.label_smoothing)
+
+    def objective(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, ctx
+                  ) -> LossOutput:
         o = self.options
-        if ctx.epoch < o.warmup_epochs:
-            return clean_loss(model, x, y, o.label_smoothing)
-        x_adv = self.attack(model, x, y)
         h_adv, logits_adv = embed(model, x_adv, o.embedding)
         w_clean, w_adv = self.weights()
         logits_clean = model(x) if w_clean > 0 else None

@@ -9,7 +9,7 @@ while it runs. The KL term is the batch mean of the per-example divergences; β 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,7 @@ from torch import nn
 
 from robustlab.attacks.base import Attack, check_epsilon
 from robustlab.attacks.pgd import LinfBall, gradient_steps
-from robustlab.defenses.adversarial import AdversarialTraining
+from robustlab.defenses.adversarial import AdversarialTraining, AdversaryOptions
 from robustlab.defenses.base import LossOutput, register_defense
 from robustlab.errors import require
 
@@ -51,30 +51,27 @@ def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.T
 
 
 @dataclass
-class TRADESOptions:
-    eps: float = 0.3
+class TRADESOptions(AdversaryOptions):
     steps: int = 10
     step_size: float = 0.0  # 0: 2.5·ε/steps (the paper: 0.007 for ε 0.031, 10 steps; 0.01 for ε 0.3, 40 steps)
     beta: float = 6.0       # 1/λ of the paper: the weight of the robustness (KL) term
-    warmup_epochs: int = 0
-    eps_ramp_epochs: int = 0
-    attack_mode: str = field(default="eval", metadata={"choices": ("eval", "train")})
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self, "defense", ge=1, names=("steps",))
+        require(self, "defense", ge=0, names=("step_size", "beta"))
 
 
 @register_defense("trades", TRADESOptions)
 class TRADES(AdversarialTraining):
     """TRADES: clean cross-entropy plus β times the KL divergence to the prediction at the KL-maximising x'."""
 
-    def __init__(self, options: TRADESOptions, terms=None):
-        require(options, "defense", ge=1, names=("steps",))
-        require(options, "defense", ge=0, names=("eps", "step_size", "beta", "warmup_epochs", "eps_ramp_epochs"))
-        super().__init__(options, terms)
-
     def make_attack(self, eps: float) -> Attack:
         o = self.options
         return KLAttack(eps, steps=o.steps, step_size=o.step_size or 2.5 * eps / o.steps, model_mode=o.attack_mode)
 
-    def objective(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> LossOutput:
+    def objective(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, ctx
+                  ) -> LossOutput:
         logits_clean, logits_adv = model(x), model(x_adv)
         loss, ce, kl = trades_loss(logits_clean, logits_adv, y, self.options.beta)
         metrics = {"loss": loss.detach(), "ce_clean": ce.detach(), "kl": kl.detach(),

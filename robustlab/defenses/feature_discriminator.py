@@ -1,0 +1,210 @@
+"""A3T's feature discriminator (Erraqabi et al. 2018, §3.3; spec METHODS.md §5) as an add-on loss term.
+
+A discriminator D branched off the layer ℓ of a :class:`~robustlab.models.split.FeatureSplit` learns to tell the
+features of real inputs (t = 1) from those of adversarial inputs (t = 0); the encoder learns to fool it, which
+pushes ``E(x_adv)`` towards ``E(x)``. The losses, the schedule of the D step and the composition with a host
+defense are described in :mod:`robustlab.defenses.a3t`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from robustlab.attacks import FGSM, PGD, Attack
+from robustlab.attacks.base import model_mode
+from robustlab.defenses.base import LossOutput, LossTerm, register_term
+from robustlab.errors import ConfigError
+from robustlab.models.split import FeatureSplit
+
+class Discriminator(nn.Module):
+    """D: ``in_features → [hidden → ReLU → Dropout]… → 1``; returns the logit of P(real | z), one per example.
+
+    Default ``hidden = (128,)``, ``dropout = 0.5``: the paper's "shallow network with 128 hidden units, a ReLU
+    activation and a 0.5-dropout". Inputs with more than two dimensions are flattened.
+    """
+
+    def __init__(self, in_features: int, hidden: Sequence[int] = (128,), dropout: float = 0.5):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = int(in_features)
+        for h in hidden:
+            layers += [nn.Linear(width, int(h)), nn.ReLU(), nn.Dropout(dropout)]
+            width = int(h)
+        layers.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.flatten(z, 1)).squeeze(1)
+
+
+def discriminator_loss(logit_clean: torch.Tensor, logit_adv: torch.Tensor) -> torch.Tensor:
+    """L_D = −log D(z) − log(1 − D(z_adv)) (batch means), from logits."""
+    return (F.binary_cross_entropy_with_logits(logit_clean, torch.ones_like(logit_clean))
+            + F.binary_cross_entropy_with_logits(logit_adv, torch.zeros_like(logit_adv)))
+
+
+def make_training_attack(kind: str, eps: float, *, steps: int, step_size: float, random_start: bool,
+                         model_mode: str) -> Attack:
+    """FGSM (paper) or L∞ PGD (``step_size`` 0: 2.5·ε/steps) for crafting the training examples."""
+    if kind == "fgsm":
+        return FGSM(eps, model_mode=model_mode)
+    return PGD(eps, steps=steps, step_size=step_size or None, random_start=random_start, early_stop=False,
+               model_mode=model_mode)
+
+
+def check_attack_options(o, prefix: str) -> None:
+    if o.eps < 0 or o.step_size < 0:
+        raise ConfigError(f"{prefix}.eps and step_size must be >= 0")
+    if o.steps < 1:
+        raise ConfigError(f"{prefix}.steps must be >= 1, got {o.steps}")
+
+
+# --- the add-on term --------------------------------------------------------------------------------------------
+@dataclass
+class DiscriminatorSettings:
+    """What the ``feature_discriminator`` term and the ``a3t`` defense share: D, the split and the term's attack."""
+
+    beta: float = 1.0  # weight of the encoder's adversarial term −β log D(E(x_adv)); 0: D only observes
+    layer: str = "features"  # "features", "encoder" (mlp_a3t: the paper's 256-d z) or a submodule name
+    hidden: list[int] = field(default_factory=lambda: [128])
+    dropout: float = 0.5
+    d_steps: int = 1  # D updates per classifier update (paper: 1)
+    encoder_term_dropout: bool = True  # D's dropout on in the encoder term [R]
+    # The attack: crafts x_adv when the host has none (or adversary = "own"), and for val_d_acc_*.
+    attack: str = field(default="fgsm", metadata={"choices": ("fgsm", "pgd")})
+    eps: float = 0.25
+    steps: int = 7  # PGD only
+    step_size: float = 0.0  # PGD only; 0: 2.5·ε/steps
+    random_start: bool = True  # PGD only
+    attack_mode: str = field(default="eval", metadata={"choices": ("eval", "train")})
+    eval_subset: int = 500  # per-epoch D accuracy on this many test images (0: off)
+
+
+@dataclass
+class FeatureDiscriminatorOptions(DiscriminatorSettings):
+    lr: float = 1e-3  # Adam, for D
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adversary: str = field(default="host", metadata={"choices": ("host", "own")})
+
+
+@register_term("feature_discriminator", FeatureDiscriminatorOptions)
+class FeatureDiscriminatorTerm(LossTerm):
+    """The A3T discriminator as an add-on term: one D step per batch, then −β log D(E(x_adv)) for the encoder."""
+
+    def __init__(self, options: FeatureDiscriminatorOptions):
+        o = options
+        prefix = "defense.terms.feature_discriminator"
+        if o.beta < 0:
+            raise ConfigError(f"{prefix}.beta must be >= 0, got {o.beta}")
+        if not 0 <= o.dropout < 1:
+            raise ConfigError(f"{prefix}.dropout must be in [0, 1), got {o.dropout}")
+        if o.lr <= 0 or len(o.adam_betas) != 2 or not all(0 <= b < 1 for b in o.adam_betas):
+            raise ConfigError(f"{prefix}: lr must be > 0 and adam_betas two numbers in [0, 1)")
+        if any(h < 1 for h in o.hidden):
+            raise ConfigError(f"{prefix}.hidden sizes must be >= 1, got {o.hidden}")
+        if o.d_steps < 1 or o.eval_subset < 0:
+            raise ConfigError(f"{prefix}.d_steps must be >= 1 and eval_subset >= 0")
+        check_attack_options(o, prefix)
+        super().__init__(options)
+        self.attack = make_training_attack(o.attack, o.eps, steps=o.steps, step_size=o.step_size,
+                                           random_start=o.random_start, model_mode=o.attack_mode)
+        self.disc: Discriminator | None = None
+        self.opt: torch.optim.Optimizer | None = None
+        self._provided: tuple | None = None
+
+    # --- hooks -------------------------------------------------------------------------------------------------
+    def setup(self, model: nn.Module, ctx) -> None:
+        """Build D sized from the feature width at ``layer`` (one training example through the encoder)."""
+        split = FeatureSplit(model, self.options.layer)
+        probe = ctx.dataset.train_x[:1].to(ctx.device)
+        with torch.no_grad(), model_mode(model, "eval"):
+            width = split.encoder(probe)[0].numel()
+        o = self.options
+        self.disc = Discriminator(width, o.hidden, o.dropout).to(ctx.device)
+        self.opt = torch.optim.Adam(self.disc.parameters(), lr=o.lr, betas=tuple(o.adam_betas))
+
+    def aux_modules(self) -> dict[str, nn.Module]:
+        return {"disc": self.disc} if self.disc is not None else {}
+
+    def aux_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"opt": self.opt} if self.opt is not None else {}
+
+    def on_epoch_end(self, model: nn.Module, ctx) -> dict[str, float]:
+        """D's accuracy on clean and adversarial features of the first ``eval_subset`` test images."""
+        n = self.options.eval_subset
+        if not n or self.disc is None:
+            return {}
+        split = FeatureSplit(model, self.options.layer)
+        hits_clean = hits_adv = seen = 0
+        x_all, y_all = ctx.dataset.test_x[:n], ctx.dataset.test_y[:n]
+        for start in range(0, len(x_all), 500):
+            x = x_all[start:start + 500].to(ctx.device)
+            y = y_all[start:start + 500].to(ctx.device)
+            x_adv = self.attack(model, x, y)
+            with torch.no_grad(), model_mode(model, "eval"), model_mode(self.disc, "eval"):
+                hits_clean += (self.disc(split.encoder(x).float()) > 0).sum().item()
+                hits_adv += (self.disc(split.encoder(x_adv).float()) < 0).sum().item()
+            seen += len(x)
+        if not seen:
+            return {}
+        return {"val_d_acc_clean": round(hits_clean / seen, 6), "val_d_acc_adv": round(hits_adv / seen, 6)}
+
+    # --- the per-batch work --------------------------------------------------------------------------------------
+    def provide_features(self, x: torch.Tensor, x_adv: torch.Tensor, z_clean: torch.Tensor,
+                         z_adv: torch.Tensor) -> None:
+        """Let a host that already computed E(x) and E(x_adv) (the ``a3t`` defense) hand them over; used by the
+        next :meth:`term` call for the same ``x`` and ``x_adv`` objects, recomputed otherwise."""
+        self._provided = (x, x_adv, z_clean, z_adv)
+
+    def term(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: LossOutput, ctx
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        o = self.options
+        provided, self._provided = self._provided, None
+        x_adv = out.x_adv if o.adversary == "host" and out.x_adv is not None else self.attack(model, x, y)
+        if provided is not None and provided[0] is x and provided[1] is x_adv:
+            z_clean, z_adv = provided[2], provided[3]
+        else:
+            split = FeatureSplit(model, o.layer)
+            with torch.no_grad():
+                z_clean = split.encoder(x)
+            with torch.set_grad_enabled(o.beta > 0 and torch.is_grad_enabled()):
+                z_adv = split.encoder(x_adv)
+        metrics = self.discriminator_step(z_clean, z_adv)
+        if o.beta == 0:
+            return torch.zeros((), device=x.device), metrics
+        enc = self.encoder_loss(z_adv)
+        metrics["enc_loss"] = enc.detach()
+        return o.beta * enc, metrics
+
+    def discriminator_step(self, z_clean: torch.Tensor, z_adv: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``d_steps`` Adam steps on L_D with detached features (nothing reaches the model); returns metrics
+        from the first step's forward pass."""
+        zc, za = z_clean.detach().float(), z_adv.detach().float()
+        metrics: dict[str, torch.Tensor] = {}
+        self.disc.train()
+        with torch.autocast(zc.device.type, enabled=False), torch.enable_grad():
+            for i in range(self.options.d_steps):
+                logit_clean, logit_adv = self.disc(zc), self.disc(za)
+                loss = discriminator_loss(logit_clean, logit_adv)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt.step()
+                if i == 0:
+                    metrics = {"d_loss": loss.detach(),
+                               "d_acc_clean": (logit_clean.detach() > 0).float().mean(),
+                               "d_acc_adv": (logit_adv.detach() < 0).float().mean()}
+        return metrics
+
+    def encoder_loss(self, z_adv: torch.Tensor) -> torch.Tensor:
+        """−log D(E(x_adv)) (batch mean, without β), with D's parameters detached: differentiable in z only."""
+        params = {name: p.detach() for name, p in self.disc.named_parameters()}
+        mode = "train" if self.options.encoder_term_dropout else "eval"
+        with torch.autocast(z_adv.device.type, enabled=False), model_mode(self.disc, mode):
+            logit = functional_call(self.disc, params, (z_adv.float(),))
+        return F.softplus(-logit).mean()  # −log σ(logit)
