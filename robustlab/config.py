@@ -26,6 +26,12 @@ def _choices(*values: str) -> dict[str, tuple[str, ...]]:
     return {"choices": values}
 
 
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None) -> Any:
+    """A dataclass field whose value a config must keep ``>= ge`` (or ``> gt``): the constraint next to the field,
+    checked by :func:`build_dataclass` with the key's path in the error."""
+    return field(default=default, metadata={"ge": ge, "gt": gt})
+
+
 @dataclass
 class RunConfig:
     name: str = "run"
@@ -178,9 +184,13 @@ def build_dataclass(cls: type, values: dict[str, Any], prefix: str) -> Any:
     kwargs = {}
     for key, value in values.items():
         kwargs[key] = check_type(value, hints[key], f"{prefix}.{key}")
-        choices = fields[key].metadata.get("choices")
-        if choices and kwargs[key] not in choices:
-            raise ConfigError(f"{prefix}.{key} must be one of {list(choices)}, got {kwargs[key]!r}")
+        meta = fields[key].metadata
+        if meta.get("choices") and kwargs[key] not in meta["choices"]:
+            raise ConfigError(f"{prefix}.{key} must be one of {list(meta['choices'])}, got {kwargs[key]!r}")
+        ge, gt = meta.get("ge"), meta.get("gt")
+        if (ge is not None and kwargs[key] < ge) or (gt is not None and kwargs[key] <= gt):
+            bound = f">= {ge:g}" if ge is not None else f"> {gt:g}"
+            raise ConfigError(f"{prefix}.{key} must be {bound}, got {kwargs[key]}")
     return cls(**kwargs)
 
 

@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlab.attacks import FGSM, PGD, Attack
+from robustlab.config import bounded
 from robustlab.defenses.base import Defense, LossOutput, register_defense
 from robustlab.defenses.standard import clean_loss
-from robustlab.errors import ConfigError, require
+from robustlab.errors import ConfigError
 
 
 def scheduled_eps(eps: float, epoch: int, clean_epochs: int, ramp_epochs: int) -> float:
@@ -36,6 +37,16 @@ def scheduled_eps(eps: float, epoch: int, clean_epochs: int, ramp_epochs: int) -
     if ramp_epochs <= 0:
         return eps
     return eps * min(1.0, (adversarial_epoch + 1) / ramp_epochs)
+
+
+def paired_output(loss: torch.Tensor, x_adv: torch.Tensor, logits_clean: torch.Tensor, logits_adv: torch.Tensor,
+                  y: torch.Tensor, **parts: torch.Tensor) -> LossOutput:
+    """The :class:`LossOutput` of a loss on clean and adversarial logits: the loss, its named ``parts`` and both
+    accuracies as metrics."""
+    metrics = {"loss": loss.detach(), **{k: v.detach() for k, v in parts.items()},
+               "acc": logits_clean.detach().argmax(1).eq(y).float().mean(),
+               "acc_adv": logits_adv.detach().argmax(1).eq(y).float().mean()}
+    return LossOutput(loss, metrics, x_adv=x_adv, logits_clean=logits_clean, logits_adv=logits_adv)
 
 
 def mixed_adversarial_loss(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
@@ -60,27 +71,19 @@ def mixed_adversarial_loss(model: nn.Module, x: torch.Tensor, x_adv: torch.Tenso
 class AdversaryOptions:
     """The training adversary's schedule, declared once for every adversarial-training defense."""
 
-    eps: float = 0.3
-    warmup_epochs: int = 0    # clean epochs before the first adversarial one
-    eps_ramp_epochs: int = 0  # ε grows linearly to ``eps`` over this many adversarial epochs (0: at once)
+    eps: float = bounded(0.3, ge=0)
+    warmup_epochs: int = bounded(0, ge=0)    # clean epochs before the first adversarial one
+    eps_ramp_epochs: int = bounded(0, ge=0)  # ε grows linearly to ``eps`` over this many adversarial epochs (0: at once)
     attack_mode: str = field(default="eval", metadata={"choices": ("eval", "train")})  # the model as the attack sees it
-
-    def __post_init__(self):
-        require(self, "defense", ge=0, names=("eps", "warmup_epochs", "eps_ramp_epochs"))
 
 
 @dataclass
 class PGDAdversaryOptions(AdversaryOptions):
     """:class:`AdversaryOptions` plus the PGD training attack's steps."""
 
-    steps: int = 7
-    step_size: float = 0.0    # 0: 2.5·ε/steps (Madry et al.), so it follows ε during a ramp
+    steps: int = bounded(7, ge=1)
+    step_size: float = bounded(0.0, ge=0)    # 0: 2.5·ε/steps (Madry et al.), so it follows ε during a ramp
     random_start: bool = True
-
-    def __post_init__(self):
-        super().__post_init__()
-        require(self, "defense", ge=1, names=("steps",))
-        require(self, "defense", ge=0, names=("step_size",))
 
 
 class AdversarialTraining(Defense):
@@ -139,11 +142,7 @@ class AdversarialTraining(Defense):
 
 @dataclass
 class FGSMATOptions(AdversaryOptions):
-    lam: float = 1.0  # λ of eq. (1): weight of the adversarial term
-
-    def __post_init__(self):
-        super().__post_init__()
-        require(self, "defense", ge=0, names=("lam",))
+    lam: float = bounded(1.0, ge=0)  # λ of eq. (1): weight of the adversarial term
 
 
 @register_defense("fgsm_at", FGSMATOptions)
@@ -161,12 +160,8 @@ class FGSMAdversarialTraining(AdversarialTraining):
 @dataclass
 class PGDATOptions(PGDAdversaryOptions):
     mix: str = field(default="adversarial", metadata={"choices": ("adversarial", "weighted")})
-    alpha: float = 0.5  # weight of the clean term when mix = "weighted" (Learn2Perturb eq. 11)
-    beta: float = 0.5  # weight of the adversarial term when mix = "weighted"
-
-    def __post_init__(self):
-        super().__post_init__()
-        require(self, "defense", ge=0, names=("alpha", "beta"))
+    alpha: float = bounded(0.5, ge=0)  # weight of the clean term when mix = "weighted" (Learn2Perturb eq. 11)
+    beta: float = bounded(0.5, ge=0)  # weight of the adversarial term when mix = "weighted"
 
 
 def pgd_training_attack(options, eps: float) -> Attack:

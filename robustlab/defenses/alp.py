@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from robustlab.config import bounded
 from robustlab.defenses.adversarial import PGDAdversarialTraining, PGDATOptions
 from robustlab.defenses.base import LossOutput, register_defense
-from robustlab.errors import ConfigError
 
 
 def logit_pairing(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
@@ -32,17 +32,12 @@ def logit_pairing(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch
 @dataclass
 class ALPOptions(PGDATOptions):
     mix: str = field(default="weighted", metadata={"choices": ("adversarial", "weighted")})
-    lam_pair: float = 0.5           # λ: weight of the logit pairing [R]
+    lam_pair: float = bounded(0.5, ge=0)  # λ: weight of the logit pairing [R]
 
 
 @register_defense("alp", ALPOptions)
 class ALP(PGDAdversarialTraining):
     """PGD-AT's mixed CE plus λ × logit pairing; see the module docstring."""
-
-    def __init__(self, options: ALPOptions, terms=None):
-        if options.lam_pair < 0:
-            raise ConfigError(f"defense.lam_pair must be >= 0, got {options.lam_pair}")
-        super().__init__(options, terms)
 
     def objective(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, ctx
                   ) -> LossOutput:

@@ -20,17 +20,17 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from robustlab.config import bounded
 from robustlab.defenses.base import Defense, LossOutput, register_defense
 from robustlab.defenses.registry import build_defense
 from robustlab.distributed import sum_over_processes
-from robustlab.errors import require
 
 
 @dataclass
 class AWPOptions:
     base: str = field(default="pgd_at", metadata={"choices": ("pgd_at", "trades")})
-    gamma: float = 5e-3    # γ: the perturbation's size relative to each layer's weight norm
-    awp_warmup: int = 0    # 0-based epoch from which the weights are perturbed
+    gamma: float = bounded(5e-3, ge=0)  # γ: the perturbation's size relative to each layer's weight norm
+    awp_warmup: int = bounded(0, ge=0)  # 0-based epoch from which the weights are perturbed
     base_options: dict[str, Any] = field(default_factory=dict)  # the base defense's options ([defense.base_options])
 
 
@@ -60,7 +60,6 @@ class AdversarialWeightPerturbation(Defense):
     """AT-AWP / TRADES-AWP: the base defense's loss at weights perturbed by γ-relative adversarial steps."""
 
     def __init__(self, options: AWPOptions, terms=None):
-        require(options, "defense", ge=0, names=("gamma", "awp_warmup"))
         super().__init__(options, terms)
         self.base = build_defense(options.base, options.base_options, where="defense.base_options")
         self.perturbation: dict[str, torch.Tensor] = {}

@@ -15,9 +15,9 @@ from torch import nn
 
 from robustlab.attacks.base import Attack, check_epsilon
 from robustlab.attacks.pgd import LinfBall, gradient_steps
+from robustlab.config import bounded
 from robustlab.defenses.adversarial import AdversarialTraining, AdversaryOptions
 from robustlab.defenses.base import register_defense
-from robustlab.errors import require
 
 
 class RandomStartFGSM(Attack):
@@ -33,12 +33,8 @@ class RandomStartFGSM(Attack):
 
 @dataclass
 class FGSMRSOptions(AdversaryOptions):
-    step_ratio: float = 1.25  # α / ε (Wong et al.: 1.25; 2 and above overfit catastrophically)
+    step_ratio: float = bounded(1.25, ge=0)  # α / ε (Wong et al.: 1.25; 2 and above overfit catastrophically)
     attack_mode: str = field(default="train", metadata={"choices": ("eval", "train")})  # the paper: train mode
-
-    def __post_init__(self):
-        super().__post_init__()
-        require(self, "defense", ge=0, names=("step_ratio",))
 
 
 @register_defense("fgsm_rs", FGSMRSOptions)

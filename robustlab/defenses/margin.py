@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlab.attacks.deepfool import closest_boundary_target
+from robustlab.config import bounded
 from robustlab.defenses.base import Defense, LossOutput, register_defense
-from robustlab.errors import ConfigError
 
 
 def margin_normal_penalty(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor
@@ -37,18 +37,13 @@ def margin_normal_penalty(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ta
 
 @dataclass
 class MarginOptions:
-    lam: float = 0.1
+    lam: float = bounded(0.1, ge=0)
     target: str = field(default="closest", metadata={"choices": ("closest", "runner_up")})
 
 
 @register_defense("margin", MarginOptions)
 class MarginMaximization(Defense):
     """CE + λ·½‖∇ₓ(z_y − z_t)‖² (see the module docstring)."""
-
-    def __init__(self, options: MarginOptions, terms=None):
-        if options.lam < 0:
-            raise ConfigError(f"defense.lam must be >= 0, got {options.lam}")
-        super().__init__(options, terms)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> LossOutput:
         if self.options.target == "closest":

@@ -17,10 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlab.attacks import Attack
-from robustlab.defenses.adversarial import AdversarialTraining, PGDAdversaryOptions, pgd_training_attack
+from robustlab.config import bounded
+from robustlab.defenses.adversarial import (AdversarialTraining, PGDAdversaryOptions, paired_output,
+                                            pgd_training_attack)
 from robustlab.defenses.base import LossOutput, register_defense
 from robustlab.defenses.trades import kl_from_clean
-from robustlab.errors import require
 
 
 def mart_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, lam: float
@@ -37,12 +38,8 @@ def mart_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Ten
 
 @dataclass
 class MARTOptions(PGDAdversaryOptions):
-    steps: int = 10         # the paper: 10 steps of 2/255 for ε 8/255
-    lam: float = 6.0        # λ of eq. (10)
-
-    def __post_init__(self):
-        super().__post_init__()
-        require(self, "defense", ge=0, names=("lam",))
+    steps: int = bounded(10, ge=1)   # the paper: 10 steps of 2/255 for ε 8/255
+    lam: float = bounded(6.0, ge=0)  # λ of eq. (10)
 
 
 @register_defense("mart", MARTOptions)
@@ -56,7 +53,4 @@ class MART(AdversarialTraining):
                   ) -> LossOutput:
         logits_clean, logits_adv = model(x), model(x_adv)
         loss, bce, kl = mart_loss(logits_clean, logits_adv, y, self.options.lam)
-        metrics = {"loss": loss.detach(), "bce_adv": bce.detach(), "kl_weighted": kl.detach(),
-                   "acc": logits_clean.detach().argmax(1).eq(y).float().mean(),
-                   "acc_adv": logits_adv.detach().argmax(1).eq(y).float().mean()}
-        return LossOutput(loss, metrics, x_adv=x_adv, logits_clean=logits_clean, logits_adv=logits_adv)
+        return paired_output(loss, x_adv, logits_clean, logits_adv, y, bce_adv=bce, kl_weighted=kl)

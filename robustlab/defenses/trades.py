@@ -17,9 +17,9 @@ from torch import nn
 
 from robustlab.attacks.base import Attack, check_epsilon
 from robustlab.attacks.pgd import LinfBall, gradient_steps
-from robustlab.defenses.adversarial import AdversarialTraining, AdversaryOptions
+from robustlab.config import bounded
+from robustlab.defenses.adversarial import AdversarialTraining, AdversaryOptions, paired_output
 from robustlab.defenses.base import LossOutput, register_defense
-from robustlab.errors import require
 
 
 def kl_from_clean(logits: torch.Tensor, p_clean: torch.Tensor) -> torch.Tensor:
@@ -52,14 +52,9 @@ def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.T
 
 @dataclass
 class TRADESOptions(AdversaryOptions):
-    steps: int = 10
-    step_size: float = 0.0  # 0: 2.5·ε/steps (the paper: 0.007 for ε 0.031, 10 steps; 0.01 for ε 0.3, 40 steps)
-    beta: float = 6.0       # 1/λ of the paper: the weight of the robustness (KL) term
-
-    def __post_init__(self):
-        super().__post_init__()
-        require(self, "defense", ge=1, names=("steps",))
-        require(self, "defense", ge=0, names=("step_size", "beta"))
+    steps: int = bounded(10, ge=1)
+    step_size: float = bounded(0.0, ge=0)  # 0: 2.5·ε/steps (the paper: 0.007 for ε 0.031 and 10 steps)
+    beta: float = bounded(6.0, ge=0)       # 1/λ of the paper: the weight of the robustness (KL) term
 
 
 @register_defense("trades", TRADESOptions)
@@ -74,7 +69,4 @@ class TRADES(AdversarialTraining):
                   ) -> LossOutput:
         logits_clean, logits_adv = model(x), model(x_adv)
         loss, ce, kl = trades_loss(logits_clean, logits_adv, y, self.options.beta)
-        metrics = {"loss": loss.detach(), "ce_clean": ce.detach(), "kl": kl.detach(),
-                   "acc": logits_clean.detach().argmax(1).eq(y).float().mean(),
-                   "acc_adv": logits_adv.detach().argmax(1).eq(y).float().mean()}
-        return LossOutput(loss, metrics, x_adv=x_adv, logits_clean=logits_clean, logits_adv=logits_adv)
+        return paired_output(loss, x_adv, logits_clean, logits_adv, y, ce_clean=ce, kl=kl)

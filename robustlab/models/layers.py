@@ -116,3 +116,31 @@ def scaled_channels(model: str, base: int, width: float) -> int:
     if channels < 1:
         raise ModelConfigError(f"model {model!r}: width {width} leaves {base} channels at {channels}")
     return channels
+
+
+class BasicBlock(nn.Module):
+    """The ResNet BasicBlock: conv3×3–BN–ReLU–conv3×3–BN, + shortcut, ``inject`` (a noise-injection point), ReLU.
+
+    ``shortcut(in_channels, out_channels, stride)`` builds the shortcut where the shape changes (ResNet-V1:
+    option A, zero-padded identity; ResNet-V2(18): 1×1 conv + BN); otherwise it is the identity.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int,
+                 shortcut: Callable[[int, int, int], nn.Module]):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut: nn.Module = shortcut(in_channels, out_channels, stride)
+        else:
+            self.shortcut = nn.Identity()
+        self.inject = nn.Identity()
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(self.inject(out + self.shortcut(x)))

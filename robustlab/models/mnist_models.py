@@ -20,17 +20,19 @@ from robustlab.models.registry import register_model
 
 
 class ModelA(RobustModel):
-    """A: Conv64 5×5 s1–ReLU–Conv64 5×5 s2–ReLU–Dropout .25–FC128–ReLU–Dropout .5–FC (AT²L Tables 6, 18)."""
+    """A: Conv64 5×5 s1–ReLU–Conv64 5×5 s2–ReLU–Dropout .25–FC128–ReLU–Dropout .5–FC (AT²L Tables 6, 18); with
+    ``channels`` (128, 64) and ``kernel`` 3 it is model C (the same layout)."""
 
-    def __init__(self, in_shape: Sequence[int], num_classes: int, mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, in_shape: Sequence[int], num_classes: int, mean: Sequence[float], std: Sequence[float],
+                 channels: tuple[int, int] = (64, 64), kernel: int = 5, name: str = "model_a"):
         super().__init__()
         self.normalize = Normalize(mean, std)
         self.conv = nn.Sequential(
-            nn.Conv2d(in_shape[0], 64, 5, stride=1), nn.ReLU(),
-            nn.Conv2d(64, 64, 5, stride=2), nn.ReLU(),
+            nn.Conv2d(in_shape[0], channels[0], kernel, stride=1), nn.ReLU(),
+            nn.Conv2d(channels[0], channels[1], kernel, stride=2), nn.ReLU(),
             nn.Dropout(0.25),
         )
-        self.fc1 = nn.Linear(flat_size("model_a", self.conv, in_shape), 128)
+        self.fc1 = nn.Linear(flat_size(name, self.conv, in_shape), 128)
         self.drop = nn.Dropout(0.5)
         self.fc2 = nn.Linear(128, num_classes)
 
@@ -85,29 +87,6 @@ class ModelB(RobustModel):
         return self.fc(h)
 
 
-class ModelC(RobustModel):
-    """C: Conv128 3×3 s1–ReLU–Conv64 3×3 s2–ReLU–Dropout .25–FC128–ReLU–Dropout .5–FC (AT²L Tables 6, 18)."""
-
-    def __init__(self, in_shape: Sequence[int], num_classes: int, mean: Sequence[float], std: Sequence[float]):
-        super().__init__()
-        self.normalize = Normalize(mean, std)
-        self.conv = nn.Sequential(
-            nn.Conv2d(in_shape[0], 128, 3, stride=1), nn.ReLU(),
-            nn.Conv2d(128, 64, 3, stride=2), nn.ReLU(),
-            nn.Dropout(0.25),
-        )
-        self.fc1 = nn.Linear(flat_size("model_c", self.conv, in_shape), 128)
-        self.drop = nn.Dropout(0.5)
-        self.fc2 = nn.Linear(128, num_classes)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.flatten(self.conv(self.normalize(x)), 1)
-        return self.drop(torch.relu(self.fc1(h)))
-
-    def head(self, h: torch.Tensor) -> torch.Tensor:
-        return self.fc2(h)
-
-
 class ModelD(RobustModel):
     """D: [FC ``hidden``–ReLU–Dropout .5] × ``depth``–FC (AT²L Table 6: 300 × 3; Table 18: 200 × 2)."""
 
@@ -145,10 +124,10 @@ def model_b(in_shape, num_classes, mean, std, first_padding: str = "same") -> Mo
 
 
 @register_model("model_c")
-def model_c(in_shape, num_classes, mean, std) -> ModelC:
-    """AT²L MNIST model C (Tables 6, 18)."""
+def model_c(in_shape, num_classes, mean, std) -> ModelA:
+    """AT²L MNIST model C (Tables 6, 18): model A's layout with Conv128 3×3 s1 and Conv64 3×3 s2."""
     shape = check_args("model_c", in_shape, num_classes, mean, std)
-    return ModelC(shape, num_classes, mean, std)
+    return ModelA(shape, num_classes, mean, std, channels=(128, 64), kernel=3, name="model_c")
 
 
 @register_model("model_d")

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from robustlab.models.base import Normalize, RobustModel
-from robustlab.models.layers import (ModelConfigError, ResNetStem, check_args, check_positive_float,
+from robustlab.models.layers import (BasicBlock, ModelConfigError, ResNetStem, check_args, check_positive_float,
                                      scaled_channels)
 from robustlab.models.registry import register_model
 
@@ -46,29 +46,6 @@ class ShortcutA(nn.Module):
         return f"stride={self.stride}, pad={self.pad}"
 
 
-class BasicBlockV1(nn.Module):
-    """conv3×3–BN–ReLU–conv3×3–BN, + shortcut, ``inject``, ReLU."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-        if stride != 1 or in_channels != out_channels:
-            self.shortcut: nn.Module = ShortcutA(in_channels, out_channels, stride)
-        else:
-            self.shortcut = nn.Identity()
-        self.inject = nn.Identity()
-        self.relu = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(self.inject(out + self.shortcut(x)))
-
-
 class ResNetV1(RobustModel):
     """CIFAR ResNet-V1 (He et al. 2016, §4.2) with option-A shortcuts; Kaiming-normal conv/FC weights."""
 
@@ -90,8 +67,8 @@ class ResNetV1(RobustModel):
 
     @staticmethod
     def _stage(in_channels: int, out_channels: int, blocks: int, stride: int) -> nn.Sequential:
-        layers = [BasicBlockV1(in_channels, out_channels, stride)]
-        layers += [BasicBlockV1(out_channels, out_channels, 1) for _ in range(blocks - 1)]
+        layers = [BasicBlock(in_channels, out_channels, stride, ShortcutA)]
+        layers += [BasicBlock(out_channels, out_channels, 1, ShortcutA) for _ in range(blocks - 1)]
         return nn.Sequential(*layers)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -18,32 +18,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from robustlab.models.base import Normalize, RobustModel
-from robustlab.models.layers import ResNetStem, check_args, check_positive_float, scaled_channels
+from robustlab.models.layers import BasicBlock, ResNetStem, check_args, check_positive_float, scaled_channels
 from robustlab.models.registry import register_model
 
 
-class BasicBlockV2(nn.Module):
-    """conv3×3–BN–ReLU–conv3×3–BN, + shortcut (identity or 1×1 conv + BN), ``inject``, ReLU."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-        if stride != 1 or in_channels != out_channels:
-            self.shortcut: nn.Module = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels))
-        else:
-            self.shortcut = nn.Identity()
-        self.inject = nn.Identity()
-        self.relu = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(self.inject(out + self.shortcut(x)))
+def projection_shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Module:
+    """1×1 conv + BN (Kuang Liu's layout)."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                         nn.BatchNorm2d(out_channels))
 
 
 class ResNetV2(RobustModel):
@@ -59,8 +41,8 @@ class ResNetV2(RobustModel):
         stages = []
         for i, (out_channels, n) in enumerate(zip(channels, blocks)):
             stride = 1 if i == 0 else 2
-            layers = [BasicBlockV2(in_channels, out_channels, stride)]
-            layers += [BasicBlockV2(out_channels, out_channels, 1) for _ in range(n - 1)]
+            layers = [BasicBlock(in_channels, out_channels, stride, projection_shortcut)]
+            layers += [BasicBlock(out_channels, out_channels, 1, projection_shortcut) for _ in range(n - 1)]
             stages.append(nn.Sequential(*layers))
             in_channels = out_channels
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
