@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab.attacks.base import Attack, model_mode
+from robustlab.attacks.base import Attack
+from robustlab.modes import model_mode
 
 DEFAULT_TOL = 0.01
 

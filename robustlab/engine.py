@@ -29,7 +29,7 @@ from robustlab.checkpoint import (CONFIG_FILE, atomic_write_text, find_latest_ch
 from robustlab.config import Config, config_differences
 from robustlab.data import ImageDataset, load_dataset
 from robustlab.data.augment import random_crop_flip
-from robustlab.defenses import Defense, TrainContext, build_defense
+from robustlab.defenses import Batch, Defense, TrainContext, build_defense
 from robustlab.distributed import (all_reduce_sum, average_gradients, barrier, broadcast_module, init_distributed,
                                    shard, synchronise_optimizer)
 from robustlab.errors import CheckpointError, ConfigError
@@ -168,8 +168,9 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.defense: Defense = build_defense(config.defense["name"],
                                               {k: v for k, v in config.defense.items() if k != "name"})
-        self.ctx = TrainContext(config=config, device=self.device, dataset=self.dataset, amp_dtype=self.amp_dtype,
-                                rank=self.dist.rank, world_size=self.dist.world_size, log=self.log)
+        self.ctx = TrainContext(device=self.device, dataset=self.dataset, amp_dtype=self.amp_dtype,
+                                base_lr=config.optim.lr, augment=config.data.augment, rank=self.dist.rank,
+                                world_size=self.dist.world_size, log=self.log)
         self.defense.setup_all(self.model, self.ctx)
         for module in self.defense.all_aux_modules().values():
             module.to(self.device)
@@ -309,10 +310,7 @@ class Trainer:
                 x = random_crop_flip(x)
             if cfg.run.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            ctx.batch_index = idx
-            defense.before_step_all(model, x, y, ctx)
-            with ctx.autocast():
-                out = defense.total_loss(model, x, y, ctx)
+            out = defense.step(model, Batch(x, y, idx), ctx)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(out.loss).backward()
             if self.dist.enabled:  # before the scaler's inf check, so every process takes the same decision
@@ -366,6 +364,7 @@ class Trainer:
                     acc = accuracy(self.model, xs, ys, attack=factory(eps), batch_size=cfg.batch_size,
                                    device=self.device)
                     row[f"test_{name}_{eps:g}_acc"] = round(acc, 6)
+        row.update(self.defense.evaluate_all(self.model, self.ctx))
         return row
 
 

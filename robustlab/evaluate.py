@@ -24,7 +24,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robustlab.attacks import Attack, build_attack
-from robustlab.attacks.base import check_batch, model_mode
+from robustlab.attacks.base import check_batch
+from robustlab.modes import model_mode
 from robustlab.config import EvalConfig
 from robustlab.rng import derived_seed, seeded
 

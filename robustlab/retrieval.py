@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab.attacks.base import model_mode
+from robustlab.modes import model_mode
 
 
 @torch.no_grad()

@@ -12,8 +12,7 @@ import torch.nn.functional as F
 
 from robustlab.checkpoint import load_checkpoint
 from robustlab.experiment import config_from_dict
-from robustlab.config import Config
-from robustlab.defenses import TrainContext, build_defense
+from robustlab.defenses import Batch, TrainContext, build_defense
 from robustlab.defenses.feature_discriminator import (Discriminator, FeatureDiscriminatorOptions,
                                                       FeatureDiscriminatorTerm)
 from robustlab.engine import Trainer
@@ -28,7 +27,7 @@ VARIANTS = {"simple": {"alpha": 1.0, "beta": 0.0}, "at": {"alpha": 0.5, "beta": 
 
 
 def ctx_for(dataset, epoch=0):
-    return TrainContext(config=Config(), device=torch.device("cpu"), dataset=dataset, epoch=epoch)
+    return TrainContext(device=torch.device("cpu"), dataset=dataset, epoch=epoch)
 
 
 def fgsm(model, x, y, eps):
@@ -87,7 +86,7 @@ def test_main_backward_leaves_discriminator_gradients_alone(mlp, digits):
     x, y = digits.test_x[:32], digits.test_y[:32]
     defense = build_defense("a3t", {"alpha": 0.5, "beta": 1.0, "layer": "encoder"})
     defense.setup_all(mlp, ctx_for(digits))
-    out = defense.total_loss(mlp, x, y, ctx_for(digits))
+    out = defense.step(mlp, Batch(x, y), ctx_for(digits))
     d_grads = {k: v.clone() for k, v in grads(defense.discriminator.disc).items()}
     out.loss.backward()
     for k, v in grads(defense.discriminator.disc).items():
@@ -104,7 +103,7 @@ def test_four_variants_loss_by_hand(mlp, digits, variant):
     ctx = ctx_for(digits)
     defense.setup_all(mlp, ctx)
     d0 = copy.deepcopy(defense.discriminator.disc)
-    out = defense.total_loss(mlp, x, y, ctx)
+    out = defense.step(mlp, Batch(x, y), ctx)
 
     x_adv = fgsm(mlp, x, y, eps)
     assert torch.allclose(out.x_adv, x_adv)
@@ -177,7 +176,7 @@ def test_term_crafts_its_own_examples_when_the_host_has_none(mlp, digits):
     x, y = digits.test_x[:32], digits.test_y[:32]
     defense = build_defense("standard", {"terms": [{"name": "feature_discriminator", "eps": 0.1}]})
     defense.setup_all(mlp, ctx_for(digits))
-    out = defense.total_loss(mlp, x, y, ctx_for(digits))
+    out = defense.step(mlp, Batch(x, y), ctx_for(digits))
     assert out.x_adv is None and out.metrics["feature_discriminator_enc_loss"] > 0
     out.loss.backward()
     assert mlp.fc4.weight.grad is not None  # the host's CE; the term adds to fc1–fc3 (features split)

@@ -4,21 +4,39 @@ from __future__ import annotations
 
 import json
 import math
-import types
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from robustlab.experiment import config_from_dict
-from robustlab.defenses import build_defense
-from robustlab.defenses.at2l import AT2L, at2l_loss
+from robustlab.defenses import Batch, TrainContext, build_defense
+from robustlab.defenses.at2l import AT2L
 from robustlab.defenses.at2l_ensemble import AdversarialEnsemble, expand_attacks
 from robustlab.defenses.triplet import TripletLoss, triplet_hinge
 from robustlab.defenses.triplet_mining import (MiningRequest, Negatives, NegativeMiner, build_miner, get_distance,
                                                register_miner)
 from robustlab.engine import Trainer
 from robustlab.errors import CheckpointError, ConfigError
+
+
+def at2l_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, negative_index: torch.Tensor,
+              *, lam1: float, lam2: float, margin: float, distance: str = "linf",
+              valid: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Eq. (2) on given logits, with the negatives given as indices into the clean batch: the oracle the defense's
+    loss is checked against (itself checked by hand below).
+
+    Returns the loss and its parts: ``ce`` = the normalised cross-entropy part, ``triplet`` = (1/k) Σ hinge.
+    """
+    k = len(y)
+    ce = (F.cross_entropy(logits_clean, y, reduction="sum")
+          + lam1 * F.cross_entropy(logits_adv, y, reduction="sum")) / ((1.0 + lam1) * k)
+    hinge = triplet_hinge(logits_adv, logits_clean, logits_clean[negative_index], margin, distance)
+    if valid is not None:
+        hinge = torch.where(valid, hinge, torch.zeros_like(hinge))
+    triplet = hinge.sum() / k
+    return ce + lam2 * triplet, {"ce": ce, "triplet": triplet, "hinge": hinge}
+
 
 
 def ce_by_hand(z: list[float], label: int) -> float:
@@ -193,17 +211,17 @@ def test_defense_loss_matches_equation_2_and_the_fgsm_at_plus_triplet_term(digit
     # two examples of different classes: each anchor's only possible negative is the other example
     idx = torch.tensor([int((digits.train_y == 3).nonzero()[0]), int((digits.train_y == 7).nonzero()[0])])
     x, y = digits.train_x[idx], digits.train_y[idx]
-    ctx = types.SimpleNamespace(epoch=1, batch_index=None)
+    ctx = TrainContext(device=torch.device("cpu"), dataset=None, epoch=1)
     at2l = build_defense("at2l", {"eps": 0.2, "generation": "online", "joint_forward": False})
     at2l.on_epoch_start(model, ctx)
-    out = at2l.loss(model, x, y, ctx)
+    out = at2l.step(model, Batch(x, y), ctx)
     expected, _ = at2l_loss(model(x), model(out.x_adv), y, torch.tensor([1, 0]), lam1=0.3, lam2=1.0, margin=1.0)
     assert torch.allclose(out.loss, expected, atol=1e-6)
     assert (out.x_adv - x).abs().max() <= 0.2 + 1e-6
     # FGSM-AT eq. (1) with λ = 0.3 plus the triplet term (λ 1, α 1) is the same loss
     composed = build_defense("fgsm_at", {"eps": 0.2, "lam": 0.3, "terms": [{"name": "triplet"}]})
     composed.on_epoch_start(model, ctx)
-    assert torch.allclose(composed.total_loss(model, x, y, ctx).loss, expected, atol=1e-6)
+    assert torch.allclose(composed.step(model, Batch(x, y), ctx).loss, expected, atol=1e-6)
 
 
 def test_triplet_term_composes_with_pgd_at(tmp_path):
@@ -266,10 +284,10 @@ def test_ensemble_pregenerates_every_pair_once_per_round(tmp_path, monkeypatch, 
     gaps = []
     original_loss = AT2L.loss
 
-    def checking_loss(self, model, x, y, ctx):
-        out = original_loss(self, model, x, y, ctx)
+    def checking_loss(self, model, batch, ctx):
+        out = original_loss(self, model, batch, ctx)
         if out.x_adv is not None:  # the looked-up adversarial examples belong to this batch's images
-            gaps.append(float((out.x_adv - x).abs().amax()))
+            gaps.append(float((out.x_adv - batch.x).abs().amax()))
         return out
 
     monkeypatch.setattr(AdversarialEnsemble, "craft", counting_craft)
@@ -316,9 +334,9 @@ def test_mixed_set_with_cw_runs_online(digits):
     model = build_model("model_d", in_shape=digits.in_shape, num_classes=10, hidden=32, depth=1)
     defense = build_defense("at2l", {"attacks": ["mixed"], "generation": "online", "cw_max_iter": 5,
                                      "cw_binary_steps": 1, "iter_steps": 2})
-    ctx = types.SimpleNamespace(epoch=1)
+    ctx = TrainContext(device=torch.device("cpu"), dataset=None, epoch=1)
     defense.on_epoch_start(model, ctx)
-    out = defense.loss(model, digits.train_x[:40], digits.train_y[:40], ctx)
+    out = defense.step(model, Batch(digits.train_x[:40], digits.train_y[:40]), ctx)
     out.loss.backward()
     assert math.isfinite(out.loss.item()) and out.x_adv.shape == (40, 1, 8, 8)
 

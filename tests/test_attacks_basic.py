@@ -37,7 +37,7 @@ def test_attack_restores_each_module_mode_and_leaves_no_parameter_gradients(trai
 
 def test_attacks_run_with_parameters_frozen_and_restore_each_flag(batch):
     from robustlab.attacks import DeepFool
-    from robustlab.attacks.base import parameters_frozen
+    from robustlab.modes import parameters_frozen
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
     model[3].bias.requires_grad_(False)  # a deliberately frozen parameter stays frozen

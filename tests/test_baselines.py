@@ -12,7 +12,7 @@ from torch import nn
 
 from robustlab.attacks import PGD
 from robustlab.config import ScheduleConfig
-from robustlab.defenses import TrainContext, build_defense
+from robustlab.defenses import Batch, TrainContext, build_defense
 from robustlab.defenses.awp import weight_perturbation
 from robustlab.defenses.fgsm_rs import RandomStartFGSM
 from robustlab.defenses.mart import mart_loss
@@ -150,10 +150,10 @@ def test_awp_steps_from_the_unperturbed_weights_with_the_gradient_at_the_perturb
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
     x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 3, (8,))
     defense = build_defense("awp", {"gamma": 0.05, "base_options": {"eps": 0.1, "steps": 2, "random_start": False}})
-    ctx = TrainContext(config=None, device=torch.device("cpu"), dataset=None, epoch=0)
+    ctx = TrainContext(device=torch.device("cpu"), dataset=None, epoch=0)
     defense.on_epoch_start_all(model, ctx)
     before = model[1].weight.detach().clone()
-    out = defense.total_loss(model, x, y, ctx)
+    out = defense.step(model, Batch(x, y), ctx)
     perturbed = model[1].weight.detach().clone()
     assert (perturbed - before).norm().item() == pytest.approx(0.05 * before.norm().item(), rel=1e-5)
     grad = torch.autograd.grad(out.loss, model[1].weight)[0]

@@ -15,7 +15,7 @@ from robustlab.attacks.critic_unrolled import (RunningConfidence, straight_throu
                                                unrolled_high_confidence_attack)
 from robustlab.checkpoint import load_checkpoint
 from robustlab.experiment import config_from_dict
-from robustlab.defenses import build_defense
+from robustlab.defenses import Batch, TrainContext, build_defense
 from robustlab.defenses.critic_losses import critic_loss, cycle_distance, gradient_penalty, hidden_weight_decay
 from robustlab.defenses.margin import margin_normal_penalty
 from robustlab.defenses.vat import kl_from_logits, virtual_adversarial_direction
@@ -214,9 +214,16 @@ def test_pretraining_weight_decay_skips_the_output_layer():
 
 
 # --- the defense ---------------------------------------------------------------------------------------------------
-class _Ctx:
-    def __init__(self, dataset, epoch):
-        self.dataset, self.epoch, self.device = dataset, epoch, torch.device("cpu")
+def _Ctx(dataset, epoch):
+    return TrainContext(device=torch.device("cpu"), dataset=dataset, epoch=epoch)
+
+
+def _adversary_stage(defense, model, x, y, ctx) -> Batch:
+    """The engine's order up to the loss: x̂ crafted, then the critic steps."""
+    batch = Batch(x, y)
+    batch.x_adv = defense.craft(model, batch, ctx)
+    defense.update_auxiliaries(model, batch, ctx)
+    return batch
 
 
 def _critic_defense(digits, model, **options):
@@ -232,8 +239,8 @@ def test_empty_fooled_set_leaves_only_the_cross_entropy(digits):
     x, y = digits.train_x[:20], digits.train_y[:20]
     with torch.no_grad():
         predicted = model(x).argmax(1)
-    defense._prepared = (x, x.clone().requires_grad_(True), predicted, {})  # x̂ classified as x: M = ∅
-    out = defense.loss(model, x, y, _Ctx(digits, 1))
+    batch = Batch(x, y, x_adv=x.clone().requires_grad_(True), y_adv=predicted)  # x̂ classified as x: M = ∅
+    out = defense.loss(model, batch, _Ctx(digits, 1))
     assert torch.allclose(out.loss, F.cross_entropy(model(x), y))
     assert out.metrics["fooled"] == 0 and out.metrics["adv_term"] == 0 and out.metrics["rec_term"] == 0
     out.loss.backward()
@@ -246,11 +253,11 @@ def test_classifier_loss_reaches_the_classifier_through_the_attack_but_not_the_c
     defense = _critic_defense(digits, model, lam=1.0, lam_rec=1.0)
     x, y = digits.train_x[:32], digits.train_y[:32]
     ctx = _Ctx(digits, 1)
-    defense.before_step(model, x, y, ctx)
+    batch = _adversary_stage(defense, model, x, y, ctx)
     critic_before = [p.detach().clone() for p in defense.critic.parameters()]
     for p in defense.critic.parameters():
         p.grad = None
-    out = defense.loss(model, x, y, ctx)
+    out = defense.loss(model, batch, ctx)
     assert out.metrics["fooled"] > 0 and out.metrics["adv_term"] > 0 and out.metrics["rec_term"] > 0
     attack_only = out.loss - F.cross_entropy(model(x), y)  # λ·critic term + λ_rec·cycle term
     grads = torch.autograd.grad(attack_only, list(model.parameters()), allow_unused=True)
@@ -363,7 +370,7 @@ def test_critic_steps_take_that_many_critic_updates_per_batch(digits):
     steps = {}
     for k in (1, 3):
         defense = _critic_defense(digits, model, critic_steps=k)
-        defense.before_step(model, x, y, _Ctx(digits, 1))
+        _adversary_stage(defense, model, x, y, _Ctx(digits, 1))
         steps[k] = defense.critic_opt.state[defense.critic.net[2].weight]["step"].item()
     assert steps == {1: 1, 3: 3}
 
@@ -375,7 +382,7 @@ def test_go_no_go_line_after_the_check_epoch(digits, threshold, go):
     ctx = _Ctx(digits, 1)  # the second epoch: the first after pretraining
     lines: list[str] = []
     ctx.log = lines.append
-    defense.before_step(model, digits.train_x[:16], digits.train_y[:16], ctx)
+    _adversary_stage(defense, model, digits.train_x[:16], digits.train_y[:16], ctx)
     assert defense.on_epoch_end(model, ctx)["critic_go"] == float(go)
     assert len(lines) == 1
     if go:

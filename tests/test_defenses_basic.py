@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import types
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from robustlab.defenses import build_defense
+from robustlab.defenses import Batch, TrainContext, build_defense
 from robustlab.errors import ConfigError
 
 
 def ctx(epoch=0):
-    return types.SimpleNamespace(epoch=epoch)
+    return TrainContext(device=torch.device("cpu"), dataset=None, epoch=epoch)
 
 
 def test_fgsm_at_loss_is_equation_1(trained_digits_mlp, digits):
@@ -23,7 +22,7 @@ def test_fgsm_at_loss_is_equation_1(trained_digits_mlp, digits):
     defense.setup(model, ctx())
     defense.on_epoch_start(model, ctx())
     model.eval()
-    out = defense.loss(model, x, y, ctx())
+    out = defense.step(model, Batch(x, y), ctx())
     x_req = x.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(F.cross_entropy(model(x_req), y, reduction="sum"), x_req)
     x_adv = (x + eps * g.sign()).clamp(0, 1)
@@ -38,13 +37,13 @@ def test_pgd_at_weights_and_adversarial_only_skips_clean_pass(trained_digits_mlp
     madry = build_defense("pgd_at", {"eps": 0.1, "steps": 3})
     madry.setup(model, ctx())
     madry.on_epoch_start(model, ctx())
-    out = madry.loss(model, x, y, ctx())
+    out = madry.step(model, Batch(x, y), ctx())
     assert out.logits_clean is None and "ce_clean" not in out.metrics
     assert torch.allclose(out.loss, F.cross_entropy(model(out.x_adv), y))
     mixed = build_defense("pgd_at", {"eps": 0.1, "steps": 3, "mix": "weighted", "alpha": 0.25, "beta": 0.75})
     mixed.setup(model, ctx())
     mixed.on_epoch_start(model, ctx())
-    out = mixed.loss(model, x, y, ctx())
+    out = mixed.step(model, Batch(x, y), ctx())
     expected = 0.25 * F.cross_entropy(model(x), y) + 0.75 * F.cross_entropy(model(out.x_adv), y)
     assert torch.allclose(out.loss, expected, atol=1e-6)
     assert (out.x_adv - x).abs().max() <= 0.1 + 1e-6
@@ -55,7 +54,7 @@ def test_warmup_is_clean_and_eps_ramps_linearly(trained_digits_mlp, digits):
     defense = build_defense("pgd_at", {"eps": 0.3, "warmup_epochs": 2, "eps_ramp_epochs": 3})
     assert [round(defense.epoch_eps(e), 6) for e in range(6)] == [0.0, 0.0, 0.1, 0.2, 0.3, 0.3]
     defense.on_epoch_start(model, ctx(epoch=1))
-    out = defense.loss(model, x, y, ctx(epoch=1))
+    out = defense.step(model, Batch(x, y), ctx(epoch=1))
     assert out.x_adv is None and torch.allclose(out.loss, F.cross_entropy(model(x), y))
 
 

@@ -52,12 +52,12 @@ def test_resume_after_interruption_reproduces_uninterrupted_weights(tmp_path, mo
     calls = {"n": 0}
     original = PGDAdversarialTraining.loss
 
-    def interrupt_in_epoch_3(self, model, x, y, ctx):
+    def interrupt_in_epoch_3(self, model, batch, ctx):
         if ctx.epoch == 2:
             calls["n"] += 1
             if calls["n"] == 2:
                 raise KeyboardInterrupt
-        return original(self, model, x, y, ctx)
+        return original(self, model, batch, ctx)
 
     monkeypatch.setattr(PGDAdversarialTraining, "loss", interrupt_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
@@ -118,15 +118,16 @@ def test_add_on_terms_get_hooks_and_their_networks_are_checkpointed(tmp_path):
                 self.opt = torch.optim.SGD(self.net.parameters(), lr=0.1)
                 self.steps = 0
 
-            def before_step(self, model, x, y, ctx):
+            def update_auxiliaries(self, model, batch, ctx):
                 self.opt.zero_grad()
                 self.net(torch.ones(1, 10)).pow(2).sum().backward()  # drives the probe's output to 0
                 self.opt.step()
                 self.steps += 1
+                return {}
 
-            def term(self, model, x, y, out, ctx):
+            def term(self, model, batch, out, ctx):
                 assert out.x_adv is not None or ctx.epoch == 0  # reuses the defense's adversarial batch
-                value = self.options.weight * model(x).pow(2).mean()
+                value = self.options.weight * model(batch.x).pow(2).mean()
                 return value, {"value": value.detach()}
 
             def aux_modules(self):

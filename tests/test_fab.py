@@ -15,7 +15,7 @@ from torch import nn
 
 import torchattacks  # noqa: E402  (a test dependency: make test installs it)
 
-from robustlab.attacks.base import model_mode
+from robustlab.modes import model_mode
 from robustlab.attacks.fab import FAB, hyperplane_projection, random_start
 from robustlab.attacks.registry import available_attacks, build_attack
 

@@ -11,7 +11,7 @@ import torch
 from robustlab.attacks.losses import loss_gradient
 from robustlab.cli import main
 from robustlab.experiment import config_from_dict
-from robustlab.defenses import TrainContext, build_defense
+from robustlab.defenses import Batch, TrainContext, build_defense
 from robustlab.defenses.l2p import harmonic_number, regulariser_loss, tau_at
 from robustlab.engine import Trainer
 from robustlab.errors import ConfigError
@@ -34,12 +34,11 @@ def raw_config(tmp_path, defense, model=None, epochs=2, **data):
 
 
 def defense_and_ctx(defense_options, epoch=0):
-    config = config_from_dict({"model": SMALL, "optim": {"lr": 0.1}, "defense": defense_options,
-                               "run": {"epochs": 10}})
+    config_from_dict({"model": SMALL, "optim": {"lr": 0.1}, "defense": defense_options, "run": {"epochs": 10}})
     model = build_model("noisy", in_shape=(1, 8, 8), num_classes=10, base="resnet_v1",
                         base_options={"depth": 8, "width": 0.25})
     defense = build_defense(defense_options["name"], {k: v for k, v in defense_options.items() if k != "name"})
-    ctx = TrainContext(config=config, device=torch.device("cpu"), dataset=None, epoch=epoch)
+    ctx = TrainContext(device=torch.device("cpu"), dataset=None, epoch=epoch, base_lr=0.1)
     defense.setup_all(model, ctx)
     defense.on_epoch_start_all(model, ctx)
     return model, defense, ctx
@@ -74,12 +73,14 @@ def test_one_iteration_regulariser_step_then_loss_step_only_for_l2p(variant):
     assert defense.tau == pytest.approx(harmonic_number(2))  # second noise epoch
     theta0 = [t.detach().clone() for t in defense.noise_params]
     x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
-    defense.before_step_all(model, x, y, ctx)
+    batch = Batch(x, y)
+    batch.x_adv = defense.craft(model, batch, ctx)  # a warm-up epoch: none
+    defense.update_auxiliaries(model, batch, ctx)
     after_reg = [t.detach().clone() for t in defense.noise_params]
     for t0, t1 in zip(theta0, after_reg):  # SGD step on −(γ/τ)Σ√θ: θ + lr·γ/(2τ√θ)
         assert torch.allclose(t1, t0 + lr * gamma / (2 * defense.tau * t0.sqrt()), rtol=1e-5)
     assert all(t.grad is None for t in defense.noise_params)  # the main backward starts from empty θ gradients
-    out = defense.total_loss(model, x, y, ctx)
+    out = defense.total_loss(model, batch, ctx)
     out.loss.backward()
     loss_grads = [t.grad.clone() for t in defense.noise_params]
     defense.after_backward_all(ctx)
@@ -139,7 +140,7 @@ def test_attack_on_predicted_labels_option():
     with noise_enabled(model, False), torch.no_grad():
         predicted = model.eval()(x).argmax(1)  # the predictions come from the model in the attack's mode (eval)
         model.train()
-        defense.loss(model, x, y, ctx)
+        defense.step(model, Batch(x, y), ctx)
     assert torch.equal(seen["y"], predicted)
 
 

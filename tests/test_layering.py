@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "robustlab"
 
 # Lowest first. A module belongs to the first entry whose name is the module or a package above it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("errors", "registry", "rng", "passes", "distributed", "config")),
+    ("foundation", ("errors", "registry", "rng", "passes", "distributed", "modes", "config")),
     ("components", ("data", "models", "attacks", "schedule", "retrieval")),
     ("runs", ("checkpoint", "run_lock", "runs", "user_model")),
     ("defenses", ("defenses",)),

@@ -11,7 +11,7 @@ import torchattacks  # a test dependency: make test installs it
 
 import robustlab.attacks.square as square_module
 from robustlab.attacks import build_attack
-from robustlab.attacks.base import model_mode
+from robustlab.modes import model_mode
 from robustlab.attacks.square import Square, meta_pattern, p_schedule
 
 

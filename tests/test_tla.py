@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlab.experiment import config_from_dict
-from robustlab.defenses import build_defense
+from robustlab.defenses import Batch, TrainContext, build_defense
 from robustlab.defenses.alp import logit_pairing
 from robustlab.defenses.tla import norm_penalty, tla_loss
 from robustlab.defenses.triplet import TripletLoss
@@ -41,9 +41,9 @@ class IdentityFeatures(nn.Module):
         return self.head(self.features(x))
 
 
-def dataset_ctx(train_x, train_y, batch_index=None):
-    data = types.SimpleNamespace(train_x=train_x, train_y=train_y)
-    return types.SimpleNamespace(dataset=data, epoch=0, batch_index=batch_index, device=torch.device("cpu"))
+def dataset_ctx(train_x, train_y):
+    data = types.SimpleNamespace(train_x=train_x, train_y=train_y)  # the pool and positives come from train_x
+    return TrainContext(device=torch.device("cpu"), dataset=data, epoch=0)
 
 
 # --- semi-hard mining ------------------------------------------------------------------------------------------
@@ -177,9 +177,9 @@ def test_tla_defense_loss_matches_tla_loss_on_its_own_triplets():
     model = IdentityFeatures(dim=4, classes=3)
     train_x, train_y = torch.rand(30, 4), torch.arange(30) % 3
     defense = build_defense("tla", {"eps": 0.1, "steps": 2, "step_size": 0.05, "pool_size": 10, "lam_norm": 0.1})
-    ctx = dataset_ctx(train_x, train_y, batch_index=torch.arange(6))
+    ctx = dataset_ctx(train_x, train_y)
     defense.on_epoch_start(model, ctx)
-    out = defense.loss(model, train_x[:6], train_y[:6], ctx)
+    out = defense.step(model, Batch(train_x[:6], train_y[:6], torch.arange(6)), ctx)
     assert (out.x_adv - train_x[:6]).abs().max() <= 0.1 + 1e-6
     assert {"ce", "norm", "triplet_hinge", "acc_adv"} <= set(out.metrics)
     ce = F.cross_entropy(out.logits_adv, train_y[:6])
@@ -195,9 +195,9 @@ def test_tla_with_lam_trip_zero_is_the_plain_ce_and_only_measures_its_triplets()
     train_x, train_y = torch.rand(30, 4), torch.arange(30) % 3
     defense = build_defense("tla", {"eps": 0.1, "steps": 2, "step_size": 0.05, "pool_size": 10, "lam_trip": 0.0,
                                     "lam_norm": 0.0})
-    ctx = dataset_ctx(train_x, train_y, batch_index=torch.arange(6))
+    ctx = dataset_ctx(train_x, train_y)
     defense.on_epoch_start(model, ctx)
-    out = defense.loss(model, train_x[:6], train_y[:6], ctx)
+    out = defense.step(model, Batch(train_x[:6], train_y[:6], torch.arange(6)), ctx)
     assert torch.allclose(out.loss, F.cross_entropy(out.logits_adv, train_y[:6]))
     assert {"triplet_active", "triplet_d_pos", "triplet_d_neg"} <= set(out.metrics)
     out.loss.backward()
@@ -233,7 +233,7 @@ def test_alp_loss_by_hand():
         model.fc.bias.zero_()
     defense = build_defense("alp", {"lam_pair": 0.5})
     defense.attack = lambda m, x, y: z_adv  # a fixed "attack": logits of x' = x' through the identity head
-    out = defense.loss(model, z, y, dataset_ctx(z, y))
+    out = defense.step(model, Batch(z, y), dataset_ctx(z, y))
     ce = 0.5 * F.cross_entropy(z, y) + 0.5 * F.cross_entropy(z_adv, y)
     assert out.loss.item() == pytest.approx(ce.item() + 0.5 * 3.0, rel=1e-6)
     assert out.metrics["pairing"].item() == pytest.approx(3.0)

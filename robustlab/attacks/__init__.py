@@ -1,6 +1,7 @@
 """Attacks behind one contract: ``attack(model, x, y) -> x_adv`` (see ``base.py``)."""
 
-from robustlab.attacks.base import Attack, model_mode
+from robustlab.attacks.base import Attack
+from robustlab.modes import model_mode
 from robustlab.attacks.apgd import APGD, APGDCE, APGDDLR
 from robustlab.attacks.eot import EOTPGD, with_eot
 from robustlab.attacks.fab import FAB

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from robustlab.attacks.active import success_mask
-from robustlab.attacks.base import Attack, check_batch, model_mode, parameters_frozen
+from robustlab.attacks.base import Attack, check_batch
+from robustlab.modes import model_mode, parameters_frozen
 
 
 def flat_norm(t: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,10 @@
 """Defenses as recipe objects (see ``base.py`` for the contract the engine calls)."""
 
-from robustlab.defenses.base import (Defense, LossOutput, LossTerm, Recipe, TrainContext, register_defense,
+from robustlab.defenses.base import (Batch, Defense, LossOutput, LossTerm, Recipe, TrainContext, register_defense,
                                      register_term)
 from robustlab.defenses.registry import available_defenses, available_terms, build_defense, validate_defense_section
 
-__all__ = ["Defense", "LossOutput", "LossTerm", "Recipe", "TrainContext", "available_defenses", "available_terms",
+__all__ = ["Batch", "Defense", "LossOutput", "LossTerm", "Recipe", "TrainContext", "available_defenses", "available_terms",
            "build_defense", "register_defense", "register_term", "validate_defense_section"]
 
 import robustlab.defenses.families  # noqa: E402,F401  (every defense and term registered: the registry is complete)

@@ -24,19 +24,18 @@ those of adversarial inputs (t = 0); the encoder learns to fool it, which pushes
   x_adv from the pre-update model (FGSM, ε 0.25 by default, PGD as an option), then one D step (Adam 1e-3) on
   the detached features of that batch, then one classifier step on L_cls + L_enc computed with the updated D.
 
-  *Where the D step happens.* The engine calls ``before_step`` before the host defense's ``loss``, but the host
-  crafts x_adv inside ``loss``. Crafting x_adv in ``before_step`` would need every host to learn to reuse it, so
-  the D step runs at the start of :meth:`FeatureDiscriminatorTerm.term` instead: ``term`` is called after the
-  host's ``loss`` and before the engine's backward and optimiser step, so the model is still the pre-update
-  model, and the D step and the classifier step see the same x_adv (the host's ``out.x_adv``). The D step uses
-  its own optimiser and a backward on detached features (nothing reaches the model's ``.grad``), and the
-  classifier's backward reaches no D parameter (see L_enc), so neither step disturbs the other.
+  *Where the D step happens.* In the engine's order (DESIGN.md, ``defenses/base.py``): the adversary stage crafts
+  x_adv, then the auxiliary updates run — the D step, on E(x) and E(x_adv) of this batch taken without gradient
+  in the model's training mode (its batch-norm statistics restored after this extra pass) — then the host's loss
+  and L_enc with the updated D. The D step uses its own optimiser and a backward on detached features (nothing
+  reaches the model's ``.grad``), and the classifier's backward reaches no D parameter (see L_enc), so neither
+  step disturbs the other.
 
 * **Composition**: :class:`FeatureDiscriminatorTerm` is the registered add-on term ``feature_discriminator``
   (``[[defense.terms]]``): it reuses the host's x_adv (``pgd_at``, ``fgsm_at``, ...) and crafts its own with its
   ``attack`` / ``eps`` when the host has none (``standard``, warm-up epochs) or when ``adversary = "own"``.
-  The defense ``a3t`` is the α/β classification loss plus that term (built from the same options), and hands the
-  term the features of its own forward passes, so the features D sees are exactly those the classifier used.
+  The defense ``a3t`` is the α/β classification loss plus that term (built from the same options); its loss
+  returns E(x_adv) of its own forward pass (``LossOutput.split_features``), which L_enc reuses.
 
 * **Variants** (configs ``configs/a3t/``): simple α 1 β 0; AT α ½ β 0; A2T α 1 β 1; A3T α ½ β 1. With β 0 the
   discriminator is still trained, as a passive observer of how separable the features are (it does not touch
@@ -62,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab.defenses.base import Defense, LossOutput, LossTerm, register_defense
+from robustlab.defenses.base import Batch, Defense, LossOutput, LossTerm, register_defense
 from robustlab.defenses.feature_discriminator import (DiscriminatorSettings, FeatureDiscriminatorOptions,
                                                       FeatureDiscriminatorTerm, check_attack_options)
 from robustlab.errors import ConfigError
@@ -91,9 +90,11 @@ class A3T(Defense):
         super().__init__(options, [self.discriminator, *(terms or [])])
         self.attack = self.discriminator.attack
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> LossOutput:
-        o = self.options
-        x_adv = self.attack(model, x, y)
+    def craft(self, model: nn.Module, batch: Batch, ctx) -> torch.Tensor:
+        return self.attack(model, batch.x, batch.y)
+
+    def loss(self, model: nn.Module, batch: Batch, ctx) -> LossOutput:
+        o, x, x_adv, y = self.options, batch.x, batch.x_adv, batch.y
         split = FeatureSplit(model, o.layer)
         grad = torch.is_grad_enabled()
         with torch.set_grad_enabled(grad and o.alpha > 0):
@@ -108,8 +109,8 @@ class A3T(Defense):
             loss = ce_adv
         else:
             loss = o.alpha * ce_clean + (1 - o.alpha) * ce_adv
-        self.discriminator.provide_features(x, x_adv, z, z_adv)
         metrics = {"ce_clean": ce_clean.detach(), "ce_adv": ce_adv.detach(), "loss": loss.detach(),
                    "acc": logits.detach().argmax(1).eq(y).float().mean(),
                    "acc_adv": logits_adv.detach().argmax(1).eq(y).float().mean()}
-        return LossOutput(loss, metrics, x_adv=x_adv, logits_clean=logits, logits_adv=logits_adv)
+        return LossOutput(loss, metrics, x_adv=x_adv, logits_clean=logits, logits_adv=logits_adv,
+                          split_features=(o.layer, z, z_adv))

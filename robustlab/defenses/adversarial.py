@@ -23,7 +23,7 @@ from torch import nn
 
 from robustlab.attacks import FGSM, PGD, Attack
 from robustlab.config import bounded
-from robustlab.defenses.base import Defense, LossOutput, register_defense
+from robustlab.defenses.base import Batch, Defense, LossOutput, register_defense
 from robustlab.defenses.standard import clean_loss
 from robustlab.errors import ConfigError
 
@@ -120,24 +120,26 @@ class AdversarialTraining(Defense):
         """Whether this epoch trains on adversarial examples (False during the clean warm-up)."""
         return ctx.epoch >= self.options.warmup_epochs
 
-    def craft(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The training examples x_adv of a batch (this epoch's attack against the current model)."""
+    def craft(self, model: nn.Module, batch: Batch, ctx) -> torch.Tensor | None:
+        return self.adversarial_examples(model, batch.x, batch.y) if self.adversarial(ctx) else None
+
+    def adversarial_examples(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """This epoch's attack on ``(x, y)`` against the current model."""
         return self.attack(model, x, y)
 
-    def objective(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, ctx
-                  ) -> LossOutput:
+    def objective(self, model: nn.Module, batch: Batch, ctx) -> LossOutput:
         """The loss minimised on (x, x_adv); ``model`` may be any callable (AWP evaluates it at perturbed weights)."""
         w_clean, w_adv = self.weights()
-        return mixed_adversarial_loss(model, x, x_adv, y, w_clean, w_adv)
+        return mixed_adversarial_loss(model, batch.x, batch.x_adv, batch.y, w_clean, w_adv)
 
     def warmup_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> LossOutput:
         """The loss of the clean warm-up epochs."""
         return clean_loss(model, x, y)
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> LossOutput:
-        if not self.adversarial(ctx):
-            return self.warmup_loss(model, x, y)
-        return self.objective(model, x, self.craft(model, x, y), y, ctx)
+    def loss(self, model: nn.Module, batch: Batch, ctx) -> LossOutput:
+        if batch.x_adv is None:
+            return self.warmup_loss(model, batch.x, batch.y)
+        return self.objective(model, batch, ctx)
 
 
 @dataclass

@@ -21,7 +21,7 @@ from torch import nn
 
 from robustlab.config import bounded
 from robustlab.defenses.adversarial import PGDAdversarialTraining, PGDATOptions
-from robustlab.defenses.base import LossOutput, register_defense
+from robustlab.defenses.base import Batch, LossOutput, register_defense
 
 
 def logit_pairing(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
@@ -39,11 +39,10 @@ class ALPOptions(PGDATOptions):
 class ALP(PGDAdversarialTraining):
     """PGD-AT's mixed CE plus λ × logit pairing; see the module docstring."""
 
-    def objective(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, ctx
-                  ) -> LossOutput:
-        out = super().objective(model, x, x_adv, y, ctx)
+    def objective(self, model: nn.Module, batch: Batch, ctx) -> LossOutput:
+        out = super().objective(model, batch, ctx)
         if out.logits_clean is None:
-            out.logits_clean = model(x)
+            out.logits_clean = model(batch.x)
         pairing = logit_pairing(out.logits_clean, out.logits_adv)
         out.loss = out.loss + self.options.lam_pair * pairing
         out.metrics.update(pairing=pairing.detach(), loss=out.loss.detach())

@@ -35,7 +35,7 @@ with examples transferred from a separately trained C (``robustlab eval --transf
 iterative ones; C&W-L2 with 1000 iterations, initial c 1e-3, lr 5e-3 (its binary-search steps are not given; 9
 by default [R]). C&W examples are minimal perturbations, not bounded by ε; where C&W fails the clean x is used.
 
-Pre-generated examples are looked up by the training-set indices of the batch (``TrainContext.batch_index``),
+Pre-generated examples are looked up by the training-set indices of the batch (``Batch.index``),
 so the round modes need un-augmented data (``data.augment = "none"``). Under DDP every process builds the round's
 examples of the whole training set (simple, not sharded).
 """
@@ -51,28 +51,11 @@ from torch import nn
 
 from robustlab.defenses.adversarial import scheduled_eps
 from robustlab.defenses.at2l_ensemble import ATTACK_SETS, TRAINING_ATTACKS, AdversarialEnsemble, expand_attacks
-from robustlab.defenses.base import Defense, LossOutput, register_defense
+from robustlab.defenses.base import Batch, Defense, LossOutput, register_defense
 from robustlab.defenses.standard import clean_loss
-from robustlab.defenses.triplet import TripletLoss, triplet_hinge
+from robustlab.defenses.triplet import TripletLoss
 from robustlab.defenses.triplet_mining import EMBEDDINGS, MINERS, embed, get_distance
 from robustlab.errors import ConfigError, require
-
-def at2l_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, negative_index: torch.Tensor,
-              *, lam1: float, lam2: float, margin: float, distance: str = "linf",
-              valid: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Eq. (2) on given logits, with the negatives given as indices into the clean batch (for checking by hand).
-
-    Returns the loss and its parts: ``ce`` = the normalised cross-entropy part, ``triplet`` = (1/k) Σ hinge.
-    """
-    k = len(y)
-    ce = (F.cross_entropy(logits_clean, y, reduction="sum")
-          + lam1 * F.cross_entropy(logits_adv, y, reduction="sum")) / ((1.0 + lam1) * k)
-    hinge = triplet_hinge(logits_adv, logits_clean, logits_clean[negative_index], margin, distance)
-    if valid is not None:
-        hinge = torch.where(valid, hinge, torch.zeros_like(hinge))
-    triplet = hinge.sum() / k
-    return ce + lam2 * triplet, {"ce": ce, "triplet": triplet, "hinge": hinge}
-
 
 @dataclass
 class AT2LOptions:
@@ -138,11 +121,17 @@ class AT2L(Defense):
         self.ensemble.start_round(model, ctx, self.eps, adversarial=ctx.epoch >= self.options.pretrain_epochs)
 
     # --- the loss ----------------------------------------------------------------------------------------------
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> LossOutput:
+    def craft(self, model: nn.Module, batch: Batch, ctx) -> torch.Tensor | None:
+        """This round's x_adv of the batch (looked up by the examples' indices, or crafted when online)."""
+        if ctx.epoch < self.options.pretrain_epochs:
+            return None
+        return self.ensemble.adversarial_batch(model, batch.x, batch.y, batch.index)
+
+    def loss(self, model: nn.Module, batch: Batch, ctx) -> LossOutput:
         o = self.options
-        if ctx.epoch < o.pretrain_epochs:
+        x, x_adv, y = batch.x, batch.x_adv, batch.y
+        if x_adv is None:
             return clean_loss(model, x, y)
-        x_adv = self.ensemble.adversarial_batch(model, x, y, ctx)
         k = len(y)
         if o.joint_forward:
             emb, logits = embed(model, torch.cat([x, x_adv]), o.embedding)

@@ -65,16 +65,15 @@ class AdversarialEnsemble:
 
     def setup(self, model: nn.Module, ctx) -> None:
         o = self.options
-        config = getattr(ctx, "config", None)
-        if o.generation != "online" and config is not None and config.data.augment != "none":
+        if o.generation != "online" and ctx.augment != "none":
             raise ConfigError(f"defense at2l with generation = {o.generation!r} pre-generates adversarial examples "
                               f"of the stored training images and needs data.augment = 'none' "
                               f"(or generation = 'online')")
-        device = getattr(ctx, "device", None) or next(model.parameters()).device
+        device = ctx.device
         for path in o.models:
             if path not in self.frozen:
                 self.frozen[path] = load_frozen_model(path, device)
-        dataset = getattr(ctx, "dataset", None)
+        dataset = ctx.dataset
         if dataset is not None and self.frozen:
             probe = dataset.train_x[:2].to(device)
             with torch.no_grad():
@@ -143,8 +142,10 @@ class AdversarialEnsemble:
             self.store, self.store_pair = store, pair_of
         self.generated_rounds += 1
 
-    def adversarial_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> torch.Tensor:
-        """x_adv for the batch: looked up in this round's examples, or crafted now (``generation = "online"``)."""
+    def adversarial_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None
+                          ) -> torch.Tensor:
+        """x_adv for the batch: looked up by the examples' training-set ``index`` in this round's examples, or
+        crafted now (``generation = "online"``)."""
         o = self.options
         if o.generation == "online":
             pair_of = torch.randint(len(self.pairs), (len(y),))
@@ -153,10 +154,9 @@ class AdversarialEnsemble:
                 idx = (pair_of == p).nonzero().squeeze(1).to(x.device)
                 x_adv[idx] = self.craft(p, model, x[idx], y[idx])
             return x_adv
-        index = getattr(ctx, "batch_index", None)
         if index is None or self.store is None:
-            raise RuntimeError("at2l with pre-generated rounds needs ctx.batch_index (the training-set indices of "
-                               "the batch, set by the engine) and on_epoch_start to have run")
+            raise RuntimeError("at2l with pre-generated rounds needs the batch's training-set indices (Batch.index, "
+                               "set by the engine) and on_epoch_start to have run")
         index = index.to(self.store.device)
         if o.generation == "round_full":
             pair_of = torch.randint(len(self.pairs), (len(index),), device=self.store.device)

@@ -21,7 +21,7 @@ from torch import nn
 from torch.func import functional_call
 
 from robustlab.config import bounded
-from robustlab.defenses.base import Defense, LossOutput, register_defense
+from robustlab.defenses.base import Batch, Defense, LossOutput, register_defense
 from robustlab.defenses.registry import build_defense
 from robustlab.distributed import sum_over_processes
 
@@ -70,14 +70,16 @@ class AdversarialWeightPerturbation(Defense):
     def on_epoch_end(self, model: nn.Module, ctx) -> dict[str, float]:
         return self.base.on_epoch_end_all(model, ctx)
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> LossOutput:
-        if not self.base.adversarial(ctx) or ctx.epoch < self.options.awp_warmup:
-            return self.base.loss(model, x, y, ctx)
-        x_adv = self.base.craft(model, x, y)
-        self.perturbation = weight_perturbation(model, lambda m: self.base.objective(m, x, x_adv, y, ctx),
+    def craft(self, model: nn.Module, batch: Batch, ctx) -> torch.Tensor | None:
+        return self.base.craft(model, batch, ctx)
+
+    def loss(self, model: nn.Module, batch: Batch, ctx) -> LossOutput:
+        if batch.x_adv is None or ctx.epoch < self.options.awp_warmup:
+            return self.base.loss(model, batch, ctx)
+        self.perturbation = weight_perturbation(model, lambda m: self.base.objective(m, batch, ctx),
                                                 self.options.gamma)
         self._shift(model, +1.0)
-        out = self.base.objective(model, x, x_adv, y, ctx)
+        out = self.base.objective(model, batch, ctx)
         out.metrics["awp_norm"] = torch.sqrt(sum((v * v).sum() for v in self.perturbation.values())).detach()
         return out
 

@@ -1,15 +1,17 @@
 """The defense contract (DESIGN.md): a recipe the engine calls without knowing which defense it is.
 
-Per batch the engine calls, in order::
+Per batch the engine builds a :class:`Batch` (x, y, the examples' training-set indices) and calls
+``defense.step(model, batch, ctx)``, which runs, in order::
 
-    defense.before_step(model, x, y, ctx)      # auxiliary updates first (critic, discriminator, θ regulariser)
-    out = defense.total_loss(model, x, y, ctx) # the defense's loss plus every add-on term, with metrics
-    main optimiser: zero_grad, out.loss.backward()
-    defense.after_backward(ctx)                # step optimisers that share the main backward (e.g. θ)
-    main optimiser step
-    defense.after_step(model, ctx)             # projections / clamps (e.g. θ ≥ θ_min)
+    batch.x_adv = defense.craft(model, batch, ctx)   # the adversary stage (None: a clean step), under AMP
+    term.craft(...)                                  # a term's own adversary, where it has one
+    defense.update_auxiliaries(model, batch, ctx)    # critics, discriminators, θ steps, with (x, x_adv)
+    out = defense.total_loss(model, batch, ctx)      # the defense's loss plus every add-on term, under AMP
 
-and ``on_epoch_start`` / ``on_epoch_end`` around each epoch (AT²L pre-generates its ensemble there).
+then the main optimiser's zero_grad and ``out.loss.backward()``, ``defense.after_backward(ctx)`` (optimisers
+that share the main backward, e.g. θ), the main optimiser step and ``defense.after_step(model, ctx)``
+(projections / clamps, e.g. θ ≥ θ_min); ``on_epoch_start`` / ``on_epoch_end`` around each epoch (AT²L
+pre-generates its round there) and ``evaluate`` with the per-epoch test metrics.
 
 Composition is first-class: a :class:`LossTerm` (the triplet regulariser, the A3T discriminator) is a recipe
 with the same hooks whose ``term`` adds to another defense's loss, reusing that defense's ``x_adv`` and logits
@@ -23,32 +25,31 @@ the engine checkpoints and restores them; ``extra_state`` carries any other stat
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import contextlib
-
 import torch
 from torch import nn
 
-from robustlab.config import Config
 from robustlab.data.base import ImageDataset
 from robustlab.registry import Registry
 
+
 @dataclass
 class TrainContext:
-    """What a defense may read while training: device, data, config, the position in training (epoch, step and
-    the learning-rate factor the engine applies this epoch), AMP."""
+    """What a defense may read while training: device, data, the position in training (epoch, step and the
+    learning-rate factor the engine applies), the base learning rate and augmentation of the run, AMP."""
 
-    config: Config
     device: torch.device
-    dataset: ImageDataset
+    dataset: ImageDataset | None
     amp_dtype: torch.dtype | None = None
     epoch: int = 0  # 0-based epoch being trained
     global_step: int = 0
-    lr_factor: float = 1.0  # the schedule's multiplier of the base learning rate this epoch (auxiliary optimisers)
-    batch_index: torch.Tensor | None = None  # training-set indices of the current batch (AT²L looks up X_adv)
+    lr_factor: float = 1.0  # the schedule's multiplier of the base learning rate now (auxiliary optimisers)
+    base_lr: float = 0.1    # the main optimiser's base learning rate (optim.lr)
+    augment: str = "none"   # the run's data augmentation (data.augment)
     rank: int = 0
     world_size: int = 1
     log: Callable[[str], None] = print
@@ -60,11 +61,30 @@ class TrainContext:
 
 
 @dataclass
+class Batch:
+    """One training step's examples, and what the adversary stage adds to them.
+
+    ``index``: the examples' training-set indices (AT²L looks its round's x_adv up by them, TLA excludes them from
+    the positives). ``x_adv``: crafted by :meth:`Defense.craft` (None for a clean step). ``y_adv``: the model's
+    predictions at ``x_adv`` where a defense needs them (the adversary critic's ŷ). ``term_x_adv``: the
+    examples a term's own adversary crafted (:meth:`LossTerm.craft`), keyed by the term.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor | None = None
+    x_adv: torch.Tensor | None = None
+    y_adv: torch.Tensor | None = None
+    term_x_adv: dict[Any, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
 class LossOutput:
     """What :meth:`Defense.loss` returns.
 
     ``metrics`` holds detached scalar tensors (batch means); the engine averages them over the epoch with one
-    device sync at the end. ``x_adv`` and the logits are kept so that add-on terms can reuse them.
+    device sync at the end. ``x_adv``, the logits and ``split_features`` (``(layer, E(x), E(x_adv))`` where the
+    loss split the model at a layer, as A3T does) are kept so that add-on terms can reuse them.
     """
 
     loss: torch.Tensor
@@ -72,6 +92,7 @@ class LossOutput:
     x_adv: torch.Tensor | None = None
     logits_clean: torch.Tensor | None = None
     logits_adv: torch.Tensor | None = None
+    split_features: tuple[str, torch.Tensor, torch.Tensor] | None = None
 
 
 class Recipe:
@@ -92,8 +113,14 @@ class Recipe:
         """Return extra per-epoch metrics for the JSONL log (e.g. mean θ)."""
         return {}
 
-    def before_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> None:
-        pass
+    def evaluate(self, model: nn.Module, ctx: TrainContext) -> dict[str, float]:
+        """Per-epoch metrics on the test data (``ctx.dataset``), logged with the engine's evaluation (main process)."""
+        return {}
+
+    def update_auxiliaries(self, model: nn.Module, batch: Batch, ctx: TrainContext) -> dict[str, torch.Tensor]:
+        """Step the recipe's own networks or parameters on this batch (x and, once crafted, x_adv) before the
+        loss; returns batch metrics."""
+        return {}
 
     def after_backward(self, ctx: TrainContext) -> None:
         pass
@@ -116,15 +143,20 @@ class Recipe:
 
 
 class LossTerm(Recipe):
-    """An add-on term: ``term(model, x, y, out, ctx) -> (loss, metrics)`` added to a defense's loss."""
+    """An add-on term: ``term(model, batch, out, ctx) -> (loss, metrics)`` added to a defense's loss."""
 
-    def term(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: LossOutput, ctx: TrainContext
+    def craft(self, model: nn.Module, batch: Batch, ctx: TrainContext) -> torch.Tensor | None:
+        """The term's own adversarial examples, where it needs some the host does not give (None: none)."""
+        return None
+
+    def term(self, model: nn.Module, batch: Batch, out: LossOutput, ctx: TrainContext
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
 
 class Defense(Recipe):
-    """Base recipe. Subclasses implement :meth:`loss`; ``terms`` are added by :meth:`total_loss`."""
+    """Base recipe. Subclasses implement :meth:`loss` (and :meth:`craft` when they train on adversarial
+    examples); ``terms`` are added by :meth:`total_loss`."""
 
     def __init__(self, options: Any, terms: list[LossTerm] | None = None):
         super().__init__(options)
@@ -133,14 +165,35 @@ class Defense(Recipe):
     def trainable_parameters(self, model: nn.Module) -> Iterable[nn.Parameter]:
         return model.parameters()
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> LossOutput:
+    def craft(self, model: nn.Module, batch: Batch, ctx: TrainContext) -> torch.Tensor | None:
+        """The adversary stage: this step's adversarial examples (None: a clean step)."""
+        return None
+
+    def loss(self, model: nn.Module, batch: Batch, ctx: TrainContext) -> LossOutput:
         raise NotImplementedError
 
-    def total_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> LossOutput:
-        """The defense's loss plus each term's; term metrics are prefixed with the term's name."""
-        out = self.loss(model, x, y, ctx)
+    def step(self, model: nn.Module, batch: Batch, ctx: TrainContext) -> LossOutput:
+        """One training step up to the loss: the adversary stage, the auxiliary updates, then :meth:`total_loss`
+        (crafting and the loss under ``ctx.autocast()``); the auxiliary updates' metrics join the loss's."""
+        with ctx.autocast():
+            batch.x_adv = self.craft(model, batch, ctx)
+            for term in self.terms:
+                own = term.craft(model, batch, ctx)
+                if own is not None:
+                    batch.term_x_adv[term] = own
+        metrics = dict(self.update_auxiliaries(model, batch, ctx))
         for term in self.terms:
-            value, metrics = term.term(model, x, y, out, ctx)
+            metrics.update({f"{term.name}_{k}": v for k, v in term.update_auxiliaries(model, batch, ctx).items()})
+        with ctx.autocast():
+            out = self.total_loss(model, batch, ctx)
+        out.metrics.update(metrics)
+        return out
+
+    def total_loss(self, model: nn.Module, batch: Batch, ctx: TrainContext) -> LossOutput:
+        """The defense's loss plus each term's; term metrics are prefixed with the term's name."""
+        out = self.loss(model, batch, ctx)
+        for term in self.terms:
+            value, metrics = term.term(model, batch, out, ctx)
             out.loss = out.loss + value
             out.metrics.update({f"{term.name}_{k}": v for k, v in metrics.items()})
         if self.terms:
@@ -164,10 +217,11 @@ class Defense(Recipe):
             row.update({f"{term.name}_{k}": v for k, v in term.on_epoch_end(model, ctx).items()})
         return row
 
-    def before_step_all(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> None:
-        self.before_step(model, x, y, ctx)
+    def evaluate_all(self, model: nn.Module, ctx: TrainContext) -> dict[str, float]:
+        row = dict(self.evaluate(model, ctx))
         for term in self.terms:
-            term.before_step(model, x, y, ctx)
+            row.update({f"{term.name}_{k}": v for k, v in term.evaluate(model, ctx).items()})
+        return row
 
     def after_backward_all(self, ctx: TrainContext) -> None:
         self.after_backward(ctx)

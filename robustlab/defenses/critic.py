@@ -5,13 +5,14 @@ pairs (x̂, ŷ), x̂ = A_f(x) the classifier's own differentiable high-confidenc
 (:mod:`robustlab.attacks.critic_unrolled`), ŷ = argmax f(x̂). The classifier learns to make its adversarial
 examples look real to D, i.e. to need perturbations that really change the class.
 
-Per batch (the engine calls ``before_step`` then ``loss``; schedule of the reference code):
+Per batch (the engine's adversary stage ``craft``, then ``update_auxiliaries``, then ``loss``; the schedule of
+the reference code):
 
-1. ``before_step``: clean logits → running confidence m updated (:class:`RunningConfidence`, [R] before the attack
+1. ``craft``: clean logits → running confidence m updated (:class:`RunningConfidence`, [R] before the attack
    reads it); t = closest boundary from the predicted label; x̂ = A_f(x) with C = m[t], its graph to the weights
    kept for step 3 (the model does not change before then, so the critic step sees the same x̂, detached);
-2. ``critic_steps`` (1) critic Adam steps (lr 1e-3, β1 0.5) on (:func:`critic_loss`)
-   L_D = BCE(D(x)_y, 1) + BCE(D(x̂)_ŷ, 0) + λ_grad·[mean(‖∇ₓD(x)_y‖ − 1)² + mean(‖∇_x̂ D(x̂)_ŷ‖ − 1)²],
+2. ``update_auxiliaries``: ŷ = argmax f(x̂), then ``critic_steps`` (1) critic Adam steps (lr 1e-3, β1 0.5) on
+   (:func:`~robustlab.defenses.critic_losses.critic_loss`) L_D = BCE(D(x)_y, 1) + BCE(D(x̂)_ŷ, 0) + λ_grad·[mean(‖∇ₓD(x)_y‖ − 1)² + mean(‖∇_x̂ D(x̂)_ŷ‖ − 1)²],
    the gradient penalty at the real and at the adversarial points separately (no interpolation);
 3. the classifier loss (paper eqs. 3, 6), M = {i : argmax f(x̂_i) ≠ argmax f(x_i)}:
    L_f = CE(f(x), y) + λ·mean_M BCE(D(x̂)_ŷ, 1) + λ_rec·mean_M ‖x − x_rec‖₂² (``cycle = "squared"``, the code) or
@@ -40,7 +41,7 @@ from torch.func import functional_call
 
 from robustlab.attacks.critic_unrolled import RunningConfidence, training_target, unrolled_high_confidence_attack
 from robustlab.attacks.perturbation import flat_norm
-from robustlab.defenses.base import Defense, LossOutput, register_defense
+from robustlab.defenses.base import Batch, Defense, LossOutput, register_defense
 from robustlab.defenses.critic_losses import critic_loss, cycle_distance, hidden_weight_decay, output_layer
 from robustlab.distributed import sum_over_processes
 from robustlab.errors import ConfigError, require
@@ -73,7 +74,7 @@ class AdversaryCriticOptions:
 
 @register_defense("adversary_critic", AdversaryCriticOptions)
 class AdversaryCriticDefense(Defense):
-    """Critic step in ``before_step``, classifier loss in ``loss`` (see the module docstring)."""
+    """x̂ in ``craft``, critic steps in ``update_auxiliaries``, the classifier loss in ``loss`` (module docstring)."""
 
     def __init__(self, options: AdversaryCriticOptions, terms=None):
         o = options
@@ -93,7 +94,6 @@ class AdversaryCriticDefense(Defense):
         self.critic: AdversaryCritic | None = None
         self.critic_opt: torch.optim.Optimizer | None = None
         self.confidence: RunningConfidence | None = None
-        self._prepared: tuple | None = None
         self._adv_accuracy = [0.0, 0]  # this epoch's sum of critic_acc_adv over batches, and the batch count
 
     # --- state ---------------------------------------------------------------------------------------------------
@@ -146,51 +146,51 @@ class AdversaryCriticDefense(Defense):
         return ctx.epoch < self.options.pretrain_epochs
 
     # --- per batch -----------------------------------------------------------------------------------------------
-    def before_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> None:
-        """Update m; unless pretraining: x̂ = A_f(x) (graph kept for :meth:`loss`) and one critic step."""
-        self._prepared = None
+    def craft(self, model: nn.Module, batch: Batch, ctx) -> torch.Tensor | None:
+        """Update m; unless pretraining: x̂ = A_f(x), its graph kept (the classifier's loss differentiates it)."""
         if self.pretraining(ctx):
             with torch.no_grad():
-                self.confidence.update(model(x), reduce=sum_over_processes)
-            return
-        target, logits = training_target(model, x)
+                self.confidence.update(model(batch.x), reduce=sum_over_processes)
+            return None
+        target, logits = training_target(model, batch.x)
         self.confidence.update(logits, reduce=sum_over_processes)
         o = self.options
-        x_hat = unrolled_high_confidence_attack(model, x, target, self.confidence[target], steps=o.steps,
-                                                overshoot=o.overshoot, eps=o.attack_eps, differentiable=True)
+        return unrolled_high_confidence_attack(model, batch.x, target, self.confidence[target], steps=o.steps,
+                                               overshoot=o.overshoot, eps=o.attack_eps, differentiable=True)
+
+    def update_auxiliaries(self, model: nn.Module, batch: Batch, ctx) -> dict[str, torch.Tensor]:
+        """ŷ = f(x̂) and ``critic_steps`` critic steps on (x, y) vs (x̂, ŷ)."""
+        if batch.x_adv is None:
+            return {}
+        x, x_hat, o = batch.x, batch.x_adv, self.options
         with torch.no_grad():
-            y_hat = model(x_hat).argmax(1)
+            batch.y_adv = model(x_hat).argmax(1)
         self.critic.train()
         for _ in range(o.critic_steps):
-            loss, metrics = critic_loss(self.critic, x, y, x_hat.detach(), y_hat, o.lam_grad)
+            loss, metrics = critic_loss(self.critic, x, batch.y, x_hat.detach(), batch.y_adv, o.lam_grad)
             self.critic_opt.zero_grad(set_to_none=True)
             loss.backward()
             self.critic_opt.step()
         self._adv_accuracy[0] += metrics["critic_acc_adv"]  # a tensor: no device sync per batch
         self._adv_accuracy[1] += 1
         metrics["rho_adv"] = (flat_norm(x_hat.detach() - x) / flat_norm(x).clamp_min(1e-12)).mean()
-        self._prepared = (x, x_hat, y_hat, metrics)
+        return metrics
 
     def critic_logit_for_classifier(self, x_hat: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
         """D(x̂)_ŷ with D's parameters detached: its gradient reaches x̂ (and through it f) only."""
         params = {name: p.detach() for name, p in self.critic.named_parameters()}
         return functional_call(self.critic, params, (x_hat, y_hat))
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> LossOutput:
-        o = self.options
+    def loss(self, model: nn.Module, batch: Batch, ctx) -> LossOutput:
+        o, x, y = self.options, batch.x, batch.y
         logits = model(x)
         ce = F.cross_entropy(logits, y)
         metrics = {"ce": ce.detach(), "acc": logits.detach().argmax(1).eq(y).float().mean()}
-        if self.pretraining(ctx):
+        if batch.x_adv is None:
             loss = ce + o.pretrain_weight_decay * hidden_weight_decay(model)
             metrics["loss"] = loss.detach()
             return LossOutput(loss, metrics, logits_clean=logits)
-        prepared, self._prepared = self._prepared, None
-        if prepared is None or prepared[0] is not x:  # called without before_step (e.g. directly in a test)
-            self.before_step(model, x, y, ctx)
-            prepared, self._prepared = self._prepared, None
-        _, x_hat, y_hat, step_metrics = prepared
-        metrics.update(step_metrics)
+        x_hat, y_hat = batch.x_adv, batch.y_adv
         predicted = logits.detach().argmax(1)
         fooled = y_hat.ne(predicted)
         metrics["fooled"] = fooled.float().mean()

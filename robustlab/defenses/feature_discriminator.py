@@ -17,8 +17,8 @@ from torch import nn
 from torch.func import functional_call
 
 from robustlab.attacks import FGSM, PGD, Attack
-from robustlab.attacks.base import model_mode
-from robustlab.defenses.base import LossOutput, LossTerm, register_term
+from robustlab.modes import model_mode, statistics_frozen
+from robustlab.defenses.base import Batch, LossOutput, LossTerm, register_term
 from robustlab.errors import ConfigError
 from robustlab.models.split import FeatureSplit
 
@@ -116,7 +116,6 @@ class FeatureDiscriminatorTerm(LossTerm):
                                            random_start=o.random_start, model_mode=o.attack_mode)
         self.disc: Discriminator | None = None
         self.opt: torch.optim.Optimizer | None = None
-        self._provided: tuple | None = None
 
     # --- hooks -------------------------------------------------------------------------------------------------
     def setup(self, model: nn.Module, ctx) -> None:
@@ -135,7 +134,7 @@ class FeatureDiscriminatorTerm(LossTerm):
     def aux_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"opt": self.opt} if self.opt is not None else {}
 
-    def on_epoch_end(self, model: nn.Module, ctx) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, ctx) -> dict[str, float]:
         """D's accuracy on clean and adversarial features of the first ``eval_subset`` test images."""
         n = self.options.eval_subset
         if not n or self.disc is None:
@@ -156,31 +155,36 @@ class FeatureDiscriminatorTerm(LossTerm):
         return {"val_d_acc_clean": round(hits_clean / seen, 6), "val_d_acc_adv": round(hits_adv / seen, 6)}
 
     # --- the per-batch work --------------------------------------------------------------------------------------
-    def provide_features(self, x: torch.Tensor, x_adv: torch.Tensor, z_clean: torch.Tensor,
-                         z_adv: torch.Tensor) -> None:
-        """Let a host that already computed E(x) and E(x_adv) (the ``a3t`` defense) hand them over; used by the
-        next :meth:`term` call for the same ``x`` and ``x_adv`` objects, recomputed otherwise."""
-        self._provided = (x, x_adv, z_clean, z_adv)
+    def craft(self, model: nn.Module, batch: Batch, ctx) -> torch.Tensor | None:
+        """The term's own x_adv when the host has none (standard training, warm-up) or ``adversary = "own"``."""
+        if self.options.adversary == "own" or batch.x_adv is None:
+            return self.attack(model, batch.x, batch.y)
+        return None
 
-    def term(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: LossOutput, ctx
+    def adversarial_input(self, batch: Batch) -> torch.Tensor:
+        return batch.term_x_adv.get(self, batch.x_adv)
+
+    def update_auxiliaries(self, model: nn.Module, batch: Batch, ctx) -> dict[str, torch.Tensor]:
+        """``d_steps`` D steps on E(x) vs E(x_adv) of this batch, the features taken in the model's training mode
+        (its batch-norm statistics untouched by this extra pass)."""
+        split = FeatureSplit(model, self.options.layer)
+        with torch.no_grad(), statistics_frozen(model):
+            z_clean, z_adv = split.encoder(batch.x), split.encoder(self.adversarial_input(batch))
+        return self.discriminator_step(z_clean, z_adv)
+
+    def term(self, model: nn.Module, batch: Batch, out: LossOutput, ctx
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """β·(−log D(E(x_adv))) for the encoder, on the host's E(x_adv) where its loss computed it at this layer."""
         o = self.options
-        provided, self._provided = self._provided, None
-        x_adv = out.x_adv if o.adversary == "host" and out.x_adv is not None else self.attack(model, x, y)
-        if provided is not None and provided[0] is x and provided[1] is x_adv:
-            z_clean, z_adv = provided[2], provided[3]
-        else:
-            split = FeatureSplit(model, o.layer)
-            with torch.no_grad():
-                z_clean = split.encoder(x)
-            with torch.set_grad_enabled(o.beta > 0 and torch.is_grad_enabled()):
-                z_adv = split.encoder(x_adv)
-        metrics = self.discriminator_step(z_clean, z_adv)
         if o.beta == 0:
-            return torch.zeros((), device=x.device), metrics
+            return torch.zeros((), device=batch.x.device), {}
+        x_adv = self.adversarial_input(batch)
+        if out.split_features is not None and out.split_features[0] == o.layer and x_adv is batch.x_adv:
+            z_adv = out.split_features[2]
+        else:
+            z_adv = FeatureSplit(model, o.layer).encoder(x_adv)
         enc = self.encoder_loss(z_adv)
-        metrics["enc_loss"] = enc.detach()
-        return o.beta * enc, metrics
+        return o.beta * enc, {"enc_loss": enc.detach()}
 
     def discriminator_step(self, z_clean: torch.Tensor, z_adv: torch.Tensor) -> dict[str, torch.Tensor]:
         """``d_steps`` Adam steps on L_D with detached features (nothing reaches the model); returns metrics

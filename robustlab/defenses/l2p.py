@@ -101,14 +101,14 @@ class Learn2Perturb(NoisyAdversarialTraining):
     def on_epoch_end(self, model: nn.Module, ctx) -> dict[str, float]:
         return {**super().on_epoch_end(model, ctx), "tau": round(self.tau, 6)}
 
-    def before_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> None:
+    def update_auxiliaries(self, model: nn.Module, batch, ctx) -> dict[str, torch.Tensor]:
         """Step 1: one θ-optimiser step on L_reg alone (once the noise is on), then empty θ gradients."""
         if self.noise_on(ctx.epoch) and self.options.gamma > 0:
             self.noise_opt.zero_grad(set_to_none=True)
             with torch.enable_grad():
                 regulariser_loss(self.noise_params, self.options.gamma, self.tau).backward()
             self.noise_opt.step()
-        super().before_step(model, x, y, ctx)
+        return super().update_auxiliaries(model, batch, ctx)
 
     def after_step(self, model: nn.Module, ctx) -> None:
         """Step 4: θ ≥ θ_min."""

@@ -22,7 +22,7 @@ from torch import nn
 
 from robustlab.attacks.deepfool import closest_boundary_target
 from robustlab.config import bounded
-from robustlab.defenses.base import Defense, LossOutput, register_defense
+from robustlab.defenses.base import Batch, Defense, LossOutput, register_defense
 
 
 def margin_normal_penalty(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor
@@ -45,7 +45,8 @@ class MarginOptions:
 class MarginMaximization(Defense):
     """CE + λ·½‖∇ₓ(z_y − z_t)‖² (see the module docstring)."""
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> LossOutput:
+    def loss(self, model: nn.Module, batch: Batch, ctx) -> LossOutput:
+        x, y = batch.x, batch.y
         if self.options.target == "closest":
             target, _ = closest_boundary_target(model, x, y)
         else:

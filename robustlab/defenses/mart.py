@@ -20,7 +20,7 @@ from robustlab.attacks import Attack
 from robustlab.config import bounded
 from robustlab.defenses.adversarial import (AdversarialTraining, PGDAdversaryOptions, paired_output,
                                             pgd_training_attack)
-from robustlab.defenses.base import LossOutput, register_defense
+from robustlab.defenses.base import Batch, LossOutput, register_defense
 from robustlab.defenses.trades import kl_from_clean
 
 
@@ -49,8 +49,7 @@ class MART(AdversarialTraining):
     def make_attack(self, eps: float) -> Attack:
         return pgd_training_attack(self.options, eps)
 
-    def objective(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, ctx
-                  ) -> LossOutput:
-        logits_clean, logits_adv = model(x), model(x_adv)
-        loss, bce, kl = mart_loss(logits_clean, logits_adv, y, self.options.lam)
-        return paired_output(loss, x_adv, logits_clean, logits_adv, y, bce_adv=bce, kl_weighted=kl)
+    def objective(self, model: nn.Module, batch: Batch, ctx) -> LossOutput:
+        logits_clean, logits_adv = model(batch.x), model(batch.x_adv)
+        loss, bce, kl = mart_loss(logits_clean, logits_adv, batch.y, self.options.lam)
+        return paired_output(loss, batch.x_adv, logits_clean, logits_adv, batch.y, bce_adv=bce, kl_weighted=kl)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from robustlab.attacks.base import model_mode
+from robustlab.modes import model_mode
 from robustlab.defenses.adversarial import PGDAdversarialTraining, PGDATOptions
 from robustlab.errors import ConfigError, require
 from robustlab.models.noise import mean_of, noise_enabled
@@ -70,7 +70,7 @@ class NoisyAdversarialTraining(PGDAdversarialTraining):
         if ctx.amp_dtype == torch.float16:  # the noise gradients would stay multiplied by the loss scale
             raise ConfigError(f"defense {self.name!r} does not support fp16 AMP (use run.amp = 'bf16' or 'off')")
         o = self.options
-        self.noise_base_lr = o.noise_lr or ctx.config.optim.lr
+        self.noise_base_lr = o.noise_lr or ctx.base_lr
         self.noise_opt = torch.optim.SGD(self.noise_params, lr=self.noise_base_lr, momentum=o.noise_momentum,
                                          nesterov=o.noise_nesterov and o.noise_momentum > 0, weight_decay=0.0)
 
@@ -105,10 +105,11 @@ class NoisyAdversarialTraining(PGDAdversarialTraining):
         return row
 
     # --- per batch ----------------------------------------------------------------------------------------------
-    def before_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> None:
+    def update_auxiliaries(self, model: nn.Module, batch, ctx) -> dict[str, torch.Tensor]:
         self.noise_opt.zero_grad(set_to_none=True)  # the main backward must start from empty noise gradients
+        return {}
 
-    def craft(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def adversarial_examples(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         target = y
         if self.options.labels == "predicted":
             with torch.no_grad(), model_mode(model, self.options.attack_mode):  # as the attack sees the model

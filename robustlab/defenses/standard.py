@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab.defenses.base import Defense, LossOutput, register_defense
+from robustlab.defenses.base import Batch, Defense, LossOutput, register_defense
 
 
 @dataclass
@@ -26,5 +26,5 @@ def clean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, label_smoothi
 
 @register_defense("standard", StandardOptions)
 class StandardTraining(Defense):
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> LossOutput:
-        return clean_loss(model, x, y, self.options.label_smoothing)
+    def loss(self, model: nn.Module, batch: Batch, ctx) -> LossOutput:
+        return clean_loss(model, batch.x, batch.y, self.options.label_smoothing)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlab.defenses.adversarial import PGDAdversarialTraining, PGDATOptions
-from robustlab.defenses.base import LossOutput, register_defense
+from robustlab.defenses.base import Batch, LossOutput, register_defense
 from robustlab.defenses.standard import clean_loss
 from robustlab.defenses.triplet import TripletLoss, triplet_hinge
 from robustlab.defenses.pool_mining import POOL_CHOICES, PoolMiner, sample_positive_indices
@@ -111,20 +111,19 @@ class TLA(PGDAdversarialTraining):
         miner = PoolMiner(options.pool_size, options.negatives)
         self.triplet = TripletLoss(options.margin, options.distance, miner, options.embedding)
 
-    def positives(self, y: torch.Tensor, ctx) -> tuple[torch.Tensor, torch.Tensor]:
+    def positives(self, batch: Batch, ctx) -> tuple[torch.Tensor, torch.Tensor]:
         """Different clean training images of the anchors' classes (the batch's own indices excluded)."""
-        dataset = getattr(ctx, "dataset", None)
-        if dataset is None:
+        if ctx.dataset is None:
             raise ValueError("tla draws positives and negatives from the training set and needs ctx.dataset")
-        index, valid = sample_positive_indices(dataset.train_y, y, getattr(ctx, "batch_index", None))
-        return dataset.train_x[index].to(y.device, non_blocking=True), valid.to(y.device)
+        index, valid = sample_positive_indices(ctx.dataset.train_y, batch.y, batch.index)
+        return ctx.dataset.train_x[index].to(batch.y.device, non_blocking=True), valid.to(batch.y.device)
 
     def warmup_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> LossOutput:
         return clean_loss(model, x, y, self.options.label_smoothing)
 
-    def objective(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, ctx
-                  ) -> LossOutput:
+    def objective(self, model: nn.Module, batch: Batch, ctx) -> LossOutput:
         o = self.options
+        x, x_adv, y = batch.x, batch.x_adv, batch.y
         h_adv, logits_adv = embed(model, x_adv, o.embedding)
         w_clean, w_adv = self.weights()
         logits_clean = model(x) if w_clean > 0 else None
@@ -136,12 +135,12 @@ class TLA(PGDAdversarialTraining):
             loss = weighted_cross_entropy(logits_adv, y, **common)
             metrics.update(loss=loss.detach(), ce=loss.detach())
             with torch.no_grad():
-                x_pos, _ = self.positives(y, ctx)
+                x_pos, _ = self.positives(batch, ctx)
                 result = self.triplet(model, x, y, x_adv, anchor=h_adv.detach(), anchor_logits=logits_adv.detach(),
                                       x_positive=x_pos, ctx=ctx)
             metrics.update({f"triplet_{k}": v for k, v in result.metrics().items()})
             return LossOutput(loss, metrics, x_adv=x_adv, logits_clean=logits_clean, logits_adv=logits_adv)
-        x_pos, pos_valid = self.positives(y, ctx)
+        x_pos, pos_valid = self.positives(batch, ctx)
         result = self.triplet(model, x, y, x_adv, anchor=h_adv, anchor_logits=logits_adv, x_positive=x_pos, ctx=ctx)
         valid = result.valid & pos_valid
         loss, parts = tla_loss(logits_adv, y, result.anchor, result.positive, result.negative, lam_trip=o.lam_trip,

@@ -19,7 +19,7 @@ from robustlab.attacks.base import Attack, check_epsilon
 from robustlab.attacks.pgd import LinfBall, gradient_steps
 from robustlab.config import bounded
 from robustlab.defenses.adversarial import AdversarialTraining, AdversaryOptions, paired_output
-from robustlab.defenses.base import LossOutput, register_defense
+from robustlab.defenses.base import Batch, LossOutput, register_defense
 
 
 def kl_from_clean(logits: torch.Tensor, p_clean: torch.Tensor) -> torch.Tensor:
@@ -65,8 +65,7 @@ class TRADES(AdversarialTraining):
         o = self.options
         return KLAttack(eps, steps=o.steps, step_size=o.step_size or 2.5 * eps / o.steps, model_mode=o.attack_mode)
 
-    def objective(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, ctx
-                  ) -> LossOutput:
-        logits_clean, logits_adv = model(x), model(x_adv)
-        loss, ce, kl = trades_loss(logits_clean, logits_adv, y, self.options.beta)
-        return paired_output(loss, x_adv, logits_clean, logits_adv, y, ce_clean=ce, kl=kl)
+    def objective(self, model: nn.Module, batch: Batch, ctx) -> LossOutput:
+        logits_clean, logits_adv = model(batch.x), model(batch.x_adv)
+        loss, ce, kl = trades_loss(logits_clean, logits_adv, batch.y, self.options.beta)
+        return paired_output(loss, batch.x_adv, logits_clean, logits_adv, batch.y, ce_clean=ce, kl=kl)

@@ -30,10 +30,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustlab.defenses.base import LossOutput, LossTerm, register_term
-from robustlab.errors import ConfigError
+from robustlab.attacks.registry import ATTACKS, build_training_attack
+from robustlab.defenses.base import Batch, LossOutput, LossTerm, register_term
 from robustlab.defenses.triplet_mining import (EMBEDDINGS, MINERS, Distance, MiningRequest, NegativeMiner, Negatives,
                                                build_miner, embed, get_distance)
+from robustlab.errors import ConfigError
 
 # --- the triplet loss ------------------------------------------------------------------------------------------
 
@@ -150,11 +151,7 @@ class TripletOptions:
         if self.weight < 0 or self.margin < 0 or self.eps < 0 or self.start_epoch < 0:
             raise ConfigError("triplet weight, margin, eps and start_epoch must be >= 0")
         if self.attack:
-            from robustlab.attacks import available_attacks
-
-            if self.attack not in available_attacks():
-                raise ConfigError(f"triplet attack: unknown attack {self.attack!r}; "
-                                  f"available: {', '.join(available_attacks())}")
+            ATTACKS.get(self.attack, where="triplet attack")
 
 
 @register_term("triplet", TripletOptions)
@@ -168,24 +165,28 @@ class TripletTerm(LossTerm):
         self.triplet = TripletLoss(options.margin, options.distance, options.negatives, options.embedding)
         self.attack = None
         if options.attack:
-            from robustlab.attacks.registry import build_training_attack
-
             self.attack = build_training_attack(options.attack, options.eps)
 
-    def term(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: LossOutput, ctx
+    def craft(self, model: nn.Module, batch: Batch, ctx) -> torch.Tensor | None:
+        """The term's own ``attack`` where the host gives no x_adv (standard training, warm-up epochs)."""
+        if batch.x_adv is None and self.attack is not None and ctx.epoch >= self.options.start_epoch:
+            return self.attack(model, batch.x, batch.y)
+        return None
+
+    def term(self, model: nn.Module, batch: Batch, out: LossOutput, ctx
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         o = self.options
-        zero = torch.zeros((), device=x.device)
-        if getattr(ctx, "epoch", 0) < o.start_epoch:
-            return zero, {}
+        zero = torch.zeros((), device=batch.x.device)
         x_adv, anchor = out.x_adv, None
+        if ctx.epoch < o.start_epoch:
+            return zero, {}
         if x_adv is None:
-            if self.attack is None:
+            x_adv = batch.term_x_adv.get(self)
+            if x_adv is None:
                 return zero, {}
-            x_adv = self.attack(model, x, y)
         elif o.embedding == "logits":
             anchor = out.logits_adv
         clean = out.logits_clean if o.embedding == "logits" else None
-        result = self.triplet(model, x, y, x_adv, anchor=anchor, clean=clean, ctx=ctx)
+        result = self.triplet(model, batch.x, batch.y, x_adv, anchor=anchor, clean=clean, ctx=ctx)
         value = o.weight * result.mean()
         return value, {"value": value.detach(), **result.metrics()}

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlab.attacks.perturbation import batch_view, flat_norm
-from robustlab.defenses.base import Defense, LossOutput, register_defense
+from robustlab.defenses.base import Batch, Defense, LossOutput, register_defense
 from robustlab.errors import require
 
 
@@ -61,8 +61,8 @@ class VirtualAdversarialTraining(Defense):
         require(options, "defense", ge=1, names=("power_iterations",))
         super().__init__(options, terms)
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx) -> LossOutput:
-        o = self.options
+    def loss(self, model: nn.Module, batch: Batch, ctx) -> LossOutput:
+        o, x, y = self.options, batch.x, batch.y
         logits = model(x)
         ce = F.cross_entropy(logits, y)
         d = virtual_adversarial_direction(model, x, logits, xi=o.xi, power_iterations=o.power_iterations)
