@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from robustlab.checkpoint import find_latest_checkpoint  # noqa: E402
-from robustlab.experiment import load_config  # noqa: E402
 from robustlab.engine import Trainer  # noqa: E402
+from robustlab.experiment import load_config  # noqa: E402
 
 
 def train_or_reuse(config_file: str | Path, run_dir: Path, label: str, *, seed: int, overrides: list[str] = (),

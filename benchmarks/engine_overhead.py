@@ -26,9 +26,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from robustlab.experiment import config_from_dict  # noqa: E402
 from robustlab.data import load_dataset  # noqa: E402
 from robustlab.engine import Trainer, epoch_batches  # noqa: E402
+from robustlab.experiment import config_from_dict  # noqa: E402
 from robustlab.models import build_model  # noqa: E402
 
 EPS, STEPS, BATCH, SEED = 0.1, 7, 128, 0

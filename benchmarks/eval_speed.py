@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from a3t import machine_facts  # noqa: E402
 from common import train_or_reuse, write_report  # noqa: E402
-from robustlab.runs import load_trained_model  # noqa: E402
 from robustlab.passes import count_passes  # noqa: E402
+from robustlab.runs import load_trained_model  # noqa: E402
 from robustlab.standard import StandardSettings, evaluate_standard  # noqa: E402
 
 

@@ -30,10 +30,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from robustlab.experiment import config_from_dict  # noqa: E402
 from robustlab.data import ImageDataset, load_dataset, register_dataset  # noqa: E402
 from robustlab.engine import Trainer  # noqa: E402
 from robustlab.errors import DatasetError  # noqa: E402
+from robustlab.experiment import config_from_dict  # noqa: E402
 
 CIFAR_TRAIN = 50_000
 NOISE = "cifar10_shaped_noise"

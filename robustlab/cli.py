@@ -288,8 +288,6 @@ def _eval_standard(args: argparse.Namespace, loaded: dict, device, env) -> int:
 
 def _eval_fast(args: argparse.Namespace, loaded: dict, device) -> int:
     """``eval --suite fast|quick``: every attack of the library / the run's [eval] attacks (robustlab/suite.py)."""
-    import dataclasses
-
     from robustlab.checks import any_failed, summary_line
     from robustlab.experiment import config_from_dict
     from robustlab.report import NOT_A_CLAIM, checks_table, markdown_table, suite_markdown, write_suite_report
@@ -362,7 +360,7 @@ def _eval_fast(args: argparse.Namespace, loaded: dict, device) -> int:
 
     extra = {"checkpoint": str(loaded["checkpoint"]), "model": config.model, "defense": config.defense,
              "dataset": config.data.name, "epoch": loaded["epoch"], "device": str(device), "amp": args.amp,
-             "eval": dataclasses.asdict(cfg)}
+             "eval": cfg.model_dump()}
     if args.metric:
         extra["metric"] = metric_report(model, data, x, y, eps[0], cfg, out_dir / f"{stem}_roc.png", device)
     files = write_suite_report(result, out_dir, stem=stem, title=name, extra=extra)

@@ -1,124 +1,126 @@
 """Experiment configuration schema: TOML files parsed into typed sections (the bottom layer: no registries).
 
 A config has the sections ``[run]``, ``[data]``, ``[model]``, ``[optim]``, ``[schedule]``, ``[defense]`` and
-``[eval]``. Every key of the fixed sections is checked here: an unknown key, a wrong type or a value outside its
-choices raises :class:`~robustlab.errors.ConfigError` naming the key (``data.batch_size``). ``[model]`` and
-``[defense]`` hold a ``name`` plus that model's or defense's own options; those, and the attack names of
-``[eval]``, are validated against the registries by :mod:`robustlab.experiment` (``load_config``), the one entry
-point that checks a whole experiment.
+``[eval]``. Every section, and every defense's and term's options, is an :class:`Options` class (pydantic v2:
+unknown keys forbidden, strict types, constraints next to the field: ``Literal`` choices, ``Field(ge=…)``);
+:func:`validate_options` turns pydantic's report into one :class:`~robustlab.errors.ConfigError` line naming the
+key (``data.batch_size``) with a did-you-mean. ``[model]`` and ``[defense]`` hold a ``name`` plus that model's or
+defense's own options; those, and the attack names of ``[eval]``, are validated against the registries by
+:mod:`robustlab.experiment` (``load_config``), the one entry point that checks a whole experiment.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import math
 import tomllib
-import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from robustlab.errors import ConfigError, did_you_mean
 
 
-def _choices(*values: str) -> dict[str, tuple[str, ...]]:
-    return {"choices": values}
+class Options(BaseModel):
+    """Typed options of a config table: unknown keys, wrong types (strict: no "1" for 1, no true for 1; an
+    integer is a valid float) and values outside a field's constraints are refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
-def bounded(default: Any, *, ge: float | None = None, gt: float | None = None) -> Any:
-    """A dataclass field whose value a config must keep ``>= ge`` (or ``> gt``): the constraint next to the field,
-    checked by :func:`build_dataclass` with the key's path in the error."""
-    return field(default=default, metadata={"ge": ge, "gt": gt})
+Fraction = Annotated[float, Field(ge=0, lt=1)]  # in [0, 1): dropout, momentum, label smoothing
+AdamBetas = Annotated[list[Fraction], Field(min_length=2, max_length=2)]
+Sizes = Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)]  # layer widths
 
 
-@dataclass
-class RunConfig:
+class RunConfig(Options):
     name: str = "run"
     out_dir: str = ""  # default: runs/<name>
     seed: int = 0
-    device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
-    epochs: int = 10
-    amp: str = field(default="auto", metadata=_choices("auto", "off", "bf16", "fp16"))
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    epochs: int = Field(10, gt=0)
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: bool = False
     compile: bool = False  # torch.compile the model for training (measured slower on this CPU: off by default)
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = Field(2, gt=0)
     progress: bool = True
     init_from: str = ""  # start from the weights of this checkpoint (fine-tuning); resume takes precedence
 
 
-@dataclass
-class DataConfig:
+class DataConfig(Options):
     name: str = "mnist5k"
     root: str = ""
     download: bool = False
-    batch_size: int = 128
-    train_subset: int = 0
-    test_subset: int = 0
-    augment: str = field(default="none", metadata=_choices("none", "crop_flip"))
+    batch_size: int = Field(128, gt=0)
+    train_subset: int = Field(0, ge=0)
+    test_subset: int = Field(0, ge=0)
+    augment: Literal["none", "crop_flip"] = "none"
     # Keep the whole dataset in device memory, so that batches never cross CPU -> GPU ("auto": on CUDA when the
     # tensors take under 4 GiB).
-    on_device: str = field(default="auto", metadata=_choices("auto", "always", "never"))
+    on_device: Literal["auto", "always", "never"] = "auto"
 
 
-@dataclass
-class OptimConfig:
-    name: str = field(default="sgd", metadata=_choices("sgd", "adam"))
-    lr: float = 0.1
+class OptimConfig(Options):
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.1, gt=0)
     momentum: float = 0.9
     nesterov: bool = False
-    weight_decay: float = 0.0
+    weight_decay: float = Field(0.0, ge=0)
     # "weights": decay only the weight matrices and kernels (tensors of two or more dimensions), not biases or
     # normalisation parameters, as the TLA authors' code does; "all": every trainable parameter.
-    weight_decay_on: str = field(default="all", metadata=_choices("all", "weights"))
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay_on: Literal["all", "weights"] = "all"
+    betas: list[float] = Field(default_factory=lambda: [0.9, 0.999])
 
 
-@dataclass
-class ScheduleConfig:
-    name: str = field(default="constant", metadata=_choices("constant", "multistep", "cosine", "one_cycle"))
-    milestones: list[int] = field(default_factory=list)
+class ScheduleConfig(Options):
+    name: Literal["constant", "multistep", "cosine", "one_cycle"] = "constant"
+    milestones: list[int] = Field(default_factory=list)
     gamma: float = 0.1
-    warmup_epochs: int = 0
+    warmup_epochs: int = Field(0, ge=0)
     peak: float = 0.4  # one_cycle: the fraction of training at which the learning rate peaks (Wong et al.: 2/5)
 
 
-@dataclass
-class EvalConfig:
+class EvalConfig(Options):
     """What ``robustlab eval`` and the per-epoch evaluation measure."""
 
-    attacks: list[str] = field(default_factory=lambda: ["fgsm", "pgd"])
-    eps: list[float] = field(default_factory=lambda: [0.3])
-    pgd_steps: int = 40
+    attacks: list[str] = Field(default_factory=lambda: ["fgsm", "pgd"])
+    eps: list[float] = Field(default_factory=lambda: [0.3])
+    pgd_steps: int = Field(40, gt=0)
     pgd_step_size: float = 0.01
-    pgd_restarts: int = 1
-    subset: int = 1000  # test examples attacked (0 = all)
-    batch_size: int = 500
-    every: int = 0  # robust accuracy on the first ``subset`` test examples every N epochs (0 = only clean)
+    pgd_restarts: int = Field(1, gt=0)
+    subset: int = Field(1000, ge=0)  # test examples attacked (0 = all)
+    batch_size: int = Field(500, gt=0)
+    every: int = Field(0, ge=0)  # robust accuracy on the first ``subset`` test examples every N epochs (0 = only clean)
     # A randomised model (two predictions differ) is attacked per epoch with each gradient averaged over this many
     # noise draws (EOT); 1 attacks it with one draw per gradient, which overstates its robustness (logged).
-    eot_samples: int = 10
+    eot_samples: int = Field(10, gt=0)
 
 
-@dataclass
-class Config:
-    run: RunConfig = field(default_factory=RunConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    model: dict[str, Any] = field(default_factory=lambda: {"name": "lenet5"})
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    defense: dict[str, Any] = field(default_factory=lambda: {"name": "standard"})
-    eval: EvalConfig = field(default_factory=EvalConfig)
+class Config(BaseModel):
+    """A whole experiment: the validated sections, ``model`` and ``defense`` as their tables (name + options)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run: RunConfig = Field(default_factory=RunConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: dict[str, Any] = Field(default_factory=lambda: {"name": "lenet5"})
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    defense: dict[str, Any] = Field(default_factory=lambda: {"name": "standard"})
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @property
     def out_dir(self) -> Path:
         return Path(self.run.out_dir or f"runs/{self.run.name}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
 
-_SECTIONS = {f.name: f for f in dataclasses.fields(Config)}
+_SECTIONS = {name: info.annotation for name, info in Config.model_fields.items()}
+_NAMED = {"model": "lenet5", "defense": "standard"}  # tables of a name plus that thing's own options
 
 
 def read_config_file(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -161,88 +163,75 @@ def parse_config(raw: dict[str, Any]) -> Config:
     reject_unknown(raw, _SECTIONS, "")
     _reject_non_finite(raw, "")
     sections: dict[str, Any] = {}
-    for name, f in _SECTIONS.items():
+    for name, cls in _SECTIONS.items():
         value = raw.get(name, {})
         if not isinstance(value, dict):
             raise ConfigError(f"[{name}] must be a table, got {type(value).__name__}")
-        if name in ("model", "defense"):
+        if name in _NAMED:
             value = dict(value)
-            default = f.default_factory()["name"]  # type: ignore[misc]
-            sections[name] = {"name": check_type(value.pop("name", default), str, f"{name}.name"), **value}
+            sections[name] = {"name": check_type(value.pop("name", _NAMED[name]), str, f"{name}.name"), **value}
         else:
-            sections[name] = build_dataclass(f.default_factory().__class__, value, name)  # type: ignore[misc]
+            sections[name] = validate_options(cls, value, name)
     config = Config(**sections)
     _check_values(config)
     return config
 
 
-def build_dataclass(cls: type, values: dict[str, Any], prefix: str) -> Any:
-    """Build dataclass ``cls`` from ``values``, checking names, types and choices; errors name ``prefix.key``."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    reject_unknown(values, fields, prefix)
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in values.items():
-        kwargs[key] = check_type(value, hints[key], f"{prefix}.{key}")
-        meta = fields[key].metadata
-        if meta.get("choices") and kwargs[key] not in meta["choices"]:
-            raise ConfigError(f"{prefix}.{key} must be one of {list(meta['choices'])}, got {kwargs[key]!r}")
-        ge, gt = meta.get("ge"), meta.get("gt")
-        if (ge is not None and kwargs[key] < ge) or (gt is not None and kwargs[key] <= gt):
-            bound = f">= {ge:g}" if ge is not None else f"> {gt:g}"
-            raise ConfigError(f"{prefix}.{key} must be {bound}, got {kwargs[key]}")
-    return cls(**kwargs)
+def validate_options(cls: type[Options], values: dict[str, Any], prefix: str) -> Any:
+    """``cls`` built from ``values``, every key checked; the first problem is one ConfigError naming
+    ``prefix.key``."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix} must be a table, got {_describe(values)}")
+    reject_unknown(values, cls.model_fields, prefix)
+    try:
+        return cls.model_validate(values)
+    except ValidationError as exc:
+        raise _one_line(exc, prefix, values, cls) from None
 
 
 def check_type(value: Any, annotation: Any, key: str) -> Any:
-    """Check ``value`` against a simple annotation (int, float, str, bool, list[...], X | None, Any)."""
-    if annotation is Any or annotation is typing.Any:
+    """``value`` checked against a type annotation (strict, as the option classes; ``Any`` accepts anything)."""
+    if annotation is Any:
         return value
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(annotation)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return check_type(value, arg, key)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{key} must be {_type_name(annotation)}, got {_describe(value)}")
-    if origin is list:
-        (item_type,) = typing.get_args(annotation) or (Any,)
-        if not isinstance(value, list):
-            raise ConfigError(f"{key} must be {_type_name(annotation)}, got {_describe(value)}")
-        return [check_type(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be {_type_name(annotation)}, got {_describe(value)}")
-        args = typing.get_args(annotation)
-        item_type = args[0] if args else Any
-        return tuple(check_type(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a table, got {_describe(value)}")
-        return value
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {_describe(value)}")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {_describe(value)}")
-        return value
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {_describe(value)}")
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {_describe(value)}")
-        return value
-    raise TypeError(f"unsupported annotation {annotation!r} for {key}")
+    try:
+        return _adapter(annotation).validate_python(value, strict=True)
+    except ValidationError as exc:
+        raise _one_line(exc, key, None, None) from None
+
+
+@functools.lru_cache(maxsize=None)
+def _adapter(annotation: Any) -> TypeAdapter:
+    return TypeAdapter(annotation)
+
+
+_TYPE_WORDS = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
+               "string_type": "a string", "list_type": "a list", "dict_type": "a table",
+               "tuple_type": "a list", "int_from_float": "an integer"}
+
+
+def _one_line(exc: ValidationError, prefix: str, values: dict[str, Any] | None, cls: type | None) -> ConfigError:
+    """pydantic's first error as one line: the key's path, what it must be, what it got."""
+    error = exc.errors()[0]
+    loc = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"])
+    key = f"{prefix}{loc}" if prefix else loc.lstrip(".")
+    got, kind, ctx = error.get("input"), error["type"], error.get("ctx") or {}
+    if kind == "literal_error":
+        field = cls.model_fields[error["loc"][0]] if cls is not None and error["loc"] else None
+        choices = list(typing.get_args(field.annotation)) if field is not None else ctx.get("expected")
+        return ConfigError(f"{key} must be one of {choices}, got {got!r}")
+    bounds = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"), "less_than_equal": ("<=", "le"),
+              "less_than": ("<", "lt")}
+    if kind in bounds:
+        word, name = bounds[kind]
+        return ConfigError(f"{key} must be {word} {ctx[name]:g}, got {got}")
+    if kind in _TYPE_WORDS:
+        return ConfigError(f"{key} must be {_TYPE_WORDS[kind]}, got {_describe(got)}")
+    if kind in ("too_short", "too_long"):
+        lengths = sorted({ctx.get("min_length"), ctx.get("max_length")} - {None})
+        return ConfigError(f"{key} must hold {' to '.join(map(str, lengths))} values, got {got!r}")
+    if kind == "value_error":
+        return ConfigError(f"{key}: {ctx.get('error', error['msg'])}")
+    return ConfigError(f"{key}: {error['msg']}")
 
 
 def reject_unknown(values: dict[str, Any], known: Any, prefix: str) -> None:
@@ -266,21 +255,6 @@ def _reject_non_finite(value: Any, key: str) -> None:
 
 
 def _check_values(config: Config) -> None:
-    positive = {
-        "run.epochs": config.run.epochs, "data.batch_size": config.data.batch_size, "optim.lr": config.optim.lr,
-        "eval.pgd_steps": config.eval.pgd_steps, "eval.batch_size": config.eval.batch_size,
-        "eval.pgd_restarts": config.eval.pgd_restarts, "run.keep_checkpoints": config.run.keep_checkpoints,
-        "eval.eot_samples": config.eval.eot_samples,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key} must be > 0, got {value}")
-    nonneg = {"data.train_subset": config.data.train_subset, "data.test_subset": config.data.test_subset,
-              "eval.subset": config.eval.subset, "eval.every": config.eval.every,
-              "optim.weight_decay": config.optim.weight_decay, "schedule.warmup_epochs": config.schedule.warmup_epochs}
-    for key, value in nonneg.items():
-        if value < 0:
-            raise ConfigError(f"{key} must be >= 0, got {value}")
     bad = [e for e in config.eval.eps if not 0 <= e <= 1]
     if bad:
         raise ConfigError(f"eval.eps must lie in [0, 1] (L∞ on [0,1] images), got {bad[0]} in {config.eval.eps}")
@@ -288,10 +262,6 @@ def _check_values(config: Config) -> None:
         raise ConfigError(f"schedule.peak must lie in (0, 1), got {config.schedule.peak}")
     if len(config.optim.betas) != 2:
         raise ConfigError(f"optim.betas must have two values, got {config.optim.betas}")
-
-
-def _type_name(annotation: Any) -> str:
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
 def _describe(value: Any) -> str:

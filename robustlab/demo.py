@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 
 from robustlab.checkpoint import atomic_write_text, find_latest_checkpoint
-from robustlab.experiment import load_config
 from robustlab.engine import Trainer
 from robustlab.evaluate import CurvePoint, attack_factories, robustness_curve
-from robustlab.runs import load_trained_model
+from robustlab.experiment import load_config
 from robustlab.report import markdown_table, plot_accuracy_vs_eps, write_csv
+from robustlab.runs import load_trained_model
 from robustlab.standard import OtherEvaluationState, StandardSettings, evaluate_standard
 
 DEMO_RECIPES = {"standard": "demo_standard.toml", "pgd_at": "demo_pgd_at.toml"}

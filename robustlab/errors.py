@@ -30,13 +30,3 @@ def unknown_name(kind: str, name: str, known: Iterable[str]) -> ConfigError:
     """``unknown <kind> 'name' (did you mean ...?); available: ...`` as a ConfigError to raise."""
     known = sorted(known)
     return ConfigError(f"unknown {kind} {name!r}{did_you_mean(name, known)}; available: {', '.join(known) or 'none'}")
-
-
-def require(options: object, section: str, *, ge: float | None = None, gt: float | None = None,
-            names: Iterable[str]) -> None:
-    """Raise a ConfigError naming the first option of ``names`` below ``ge`` (or not above ``gt``), with its value."""
-    for name in names:
-        value = getattr(options, name)
-        if (ge is not None and value < ge) or (gt is not None and value <= gt):
-            bound = f">= {ge:g}" if ge is not None else f"> {gt:g}"
-            raise ConfigError(f"{section}.{name} must be {bound}, got {value}")

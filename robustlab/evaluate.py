@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 
 from robustlab.attacks import Attack, build_attack
 from robustlab.attacks.base import check_batch
-from robustlab.modes import model_mode
 from robustlab.config import EvalConfig
+from robustlab.modes import model_mode
 from robustlab.rng import derived_seed, seeded
 
 AttackFactory = Callable[[float], Attack]

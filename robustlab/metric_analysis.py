@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from robustlab.modes import model_mode
 from robustlab.detection import (DetectionResult, centroid_scores, class_centroids, detection_auc,
                                   softmax_scores)
+from robustlab.modes import model_mode
 from robustlab.retrieval import feature_embeddings, knn_retrieval_precision
 
 

@@ -47,10 +47,10 @@ from torch import nn
 import robustlab.checks as masking
 from robustlab.attacks import Attack, build_attack
 from robustlab.attacks.base import check_batch, model_classes
-from robustlab.modes import model_mode
 from robustlab.checkpoint import atomic_write_text
 from robustlab.distributed import DistributedEnv
 from robustlab.errors import ConfigError
+from robustlab.modes import model_mode
 from robustlab.passes import count_passes
 from robustlab.rng import derived_seed, seeded
 

@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from robustlab.checkpoint import load_checkpoint
-from robustlab.experiment import config_from_dict
 from robustlab.defenses import Batch, TrainContext, build_defense
 from robustlab.defenses.feature_discriminator import (Discriminator, FeatureDiscriminatorOptions,
                                                       FeatureDiscriminatorTerm)
 from robustlab.engine import Trainer
 from robustlab.errors import ConfigError
+from robustlab.experiment import config_from_dict
 from robustlab.models import build_model
 from robustlab.models.split import FeatureSplit
 

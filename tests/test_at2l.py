@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robustlab.experiment import config_from_dict
 from robustlab.defenses import Batch, TrainContext, build_defense
 from robustlab.defenses.at2l import AT2L
 from robustlab.defenses.at2l_ensemble import AdversarialEnsemble, expand_attacks
@@ -18,6 +17,7 @@ from robustlab.defenses.triplet_mining import (MiningRequest, Negatives, Negativ
                                                register_miner)
 from robustlab.engine import Trainer
 from robustlab.errors import CheckpointError, ConfigError
+from robustlab.experiment import config_from_dict
 
 
 def at2l_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, negative_index: torch.Tensor,

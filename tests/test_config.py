@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from robustlab.config import apply_override
-from robustlab.experiment import config_from_dict, load_config
 from robustlab.errors import ConfigError
+from robustlab.experiment import config_from_dict, load_config
 
 
 def write(tmp_path, text):

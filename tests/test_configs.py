@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from robustlab.experiment import load_config
 from robustlab.demo import DEMO_RECIPES, recipe_path
+from robustlab.experiment import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.toml")) + [recipe_path(f) for f in DEMO_RECIPES.values()]

@@ -14,13 +14,13 @@ import robustlab.attacks.critic_unrolled as unrolled_module
 from robustlab.attacks.critic_unrolled import (RunningConfidence, straight_through_step, training_target,
                                                unrolled_high_confidence_attack)
 from robustlab.checkpoint import load_checkpoint
-from robustlab.experiment import config_from_dict
 from robustlab.defenses import Batch, TrainContext, build_defense
 from robustlab.defenses.critic_losses import critic_loss, cycle_distance, gradient_penalty, hidden_weight_decay
 from robustlab.defenses.margin import margin_normal_penalty
 from robustlab.defenses.vat import kl_from_logits, virtual_adversarial_direction
 from robustlab.engine import Trainer
 from robustlab.errors import ConfigError
+from robustlab.experiment import config_from_dict
 from robustlab.models import build_model
 from robustlab.models.critic import AdversaryCritic
 

@@ -10,8 +10,8 @@ import socket
 import pytest
 import torch
 
-from robustlab.experiment import config_from_dict
 from robustlab.engine import Trainer
+from robustlab.experiment import config_from_dict
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from robustlab.checkpoint import load_checkpoint
-from robustlab.experiment import config_from_dict
 from robustlab.defenses.adversarial import PGDAdversarialTraining
 from robustlab.engine import Trainer, epoch_batches
 from robustlab.errors import CheckpointError, ConfigError
+from robustlab.experiment import config_from_dict
 from robustlab.schedule import lr_factor
 
 # model_d has dropout (RNG state must be restored), Adam has state, PGD-AT has random starts.
@@ -102,12 +102,10 @@ def test_learning_rate_schedules():
 
 def test_add_on_terms_get_hooks_and_their_networks_are_checkpointed(tmp_path):
     """A term with its own network and optimiser: trained alongside, saved, and restored on resume."""
-    from dataclasses import dataclass
-
+    from robustlab.config import Options
     from robustlab.defenses.base import TERMS, LossTerm, register_term
 
-    @dataclass
-    class ProbeOptions:
+    class ProbeOptions(Options):
         weight: float = 0.1
 
     if "probe" not in TERMS:

@@ -15,9 +15,9 @@ from torch import nn
 
 import torchattacks  # noqa: E402  (a test dependency: make test installs it)
 
-from robustlab.modes import model_mode
 from robustlab.attacks.fab import FAB, hyperplane_projection, random_start
 from robustlab.attacks.registry import available_attacks, build_attack
+from robustlab.modes import model_mode
 
 
 def _norm(delta: torch.Tensor, norm: str) -> torch.Tensor:

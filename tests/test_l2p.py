@@ -10,11 +10,11 @@ import torch
 
 from robustlab.attacks.losses import loss_gradient
 from robustlab.cli import main
-from robustlab.experiment import config_from_dict
 from robustlab.defenses import Batch, TrainContext, build_defense
 from robustlab.defenses.l2p import harmonic_number, regulariser_loss, tau_at
 from robustlab.engine import Trainer
 from robustlab.errors import ConfigError
+from robustlab.experiment import config_from_dict
 from robustlab.models import build_model
 from robustlab.models.noise import alpha_parameters, noise_enabled, theta_parameters
 from robustlab.runs import load_trained_model

@@ -16,9 +16,9 @@ from torch import nn
 from robustlab.attacks import FGSM, PGD, TransferAttack, build_attack
 from robustlab.checkpoint import load_checkpoint, save_checkpoint
 from robustlab.cli import main
-from robustlab.experiment import config_from_dict, load_config
 from robustlab.engine import Trainer
 from robustlab.errors import CheckpointError, ConfigError
+from robustlab.experiment import config_from_dict, load_config
 from robustlab.run_lock import RunLock
 from tiny_run import tiny_run_toml
 

@@ -11,8 +11,8 @@ import torchattacks  # a test dependency: make test installs it
 
 import robustlab.attacks.square as square_module
 from robustlab.attacks import build_attack
-from robustlab.modes import model_mode
 from robustlab.attacks.square import Square, meta_pattern, p_schedule
+from robustlab.modes import model_mode
 
 
 class ReferenceOffsetsSquare(Square):

@@ -11,16 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab.experiment import config_from_dict
 from robustlab.defenses import Batch, TrainContext, build_defense
 from robustlab.defenses.alp import logit_pairing
+from robustlab.defenses.pool_mining import PoolMiner, nearest_other_class, sample_positive_indices
 from robustlab.defenses.tla import norm_penalty, tla_loss
 from robustlab.defenses.triplet import TripletLoss
-from robustlab.defenses.pool_mining import PoolMiner, nearest_other_class, sample_positive_indices
 from robustlab.defenses.triplet_mining import build_miner
 from robustlab.detection import centroid_scores, class_centroids, detection_auc, plot_roc, softmax_scores
 from robustlab.engine import Trainer
 from robustlab.errors import CheckpointError, ConfigError
+from robustlab.experiment import config_from_dict
 from robustlab.retrieval import feature_embeddings, knn_retrieval_precision
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from robustlab.attacks import PGD
-from robustlab.experiment import config_from_dict
 from robustlab.engine import Trainer
 from robustlab.evaluate import accuracy
+from robustlab.experiment import config_from_dict
 
 
 def train(tmp_path, name, defense):

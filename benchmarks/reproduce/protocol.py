@@ -34,8 +34,8 @@ from common import mean_std, train_or_reuse  # noqa: E402
 from robustlab.benchmarking import benchmark  # noqa: E402
 from robustlab.checkpoint import find_latest_checkpoint, load_checkpoint  # noqa: E402
 from robustlab.evaluate import attack_outcome  # noqa: E402
-from robustlab.runs import load_trained_model  # noqa: E402
 from robustlab.paired import Comparison, compare, comparison_table  # noqa: E402
+from robustlab.runs import load_trained_model  # noqa: E402
 
 MEASUREMENTS_FILE = "reproduce.json"
 

@@ -1,8 +1,7 @@
 """Attacks behind one contract: ``attack(model, x, y) -> x_adv`` (see ``base.py``)."""
 
-from robustlab.attacks.base import Attack
-from robustlab.modes import model_mode
 from robustlab.attacks.apgd import APGD, APGDCE, APGDDLR
+from robustlab.attacks.base import Attack
 from robustlab.attacks.eot import EOTPGD, with_eot
 from robustlab.attacks.fab import FAB
 from robustlab.attacks.fgsm import FGSM, LeastLikely
@@ -11,6 +10,7 @@ from robustlab.attacks.pgd import (IFGSM, PGD, PGDL2, IterativeLeastLikely, L2Ba
 from robustlab.attacks.registry import available_attacks, build_attack
 from robustlab.attacks.square import Square
 from robustlab.attacks.transfer import TransferAttack
+from robustlab.modes import model_mode
 
 __all__ = ["APGD", "APGDCE", "APGDDLR", "EOTPGD", "FAB", "IFGSM", "IterativeLeastLikely", "L2Ball", "LeastLikely",
            "LinfBall", "PGDL2", "Square", "ThreatModel", "TransferAttack", "project_l2", "with_eot",

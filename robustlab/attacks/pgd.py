@@ -28,9 +28,9 @@ from torch import nn
 
 from robustlab.attacks.active import ActiveSet, deterministic_success, run_copies, success_mask
 from robustlab.attacks.base import Attack, check_epsilon
-from robustlab.attacks.perturbation import batch_view
 from robustlab.attacks.losses import (PerExampleLoss, check_eot_samples, cross_entropy, least_likely_class,
                                       loss_gradient, targeted_cross_entropy)
+from robustlab.attacks.perturbation import batch_view
 from robustlab.attacks.registry import register_attack
 
 

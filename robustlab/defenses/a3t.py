@@ -54,25 +54,24 @@ named-layer split of a model that calls the module more than once, the first cal
 from __future__ import annotations
 
 import copy
-import dataclasses
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from robustlab.defenses.base import Batch, Defense, LossOutput, LossTerm, register_defense
 from robustlab.defenses.feature_discriminator import (DiscriminatorSettings, FeatureDiscriminatorOptions,
-                                                      FeatureDiscriminatorTerm, check_attack_options)
-from robustlab.errors import ConfigError
+                                                      FeatureDiscriminatorTerm)
 from robustlab.models.split import FeatureSplit
 
 
 # --- the defense ------------------------------------------------------------------------------------------------
-@dataclass
+
+
 class A3TOptions(DiscriminatorSettings):
-    alpha: float = 0.5  # weight of CE(x); 1 − α of CE(x_adv)
-    d_lr: float = 1e-3  # Adam, for D
+    alpha: float = Field(0.5, ge=0, le=1)  # weight of CE(x); 1 − α of CE(x_adv)
+    d_lr: float = Field(1e-3, gt=0)  # Adam, for D
 
 
 @register_defense("a3t", A3TOptions)
@@ -81,10 +80,7 @@ class A3T(Defense):
 
     def __init__(self, options: A3TOptions, terms: list[LossTerm] | None = None):
         o = options
-        if not 0 <= o.alpha <= 1:
-            raise ConfigError(f"defense.alpha must be in [0, 1], got {o.alpha}")
-        check_attack_options(o, "defense")
-        shared = {f.name: copy.copy(getattr(o, f.name)) for f in dataclasses.fields(DiscriminatorSettings)}
+        shared = {name: copy.copy(getattr(o, name)) for name in DiscriminatorSettings.model_fields}
         self.discriminator = FeatureDiscriminatorTerm(FeatureDiscriminatorOptions(**shared, lr=o.d_lr,
                                                                                   adversary="host"))
         super().__init__(options, [self.discriminator, *(terms or [])])

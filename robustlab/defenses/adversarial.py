@@ -15,14 +15,15 @@ stalling at chance accuracy at ε 0.3 on MNIST).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from robustlab.attacks import FGSM, PGD, Attack
-from robustlab.config import bounded
+from robustlab.config import Options
 from robustlab.defenses.base import Batch, Defense, LossOutput, register_defense
 from robustlab.defenses.standard import clean_loss
 from robustlab.errors import ConfigError
@@ -67,22 +68,20 @@ def mixed_adversarial_loss(model: nn.Module, x: torch.Tensor, x_adv: torch.Tenso
     return LossOutput(loss, metrics, x_adv=x_adv, logits_clean=logits_clean, logits_adv=logits_adv)
 
 
-@dataclass
-class AdversaryOptions:
+class AdversaryOptions(Options):
     """The training adversary's schedule, declared once for every adversarial-training defense."""
 
-    eps: float = bounded(0.3, ge=0)
-    warmup_epochs: int = bounded(0, ge=0)    # clean epochs before the first adversarial one
-    eps_ramp_epochs: int = bounded(0, ge=0)  # ε grows linearly to ``eps`` over this many adversarial epochs (0: at once)
-    attack_mode: str = field(default="eval", metadata={"choices": ("eval", "train")})  # the model as the attack sees it
+    eps: float = Field(0.3, ge=0)
+    warmup_epochs: int = Field(0, ge=0)    # clean epochs before the first adversarial one
+    eps_ramp_epochs: int = Field(0, ge=0)  # ε grows linearly to ``eps`` over this many adversarial epochs (0: at once)
+    attack_mode: Literal["eval", "train"] = "eval"  # the model as the attack sees it
 
 
-@dataclass
 class PGDAdversaryOptions(AdversaryOptions):
     """:class:`AdversaryOptions` plus the PGD training attack's steps."""
 
-    steps: int = bounded(7, ge=1)
-    step_size: float = bounded(0.0, ge=0)    # 0: 2.5·ε/steps (Madry et al.), so it follows ε during a ramp
+    steps: int = Field(7, ge=1)
+    step_size: float = Field(0.0, ge=0)    # 0: 2.5·ε/steps (Madry et al.), so it follows ε during a ramp
     random_start: bool = True
 
 
@@ -142,9 +141,8 @@ class AdversarialTraining(Defense):
         return self.objective(model, batch, ctx)
 
 
-@dataclass
 class FGSMATOptions(AdversaryOptions):
-    lam: float = bounded(1.0, ge=0)  # λ of eq. (1): weight of the adversarial term
+    lam: float = Field(1.0, ge=0)  # λ of eq. (1): weight of the adversarial term
 
 
 @register_defense("fgsm_at", FGSMATOptions)
@@ -159,11 +157,10 @@ class FGSMAdversarialTraining(AdversarialTraining):
         return 1.0 / (1.0 + lam), lam / (1.0 + lam)
 
 
-@dataclass
 class PGDATOptions(PGDAdversaryOptions):
-    mix: str = field(default="adversarial", metadata={"choices": ("adversarial", "weighted")})
-    alpha: float = bounded(0.5, ge=0)  # weight of the clean term when mix = "weighted" (Learn2Perturb eq. 11)
-    beta: float = bounded(0.5, ge=0)  # weight of the adversarial term when mix = "weighted"
+    mix: Literal["adversarial", "weighted"] = "adversarial"
+    alpha: float = Field(0.5, ge=0)  # weight of the clean term when mix = "weighted" (Learn2Perturb eq. 11)
+    beta: float = Field(0.5, ge=0)  # weight of the adversarial term when mix = "weighted"
 
 
 def pgd_training_attack(options, eps: float) -> Attack:

@@ -14,12 +14,12 @@ BN in eval mode) are PGD-AT's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from robustlab.config import bounded
 from robustlab.defenses.adversarial import PGDAdversarialTraining, PGDATOptions
 from robustlab.defenses.base import Batch, LossOutput, register_defense
 
@@ -29,10 +29,9 @@ def logit_pairing(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch
     return (logits_clean - logits_adv).pow(2).sum(dim=1).mean()
 
 
-@dataclass
 class ALPOptions(PGDATOptions):
-    mix: str = field(default="weighted", metadata={"choices": ("adversarial", "weighted")})
-    lam_pair: float = bounded(0.5, ge=0)  # λ: weight of the logit pairing [R]
+    mix: Literal["adversarial", "weighted"] = "weighted"
+    lam_pair: float = Field(0.5, ge=0)  # λ: weight of the logit pairing [R]
 
 
 @register_defense("alp", ALPOptions)

@@ -42,52 +42,50 @@ examples of the whole training set (simple, not sharded).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from robustlab.config import Options
 from robustlab.defenses.adversarial import scheduled_eps
 from robustlab.defenses.at2l_ensemble import ATTACK_SETS, TRAINING_ATTACKS, AdversarialEnsemble, expand_attacks
 from robustlab.defenses.base import Batch, Defense, LossOutput, register_defense
 from robustlab.defenses.standard import clean_loss
 from robustlab.defenses.triplet import TripletLoss
 from robustlab.defenses.triplet_mining import EMBEDDINGS, MINERS, embed, get_distance
-from robustlab.errors import ConfigError, require
+from robustlab.errors import ConfigError
 
-@dataclass
-class AT2LOptions:
-    lam1: float = 0.3               # λ1: weight of the adversarial cross-entropy (MNIST 0.3, CIFAR-10 0.6)
-    lam2: float = 1.0               # λ2: weight of the triplet term (0: eq. 1, the AT baseline)
-    margin: float = 1.0             # α
+
+class AT2LOptions(Options):
+    lam1: float = Field(0.3, ge=0)  # λ1: weight of the adversarial cross-entropy (MNIST 0.3, CIFAR-10 0.6)
+    lam2: float = Field(1.0, ge=0)  # λ2: weight of the triplet term (0: eq. 1, the AT baseline)
+    margin: float = Field(1.0, ge=0)  # α
     distance: str = "linf"          # linf [P] | l2 | cosine | abs_cosine
     negatives: str = "predicted"    # predicted [P, R] | random
-    embedding: str = field(default="logits", metadata={"choices": EMBEDDINGS})
-    attacks: list[str] = field(default_factory=lambda: ["fgsm"])  # A: attack names and/or set names
-    eps: float = 0.3                # ε of FGSM, LL, I-FGSM, I-LL, PGD
-    iter_steps: int = 10            # I-FGSM / I-LL / PGD iterations
-    iter_step_size: float = 0.03
-    cw_max_iter: int = 1000
-    cw_binary_steps: int = 9
+    embedding: Literal[EMBEDDINGS] = "logits"
+    attacks: list[str] = Field(default_factory=lambda: ["fgsm"])  # A: attack names and/or set names
+    eps: float = Field(0.3, ge=0)   # ε of FGSM, LL, I-FGSM, I-LL, PGD
+    iter_steps: int = Field(10, ge=1)  # I-FGSM / I-LL / PGD iterations
+    iter_step_size: float = Field(0.03, ge=0)
+    cw_max_iter: int = Field(1000, ge=1)
+    cw_binary_steps: int = Field(9, ge=1)
     cw_initial_const: float = 1e-3
     cw_lr: float = 5e-3
-    models: list[str] = field(default_factory=list)  # M besides f: checkpoints of frozen pre-trained models
+    models: list[str] = Field(default_factory=list)  # M besides f: checkpoints of frozen pre-trained models
     include_self: bool = True       # f ∈ M, its examples regenerated every round
-    generation: str = field(default="round", metadata={"choices": ("round", "round_full", "online")})
-    pretrain_epochs: int = 1        # clean epochs before round 1 (Algorithm 1, step 1)
-    eps_ramp_epochs: int = 0        # ε grows linearly over the first rounds (0: off; not in the paper)
-    gen_batch_size: int = 500       # batch size when pre-generating
-    attack_mode: str = field(default="eval", metadata={"choices": ("eval", "train")})
+    generation: Literal["round", "round_full", "online"] = "round"
+    pretrain_epochs: int = Field(1, ge=0)  # clean epochs before round 1 (Algorithm 1, step 1)
+    eps_ramp_epochs: int = Field(0, ge=0)  # ε grows linearly over the first rounds (0: off; not in the paper)
+    gen_batch_size: int = Field(500, ge=1)  # batch size when pre-generating
+    attack_mode: Literal["eval", "train"] = "eval"
     joint_forward: bool = True      # one forward pass of B' = [x; x_adv] (the paper's batch) or two
 
-    def __post_init__(self):
+    def model_post_init(self, context: Any) -> None:
         get_distance(self.distance)
         MINERS.get(self.negatives, where="defense.negatives")
-        require(self, "defense", ge=0, names=("lam1", "lam2", "margin", "eps", "iter_step_size", "pretrain_epochs",
-                                              "eps_ramp_epochs"))
-        require(self, "defense", ge=1, names=("iter_steps", "cw_max_iter", "cw_binary_steps", "gen_batch_size"))
         attacks = expand_attacks(self.attacks)
         unknown = [a for a in attacks if a not in TRAINING_ATTACKS]
         if not attacks or unknown:

@@ -13,25 +13,24 @@ training and 1e-3 works (`configs/baselines/`). ``awp_warmup``: epochs of the ba
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 from torch.func import functional_call
 
-from robustlab.config import bounded
+from robustlab.config import Options
 from robustlab.defenses.base import Batch, Defense, LossOutput, register_defense
 from robustlab.defenses.registry import build_defense
 from robustlab.distributed import sum_over_processes
 
 
-@dataclass
-class AWPOptions:
-    base: str = field(default="pgd_at", metadata={"choices": ("pgd_at", "trades")})
-    gamma: float = bounded(5e-3, ge=0)  # γ: the perturbation's size relative to each layer's weight norm
-    awp_warmup: int = bounded(0, ge=0)  # 0-based epoch from which the weights are perturbed
-    base_options: dict[str, Any] = field(default_factory=dict)  # the base defense's options ([defense.base_options])
+class AWPOptions(Options):
+    base: Literal["pgd_at", "trades"] = "pgd_at"
+    gamma: float = Field(5e-3, ge=0)  # γ: the perturbation's size relative to each layer's weight norm
+    awp_warmup: int = Field(0, ge=0)  # 0-based epoch from which the weights are perturbed
+    base_options: dict[str, Any] = Field(default_factory=dict)  # the base defense's options ([defense.base_options])
 
 
 def weight_perturbation(model: nn.Module, loss_at, gamma: float) -> dict[str, torch.Tensor]:

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustlab.config import Options
 from robustlab.data.base import ImageDataset
 from robustlab.registry import Registry
 
@@ -269,6 +270,10 @@ def register_term(name: str, options_cls: type) -> Callable[[type[LossTerm]], ty
 
 
 def _register(registry: Registry, name: str, options_cls: type):
+    if not (isinstance(options_cls, type) and issubclass(options_cls, Options)):
+        raise TypeError(f"{registry.kind} {name!r}: its options must be a robustlab.config.Options class (pydantic), "
+                        f"got {options_cls!r}")
+
     def decorator(cls):
         registry.add(name, (cls, options_cls))
         cls.name = name

@@ -32,44 +32,44 @@ below it, D has not learned and the method is not being exercised (raise ``criti
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 from torch.func import functional_call
 
 from robustlab.attacks.critic_unrolled import RunningConfidence, training_target, unrolled_high_confidence_attack
 from robustlab.attacks.perturbation import flat_norm
+from robustlab.config import AdamBetas, Fraction, Options, Sizes
 from robustlab.defenses.base import Batch, Defense, LossOutput, register_defense
 from robustlab.defenses.critic_losses import critic_loss, cycle_distance, hidden_weight_decay, output_layer
 from robustlab.distributed import sum_over_processes
-from robustlab.errors import ConfigError, require
 from robustlab.models.critic import INITS, AdversaryCritic
 
 
-@dataclass
-class AdversaryCriticOptions:
-    lam: float = 0.5  # λ: weight of the critic term (paper: 0.5 FC, 0.1 LeNet-5)
-    lam_rec: float = 0.01  # λ_rec: cycle-consistency weight
-    lam_grad: float = 10.0  # λ_grad: gradient-penalty weight in the critic loss
-    cycle: str = field(default="squared", metadata={"choices": ("squared", "l2")})  # code / paper eq. (6) [R]
-    steps: int = 5  # N unrolled attack steps
-    overshoot: float = 0.05
-    attack_eps: float = 1e-8
-    confidence_momentum: float = 0.5  # running-mean momentum μ [R]
-    pretrain_epochs: int = 1
-    pretrain_weight_decay: float = 5e-6
-    critic_lr: float = 1e-3
-    critic_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
-    critic_hidden: list[int] = field(default_factory=lambda: [1200, 1200])
-    critic_input_noise: float = 0.1
-    critic_hidden_noise: float = 0.5
-    critic_negative_slope: float = 0.2
-    critic_init: str = field(default="he_normal", metadata={"choices": INITS})  # the authors' code; or torch_default
-    critic_steps: int = 1            # critic updates per classifier step, on the same (x, x̂) [R]
-    go_no_go_epoch: int = 6          # after this epoch: is the critic learning? (0: no check)
-    go_no_go_accuracy: float = 0.65  # ... its mean accuracy on adversarial pairs must reach this
+class AdversaryCriticOptions(Options):
+    lam: float = Field(0.5, ge=0)  # λ: weight of the critic term (paper: 0.5 FC, 0.1 LeNet-5)
+    lam_rec: float = Field(0.01, ge=0)  # λ_rec: cycle-consistency weight
+    lam_grad: float = Field(10.0, ge=0)  # λ_grad: gradient-penalty weight in the critic loss
+    cycle: Literal["squared", "l2"] = "squared"  # code / paper eq. (6) [R]
+    steps: int = Field(5, ge=1)  # N unrolled attack steps
+    overshoot: float = Field(0.05, ge=0)
+    attack_eps: float = Field(1e-8, gt=0)
+    confidence_momentum: Fraction = 0.5  # running-mean momentum μ [R]
+    pretrain_epochs: int = Field(1, ge=0)
+    pretrain_weight_decay: float = Field(5e-6, ge=0)
+    critic_lr: float = Field(1e-3, gt=0)
+    critic_betas: AdamBetas = Field(default_factory=lambda: [0.5, 0.999])
+    critic_hidden: Sizes = Field(default_factory=lambda: [1200, 1200])
+    critic_input_noise: float = Field(0.1, ge=0)
+    critic_hidden_noise: float = Field(0.5, ge=0)
+    critic_negative_slope: float = Field(0.2, ge=0)
+    critic_init: Literal[INITS] = "he_normal"  # the authors' code; or torch_default
+    critic_steps: int = Field(1, ge=1)  # critic updates per classifier step, on the same (x, x̂) [R]
+    go_no_go_epoch: int = Field(6, ge=0)  # after this epoch: is the critic learning? (0: no check)
+    go_no_go_accuracy: float = Field(0.65, ge=0)  # ... its mean accuracy on adversarial pairs must reach this
 
 
 @register_defense("adversary_critic", AdversaryCriticOptions)
@@ -77,19 +77,6 @@ class AdversaryCriticDefense(Defense):
     """x̂ in ``craft``, critic steps in ``update_auxiliaries``, the classifier loss in ``loss`` (module docstring)."""
 
     def __init__(self, options: AdversaryCriticOptions, terms=None):
-        o = options
-        require(o, "defense", ge=0, names=("lam", "lam_rec", "lam_grad", "overshoot", "pretrain_weight_decay",
-                                           "critic_input_noise", "critic_hidden_noise", "critic_negative_slope",
-                                           "pretrain_epochs"))
-        require(o, "defense", ge=1, names=("steps", "critic_steps"))
-        require(o, "defense", ge=0, names=("go_no_go_epoch", "go_no_go_accuracy"))
-        require(o, "defense", gt=0, names=("attack_eps",))
-        if not 0 <= o.confidence_momentum < 1:
-            raise ConfigError(f"defense.confidence_momentum must be in [0, 1), got {o.confidence_momentum}")
-        if o.critic_lr <= 0 or len(o.critic_betas) != 2 or not all(0 <= b < 1 for b in o.critic_betas):
-            raise ConfigError("defense.critic_lr must be > 0 and critic_betas two numbers in [0, 1)")
-        if not o.critic_hidden or any(h < 1 for h in o.critic_hidden):
-            raise ConfigError(f"defense.critic_hidden must list sizes >= 1, got {o.critic_hidden}")
         super().__init__(options, terms)
         self.critic: AdversaryCritic | None = None
         self.critic_opt: torch.optim.Optimizer | None = None

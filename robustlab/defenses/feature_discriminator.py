@@ -9,18 +9,19 @@ defense are described in :mod:`robustlab.defenses.a3t`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 from torch.func import functional_call
 
 from robustlab.attacks import FGSM, PGD, Attack
-from robustlab.modes import model_mode, statistics_frozen
+from robustlab.config import AdamBetas, Fraction, Options, Sizes
 from robustlab.defenses.base import Batch, LossOutput, LossTerm, register_term
-from robustlab.errors import ConfigError
 from robustlab.models.split import FeatureSplit
+from robustlab.modes import model_mode, statistics_frozen
 
 class Discriminator(nn.Module):
     """D: ``in_features → [hidden → ReLU → Dropout]… → 1``; returns the logit of P(real | z), one per example.
@@ -58,39 +59,32 @@ def make_training_attack(kind: str, eps: float, *, steps: int, step_size: float,
                model_mode=model_mode)
 
 
-def check_attack_options(o, prefix: str) -> None:
-    if o.eps < 0 or o.step_size < 0:
-        raise ConfigError(f"{prefix}.eps and step_size must be >= 0")
-    if o.steps < 1:
-        raise ConfigError(f"{prefix}.steps must be >= 1, got {o.steps}")
-
-
 # --- the add-on term --------------------------------------------------------------------------------------------
-@dataclass
-class DiscriminatorSettings:
+
+
+class DiscriminatorSettings(Options):
     """What the ``feature_discriminator`` term and the ``a3t`` defense share: D, the split and the term's attack."""
 
-    beta: float = 1.0  # weight of the encoder's adversarial term −β log D(E(x_adv)); 0: D only observes
+    beta: float = Field(1.0, ge=0)  # weight of the encoder's adversarial term −β log D(E(x_adv)); 0: D observes
     layer: str = "features"  # "features", "encoder" (mlp_a3t: the paper's 256-d z) or a submodule name
-    hidden: list[int] = field(default_factory=lambda: [128])
-    dropout: float = 0.5
-    d_steps: int = 1  # D updates per classifier update (paper: 1)
+    hidden: Sizes = Field(default_factory=lambda: [128])
+    dropout: Fraction = 0.5
+    d_steps: int = Field(1, ge=1)  # D updates per classifier update (paper: 1)
     encoder_term_dropout: bool = True  # D's dropout on in the encoder term [R]
     # The attack: crafts x_adv when the host has none (or adversary = "own"), and for val_d_acc_*.
-    attack: str = field(default="fgsm", metadata={"choices": ("fgsm", "pgd")})
-    eps: float = 0.25
-    steps: int = 7  # PGD only
-    step_size: float = 0.0  # PGD only; 0: 2.5·ε/steps
+    attack: Literal["fgsm", "pgd"] = "fgsm"
+    eps: float = Field(0.25, ge=0)
+    steps: int = Field(7, ge=1)  # PGD only
+    step_size: float = Field(0.0, ge=0)  # PGD only; 0: 2.5·ε/steps
     random_start: bool = True  # PGD only
-    attack_mode: str = field(default="eval", metadata={"choices": ("eval", "train")})
-    eval_subset: int = 500  # per-epoch D accuracy on this many test images (0: off)
+    attack_mode: Literal["eval", "train"] = "eval"
+    eval_subset: int = Field(500, ge=0)  # per-epoch D accuracy on this many test images (0: off)
 
 
-@dataclass
 class FeatureDiscriminatorOptions(DiscriminatorSettings):
-    lr: float = 1e-3  # Adam, for D
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    adversary: str = field(default="host", metadata={"choices": ("host", "own")})
+    lr: float = Field(1e-3, gt=0)  # Adam, for D
+    adam_betas: AdamBetas = Field(default_factory=lambda: [0.9, 0.999])
+    adversary: Literal["host", "own"] = "host"
 
 
 @register_term("feature_discriminator", FeatureDiscriminatorOptions)
@@ -99,18 +93,6 @@ class FeatureDiscriminatorTerm(LossTerm):
 
     def __init__(self, options: FeatureDiscriminatorOptions):
         o = options
-        prefix = "defense.terms.feature_discriminator"
-        if o.beta < 0:
-            raise ConfigError(f"{prefix}.beta must be >= 0, got {o.beta}")
-        if not 0 <= o.dropout < 1:
-            raise ConfigError(f"{prefix}.dropout must be in [0, 1), got {o.dropout}")
-        if o.lr <= 0 or len(o.adam_betas) != 2 or not all(0 <= b < 1 for b in o.adam_betas):
-            raise ConfigError(f"{prefix}: lr must be > 0 and adam_betas two numbers in [0, 1)")
-        if any(h < 1 for h in o.hidden):
-            raise ConfigError(f"{prefix}.hidden sizes must be >= 1, got {o.hidden}")
-        if o.d_steps < 1 or o.eval_subset < 0:
-            raise ConfigError(f"{prefix}.d_steps must be >= 1 and eval_subset >= 0")
-        check_attack_options(o, prefix)
         super().__init__(options)
         self.attack = make_training_attack(o.attack, o.eps, steps=o.steps, step_size=o.step_size,
                                            random_start=o.random_start, model_mode=o.attack_mode)

@@ -8,14 +8,14 @@ it trains a robust model in a fraction of PGD-AT's time; α much above 1.25ε le
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from robustlab.attacks.base import Attack, check_epsilon
 from robustlab.attacks.pgd import LinfBall, gradient_steps
-from robustlab.config import bounded
 from robustlab.defenses.adversarial import AdversarialTraining, AdversaryOptions
 from robustlab.defenses.base import register_defense
 
@@ -31,10 +31,9 @@ class RandomStartFGSM(Attack):
         return gradient_steps(model, x, y, LinfBall(self.eps), step_size=self.step_size, steps=1, random_start=True)
 
 
-@dataclass
 class FGSMRSOptions(AdversaryOptions):
-    step_ratio: float = bounded(1.25, ge=0)  # α / ε (Wong et al.: 1.25; 2 and above overfit catastrophically)
-    attack_mode: str = field(default="train", metadata={"choices": ("eval", "train")})  # the paper: train mode
+    step_ratio: float = Field(1.25, ge=0)  # α / ε (Wong et al.: 1.25; 2 and above overfit catastrophically)
+    attack_mode: Literal["eval", "train"] = "train"  # the paper: train mode
 
 
 @register_defense("fgsm_rs", FGSMRSOptions)

@@ -24,14 +24,14 @@ Other resolutions [R]: per-example noise draws (model option ``shared_draw``), a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from robustlab.defenses.base import register_defense
 from robustlab.defenses.noise_training import NoisyAdversarialTraining, NoisyATOptions
-from robustlab.errors import require
 from robustlab.models.noise import theta_parameters
 
 TAU_RULES = ("harmonic", "linear", "constant")
@@ -61,14 +61,13 @@ def regulariser_loss(thetas: list[torch.Tensor], gamma: float, tau: float) -> to
     return -(gamma / tau) * sum(t.sqrt().sum() for t in thetas)
 
 
-@dataclass
 class L2POptions(NoisyATOptions):
-    variant: str = field(default="l2p", metadata={"choices": ("l2p", "l2p_r")})
-    gamma: float = 1e-4
-    tau: str = field(default="harmonic", metadata={"choices": TAU_RULES})
-    theta_min: float = 0.01
-    noise_start_epoch: int = 10
-    warmup_epochs: int = 20  # PGD-AT from this epoch
+    variant: Literal["l2p", "l2p_r"] = "l2p"
+    gamma: float = Field(1e-4, ge=0)
+    tau: Literal[TAU_RULES] = "harmonic"
+    theta_min: float = Field(0.01, gt=0)
+    noise_start_epoch: int = Field(10, ge=0)
+    warmup_epochs: int = Field(20, ge=0)  # PGD-AT from this epoch
 
 
 @register_defense("l2p", L2POptions)
@@ -78,9 +77,6 @@ class Learn2Perturb(NoisyAdversarialTraining):
     noise_label = "theta"
 
     def __init__(self, options: L2POptions, terms=None):
-        o = options
-        require(o, "defense", ge=0, names=("gamma",))
-        require(o, "defense", gt=0, names=("theta_min",))
         super().__init__(options, terms)
         self.tau = 1.0
 

@@ -14,14 +14,15 @@ penalty is differentiated through ∇ₓ (``create_graph``: second order); t car
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from robustlab.attacks.deepfool import closest_boundary_target
-from robustlab.config import bounded
+from robustlab.config import Options
 from robustlab.defenses.base import Batch, Defense, LossOutput, register_defense
 
 
@@ -35,10 +36,9 @@ def margin_normal_penalty(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ta
     return logits, 0.5 * w.flatten(1).square().sum(1).mean()
 
 
-@dataclass
-class MarginOptions:
-    lam: float = bounded(0.1, ge=0)
-    target: str = field(default="closest", metadata={"choices": ("closest", "runner_up")})
+class MarginOptions(Options):
+    lam: float = Field(0.1, ge=0)
+    target: Literal["closest", "runner_up"] = "closest"
 
 
 @register_defense("margin", MarginOptions)

@@ -10,14 +10,12 @@ the boosted cross-entropy adds a margin term on the strongest wrong class. λ 6 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from robustlab.attacks import Attack
-from robustlab.config import bounded
 from robustlab.defenses.adversarial import (AdversarialTraining, PGDAdversaryOptions, paired_output,
                                             pgd_training_attack)
 from robustlab.defenses.base import Batch, LossOutput, register_defense
@@ -36,10 +34,9 @@ def mart_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Ten
     return bce + lam * kl, bce, kl
 
 
-@dataclass
 class MARTOptions(PGDAdversaryOptions):
-    steps: int = bounded(10, ge=1)   # the paper: 10 steps of 2/255 for ε 8/255
-    lam: float = bounded(6.0, ge=0)  # λ of eq. (10)
+    steps: int = Field(10, ge=1)   # the paper: 10 steps of 2/255 for ε 8/255
+    lam: float = Field(6.0, ge=0)  # λ of eq. (10)
 
 
 @register_defense("mart", MARTOptions)

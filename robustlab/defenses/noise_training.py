@@ -17,28 +17,29 @@ Learn2Perturb, α·CE(x) + β·CE(x') with α = β = 0.5 by default). On top of 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from robustlab.modes import model_mode
+from robustlab.config import Fraction
 from robustlab.defenses.adversarial import PGDAdversarialTraining, PGDATOptions
-from robustlab.errors import ConfigError, require
+from robustlab.errors import ConfigError
 from robustlab.models.noise import mean_of, noise_enabled
+from robustlab.modes import model_mode
 
 
-@dataclass
 class NoisyATOptions(PGDATOptions):
-    eps: float = 8 / 255
-    step_size: float = 0.01
-    mix: str = field(default="weighted", metadata={"choices": ("adversarial", "weighted")})
-    noise_start_epoch: int = 0
-    noise_lr: float = 0.0  # 0: the run's optim.lr
-    noise_momentum: float = 0.9
+    eps: float = Field(8 / 255, ge=0)
+    step_size: float = Field(0.01, ge=0)
+    mix: Literal["adversarial", "weighted"] = "weighted"
+    noise_start_epoch: int = Field(0, ge=0)
+    noise_lr: float = Field(0.0, ge=0)  # 0: the run's optim.lr
+    noise_momentum: Fraction = 0.9
     noise_nesterov: bool = True
     noise_schedule: bool = True  # the noise optimiser's lr follows the run's lr schedule
-    labels: str = field(default="true", metadata={"choices": ("true", "predicted")})
+    labels: Literal["true", "predicted"] = "true"
 
 
 class NoisyAdversarialTraining(PGDAdversarialTraining):
@@ -47,10 +48,6 @@ class NoisyAdversarialTraining(PGDAdversarialTraining):
     noise_label = "noise"  # prefix of the logged statistics
 
     def __init__(self, options: NoisyATOptions, terms=None):
-        o = options
-        require(o, "defense", ge=0, names=("noise_start_epoch", "noise_lr"))
-        if not 0 <= o.noise_momentum < 1:
-            raise ConfigError(f"defense.noise_momentum must be in [0, 1), got {o.noise_momentum}")
         super().__init__(options, terms)
         self.noise_params: list[nn.Parameter] = []
         self.noise_opt: torch.optim.Optimizer | None = None

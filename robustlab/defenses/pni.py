@@ -10,8 +10,6 @@ shrink the noise: the per-epoch log (``alpha_mean``) shows it, next to Learn2Per
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import nn
 
 from robustlab.defenses.base import register_defense
@@ -19,7 +17,6 @@ from robustlab.defenses.noise_training import NoisyAdversarialTraining, NoisyATO
 from robustlab.models.noise import alpha_parameters
 
 
-@dataclass
 class PNIOptions(NoisyATOptions):
     pass
 

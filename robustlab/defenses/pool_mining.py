@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import torch
 
-from robustlab.modes import model_mode
 from robustlab.defenses.triplet_mining import (MiningRequest, NegativeMiner, Negatives, embed, register_miner,
                                                sample_uniform)
 from robustlab.errors import ConfigError
+from robustlab.modes import model_mode
 from robustlab.retrieval import pairwise_distance
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from robustlab.config import build_dataclass
+from robustlab.config import validate_options
 from robustlab.defenses.base import DEFENSES, TERMS, Defense, LossTerm
 from robustlab.errors import ConfigError
 
@@ -41,7 +41,7 @@ def build_defense(name: str, options: dict[str, Any] | None = None, *, where: st
     if not isinstance(raw_terms, list) or not all(isinstance(t, dict) for t in raw_terms):
         raise ConfigError(f"{where}.terms must be a list of tables, each with a name ([[defense.terms]])")
     cls, options_cls = DEFENSES.get(name, where=where)
-    defense_options = build_dataclass(options_cls, options, where)
+    defense_options = validate_options(options_cls, options, where)
     terms: list[LossTerm] = []
     for i, raw in enumerate(raw_terms):
         raw = dict(raw)
@@ -49,5 +49,5 @@ def build_defense(name: str, options: dict[str, Any] | None = None, *, where: st
         if not isinstance(term_name, str):
             raise ConfigError(f"{where}.terms[{i}] needs a name; available: {', '.join(available_terms())}")
         term_cls, term_options_cls = TERMS.get(term_name, where=f"{where}.terms[{i}]")
-        terms.append(term_cls(build_dataclass(term_options_cls, raw, f"{where}.terms[{i}]")))
+        terms.append(term_cls(validate_options(term_options_cls, raw, f"{where}.terms[{i}]")))
     return cls(defense_options, terms)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustlab.config import Fraction, Options
 from robustlab.defenses.base import Batch, Defense, LossOutput, register_defense
 
 
-@dataclass
-class StandardOptions:
-    label_smoothing: float = 0.0
+class StandardOptions(Options):
+    label_smoothing: Fraction = 0.0
 
 
 def clean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> LossOutput:

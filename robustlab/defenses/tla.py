@@ -26,20 +26,20 @@ PGD-AT (not in the paper; a small-data curriculum).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from robustlab.config import Fraction
 from robustlab.defenses.adversarial import PGDAdversarialTraining, PGDATOptions
 from robustlab.defenses.base import Batch, LossOutput, register_defense
+from robustlab.defenses.pool_mining import POOL_CHOICES, PoolMiner, sample_positive_indices
 from robustlab.defenses.standard import clean_loss
 from robustlab.defenses.triplet import TripletLoss, triplet_hinge
-from robustlab.defenses.pool_mining import POOL_CHOICES, PoolMiner, sample_positive_indices
 from robustlab.defenses.triplet_mining import EMBEDDINGS, embed, get_distance
-from robustlab.errors import ConfigError, require
 
 
 def norm_penalty(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
@@ -80,20 +80,19 @@ def tla_loss(logits_adv: torch.Tensor, y: torch.Tensor, anchor: torch.Tensor, po
     return loss, {"ce": ce, "triplet": triplet, "norm": norm, "hinge": hinge}
 
 
-@dataclass
 class TLAOptions(PGDATOptions):
     """PGD-AT's options (ε, steps, step size, mix, warm-up, attack mode) plus the triplet part; MNIST defaults."""
 
-    steps: int = 40                 # MNIST: 40 × 0.01, ε 0.3 [C]
-    step_size: float = 0.01
-    lam_trip: float = 0.5           # λ_trip (MNIST 0.5, CIFAR-10 2)
-    lam_norm: float = 1e-4          # λ_reg (MNIST 1e-4, CIFAR-10 1e-3)
-    margin: float = 0.05            # α (MNIST 0.05, CIFAR-10 0.03)
-    distance: str = "abs_cosine"    # 1 − |cos| [C]; any registered triplet distance
-    negatives: str = field(default="nearest", metadata={"choices": POOL_CHOICES})  # semi-hard | random ablation
-    pool_size: int = 50             # K (MNIST 50, CIFAR-10 500)
-    label_smoothing: float = 0.0    # MNIST 0.1 [C]
-    embedding: str = field(default="features", metadata={"choices": EMBEDDINGS})
+    steps: int = Field(40, ge=1)          # MNIST: 40 × 0.01, ε 0.3 [C]
+    step_size: float = Field(0.01, ge=0)
+    lam_trip: float = Field(0.5, ge=0)    # λ_trip (MNIST 0.5, CIFAR-10 2)
+    lam_norm: float = Field(1e-4, ge=0)   # λ_reg (MNIST 1e-4, CIFAR-10 1e-3)
+    margin: float = Field(0.05, ge=0)     # α (MNIST 0.05, CIFAR-10 0.03)
+    distance: str = "abs_cosine"          # 1 − |cos| [C]; any registered triplet distance
+    negatives: Literal[POOL_CHOICES] = "nearest"  # semi-hard | random ablation
+    pool_size: int = Field(50, ge=1)      # K (MNIST 50, CIFAR-10 500)
+    label_smoothing: Fraction = 0.0       # MNIST 0.1 [C]
+    embedding: Literal[EMBEDDINGS] = "features"
 
 
 @register_defense("tla", TLAOptions)
@@ -102,11 +101,6 @@ class TLA(PGDAdversarialTraining):
 
     def __init__(self, options: TLAOptions, terms=None):
         get_distance(options.distance)
-        require(options, "defense", ge=0, names=("lam_trip", "lam_norm", "margin"))
-        if not 0 <= options.label_smoothing < 1:
-            raise ConfigError(f"defense.label_smoothing must be in [0, 1), got {options.label_smoothing}")
-        if options.pool_size < 1:
-            raise ConfigError(f"defense.pool_size must be >= 1, got {options.pool_size}")
         super().__init__(options, terms)
         miner = PoolMiner(options.pool_size, options.negatives)
         self.triplet = TripletLoss(options.margin, options.distance, miner, options.embedding)

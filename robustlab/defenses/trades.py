@@ -9,15 +9,13 @@ while it runs. The KL term is the batch mean of the per-example divergences; β 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from robustlab.attacks.base import Attack, check_epsilon
 from robustlab.attacks.pgd import LinfBall, gradient_steps
-from robustlab.config import bounded
 from robustlab.defenses.adversarial import AdversarialTraining, AdversaryOptions, paired_output
 from robustlab.defenses.base import Batch, LossOutput, register_defense
 
@@ -50,11 +48,10 @@ def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.T
     return ce + beta * kl, ce, kl
 
 
-@dataclass
 class TRADESOptions(AdversaryOptions):
-    steps: int = bounded(10, ge=1)
-    step_size: float = bounded(0.0, ge=0)  # 0: 2.5·ε/steps (the paper: 0.007 for ε 0.031 and 10 steps)
-    beta: float = bounded(6.0, ge=0)       # 1/λ of the paper: the weight of the robustness (KL) term
+    steps: int = Field(10, ge=1)
+    step_size: float = Field(0.0, ge=0)  # 0: 2.5·ε/steps (the paper: 0.007 for ε 0.031 and 10 steps)
+    beta: float = Field(6.0, ge=0)       # 1/λ of the paper: the weight of the robustness (KL) term
 
 
 @register_defense("trades", TRADESOptions)

@@ -24,13 +24,15 @@ a warm-up epoch) it is zero unless the term is given its own ``attack``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from robustlab.attacks.registry import ATTACKS, build_training_attack
+from robustlab.config import Options
 from robustlab.defenses.base import Batch, LossOutput, LossTerm, register_term
 from robustlab.defenses.triplet_mining import (EMBEDDINGS, MINERS, Distance, MiningRequest, NegativeMiner, Negatives,
                                                build_miner, embed, get_distance)
@@ -132,24 +134,22 @@ class TripletLoss:
 
 # --- the regulariser R(x, y) as an add-on term ------------------------------------------------------------------
 
-@dataclass
-class TripletOptions:
+
+class TripletOptions(Options):
     """``[[defense.terms]] name = "triplet"``: R = (weight/k) Σ hinge, AT²L §3.4."""
 
-    weight: float = 1.0             # λ of R (λ2 in eq. 2)
-    margin: float = 1.0             # α
+    weight: float = Field(1.0, ge=0)  # λ of R (λ2 in eq. 2)
+    margin: float = Field(1.0, ge=0)  # α
     distance: str = "linf"          # linf | l2 | cosine | abs_cosine (or any registered distance)
     negatives: str = "predicted"    # predicted | random | pool (or any registered miner)
-    embedding: str = field(default="logits", metadata={"choices": EMBEDDINGS})
+    embedding: Literal[EMBEDDINGS] = "logits"
     attack: str = ""                # craft x_adv with this attack when the defense has none ("": R = 0 then)
-    eps: float = 0.3                # ε of ``attack``
-    start_epoch: int = 0            # R is 0 before this (0-based) epoch
+    eps: float = Field(0.3, ge=0)   # ε of ``attack``
+    start_epoch: int = Field(0, ge=0)  # R is 0 before this (0-based) epoch
 
-    def __post_init__(self):
+    def model_post_init(self, context: Any) -> None:
         get_distance(self.distance)
         MINERS.get(self.negatives)
-        if self.weight < 0 or self.margin < 0 or self.eps < 0 or self.start_epoch < 0:
-            raise ConfigError("triplet weight, margin, eps and start_epoch must be >= 0")
         if self.attack:
             ATTACKS.get(self.attack, where="triplet attack")
 

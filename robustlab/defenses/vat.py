@@ -9,15 +9,14 @@ baseline), α 1, ξ 1e-6, one power iteration (Miyato et al.) — all configurab
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from robustlab.attacks.perturbation import batch_view, flat_norm
+from robustlab.config import Options
 from robustlab.defenses.base import Batch, Defense, LossOutput, register_defense
-from robustlab.errors import require
 
 
 def unit_l2(d: torch.Tensor) -> torch.Tensor:
@@ -43,12 +42,11 @@ def virtual_adversarial_direction(model: nn.Module, x: torch.Tensor, clean_logit
     return d
 
 
-@dataclass
-class VATOptions:
-    eps: float = 2.0  # L2 norm of r_vadv
-    alpha: float = 1.0  # weight of the KL term
-    xi: float = 1e-6
-    power_iterations: int = 1
+class VATOptions(Options):
+    eps: float = Field(2.0, ge=0)  # L2 norm of r_vadv
+    alpha: float = Field(1.0, ge=0)  # weight of the KL term
+    xi: float = Field(1e-6, gt=0)
+    power_iterations: int = Field(1, ge=1)
 
 
 @register_defense("vat", VATOptions)
@@ -56,9 +54,6 @@ class VirtualAdversarialTraining(Defense):
     """CE + α·KL(p(x) ‖ p(x + r_vadv)) (see the module docstring)."""
 
     def __init__(self, options: VATOptions, terms=None):
-        require(options, "defense", ge=0, names=("eps", "alpha"))
-        require(options, "defense", gt=0, names=("xi",))
-        require(options, "defense", ge=1, names=("power_iterations",))
         super().__init__(options, terms)
 
     def loss(self, model: nn.Module, batch: Batch, ctx) -> LossOutput:
