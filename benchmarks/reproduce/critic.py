@@ -58,6 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--runs", default="runs/reproduce_critic")
     p.add_argument("--out", default="docs/results/reproduction/critic.md")
     p.add_argument("--report-only", action="store_true", help="compute nothing: write the document from what is done")
+    p.add_argument("--no-retry", action="store_true",
+                   help="do not train the retry arm (e.g. a second process measuring the others while one trains it)")
     p.add_argument("--quick", action="store_true", help="2 seeds, 3 epochs, small subsets")
     args = p.parse_args(argv)
     if args.quick:
@@ -100,7 +102,7 @@ def main(argv=None) -> int:
             with skip_missing():
                 train(arm, seed, root, epochs=args.epochs, extra=("data.train_subset=0",))
     no_go = [s for s in args.seeds if critic_go(CRITIC.run_dir(root, s)) == 0.0]
-    if no_go:
+    if no_go and not args.no_retry:
         retry = Arm(f"critic, {args.retry_critic_steps} critic steps", CRITIC.config,
                     (f"defense.critic_steps={args.retry_critic_steps}",), f"critic_steps{args.retry_critic_steps}")
         arms.append(retry)
