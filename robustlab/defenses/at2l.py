@@ -11,10 +11,10 @@ class the anchor is predicted as, else of any other class [P §3.2, R]; gradient
 embedding are options). With ``lam2 = 0`` the loss is eq. (1): the paper's adversarial-training baseline, run with
 exactly the same rounds and adversarial examples.
 
-Rounds (Algorithm 1) [P]: ``pretrain_epochs`` epochs of clean training (step 1), then every epoch is one round
+Rounds (Algorithm 1) [P]: ``warmup_epochs`` epochs of clean training (step 1), then every epoch is one round
 [R]: at its start the adversarial examples of the whole training set are built against the current f (and the
 frozen models of M), then f is retrained for one pass over [X, X_adv] with eq. (2). The paper's tables report
-rounds 1 and 10, i.e. the checkpoints of epochs ``pretrain_epochs + 1`` and ``pretrain_epochs + 10``.
+rounds 1 and 10, i.e. the checkpoints of epochs ``warmup_epochs + 1`` and ``warmup_epochs + 10``.
 
 Ensemble (Algorithm 2) [P]: an attack set A (``attacks``; the names ``gradient`` = FGSM, LL, I-FGSM, I-LL,
 ``optimization`` = C&W and ``mixed`` = all five expand to the paper's sets) × a model set M = {f} (``include_self``)
@@ -77,7 +77,7 @@ class AT2LOptions(Options):
     models: list[str] = Field(default_factory=list)  # M besides f: checkpoints of frozen pre-trained models
     include_self: bool = True       # f ∈ M, its examples regenerated every round
     generation: Literal["round", "round_full", "online"] = "round"
-    pretrain_epochs: int = Field(1, ge=0)  # clean epochs before round 1 (Algorithm 1, step 1)
+    warmup_epochs: int = Field(1, ge=0)  # clean epochs before round 1 (Algorithm 1, step 1)
     eps_ramp_epochs: int = Field(0, ge=0)  # ε grows linearly over the first rounds (0: off; not in the paper)
     gen_batch_size: int = Field(500, ge=1)  # batch size when pre-generating
     attack_mode: Literal["eval", "train"] = "eval"
@@ -111,17 +111,17 @@ class AT2L(Defense):
     def epoch_eps(self, epoch: int) -> float:
         """ε for 0-based ``epoch``: 0 while pretraining, then (optionally ramped) ``eps``."""
         o = self.options
-        return scheduled_eps(o.eps, epoch, o.pretrain_epochs, o.eps_ramp_epochs)
+        return scheduled_eps(o.eps, epoch, o.warmup_epochs, o.eps_ramp_epochs)
 
     # --- rounds ------------------------------------------------------------------------------------------------
     def on_epoch_start(self, model: nn.Module, ctx) -> None:
         self.eps = self.epoch_eps(ctx.epoch)
-        self.ensemble.start_round(model, ctx, self.eps, adversarial=ctx.epoch >= self.options.pretrain_epochs)
+        self.ensemble.start_round(model, ctx, self.eps, adversarial=ctx.epoch >= self.options.warmup_epochs)
 
     # --- the loss ----------------------------------------------------------------------------------------------
     def craft(self, model: nn.Module, batch: Batch, ctx) -> torch.Tensor | None:
         """This round's x_adv of the batch (looked up by the examples' indices, or crafted when online)."""
-        if ctx.epoch < self.options.pretrain_epochs:
+        if ctx.epoch < self.options.warmup_epochs:
             return None
         return self.ensemble.adversarial_batch(model, batch.x, batch.y, batch.index)
 
@@ -158,4 +158,4 @@ class AT2L(Defense):
         return LossOutput(loss, metrics, x_adv=x_adv, logits_clean=logits_clean, logits_adv=logits_adv)
 
     def on_epoch_end(self, model: nn.Module, ctx) -> dict[str, float]:
-        return {"train_eps": self.eps, "round": max(ctx.epoch - self.options.pretrain_epochs + 1, 0)}
+        return {"train_eps": self.eps, "round": max(ctx.epoch - self.options.warmup_epochs + 1, 0)}

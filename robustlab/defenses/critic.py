@@ -21,7 +21,7 @@ the reference code):
    attacks (second order). D's parameters enter L_f detached, so the main backward never touches D. Empty M: the
    two terms are 0.
 
-Pretraining (``pretrain_epochs`` = 1): CE + ``pretrain_weight_decay``·½Σ‖W‖² over the weight matrices of every layer
+Pretraining (``warmup_epochs`` = 1): CE + ``pretrain_weight_decay``·½Σ‖W‖² over the weight matrices of every layer
 but the output layer (the last ``nn.Linear``, [R]); m is updated there too, so the attack starts from an estimate.
 The critic's learning rate follows the classifier's schedule (halved every 40 epochs in the paper) [R].
 D's noise layers are on in both steps (train mode). m is saved in the checkpoint (``extra_state``): resume is exact.
@@ -58,7 +58,7 @@ class AdversaryCriticOptions(Options):
     overshoot: float = Field(0.05, ge=0)
     attack_eps: float = Field(1e-8, gt=0)
     confidence_momentum: Fraction = 0.5  # running-mean momentum μ [R]
-    pretrain_epochs: int = Field(1, ge=0)
+    warmup_epochs: int = Field(1, ge=0)
     pretrain_weight_decay: float = Field(5e-6, ge=0)
     critic_lr: float = Field(1e-3, gt=0)
     critic_betas: AdamBetas = Field(default_factory=lambda: [0.5, 0.999])
@@ -130,7 +130,7 @@ class AdversaryCriticDefense(Defense):
         return out
 
     def pretraining(self, ctx) -> bool:
-        return ctx.epoch < self.options.pretrain_epochs
+        return ctx.epoch < self.options.warmup_epochs
 
     # --- per batch -----------------------------------------------------------------------------------------------
     def craft(self, model: nn.Module, batch: Batch, ctx) -> torch.Tensor | None:

@@ -145,7 +145,7 @@ class TripletOptions(Options):
     embedding: Literal[EMBEDDINGS] = "logits"
     attack: str = ""                # craft x_adv with this attack when the defense has none ("": R = 0 then)
     eps: float = Field(0.3, ge=0)   # ε of ``attack``
-    start_epoch: int = Field(0, ge=0)  # R is 0 before this (0-based) epoch
+    warmup_epochs: int = Field(0, ge=0)  # R is 0 in the first warmup_epochs epochs (as every defense's warm-up)
 
     def model_post_init(self, context: Any) -> None:
         get_distance(self.distance)
@@ -169,7 +169,7 @@ class TripletTerm(LossTerm):
 
     def craft(self, model: nn.Module, batch: Batch, ctx) -> torch.Tensor | None:
         """The term's own ``attack`` where the host gives no x_adv (standard training, warm-up epochs)."""
-        if batch.x_adv is None and self.attack is not None and ctx.epoch >= self.options.start_epoch:
+        if batch.x_adv is None and self.attack is not None and ctx.epoch >= self.options.warmup_epochs:
             return self.attack(model, batch.x, batch.y)
         return None
 
@@ -178,7 +178,7 @@ class TripletTerm(LossTerm):
         o = self.options
         zero = torch.zeros((), device=batch.x.device)
         x_adv, anchor = out.x_adv, None
-        if ctx.epoch < o.start_epoch:
+        if ctx.epoch < o.warmup_epochs:
             return zero, {}
         if x_adv is None:
             x_adv = batch.term_x_adv.get(self)
