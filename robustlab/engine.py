@@ -34,7 +34,7 @@ from robustlab.distributed import (all_reduce_sum, average_gradients, barrier, b
                                    shard, synchronise_optimizer)
 from robustlab.errors import CheckpointError, ConfigError
 from robustlab.evaluate import accuracy, attack_factories, predictions_repeat
-from robustlab.experiment import config_from_dict
+from robustlab.experiment import config_from_dict, upgrade_stored_config
 from robustlab.run_lock import RunLock
 from robustlab.runs import build_model_for
 from robustlab.schedule import STEPWISE, lr_factor
@@ -210,7 +210,7 @@ class Trainer:
         ckpt = find_latest_checkpoint(self.run_dir)
         model_state, state, saved_config = load_checkpoint(ckpt)
         try:  # both sides with today's defaults filled in: a key added since is not a difference
-            stored = config_from_dict(saved_config).to_dict()
+            stored = config_from_dict(upgrade_stored_config(saved_config)).to_dict()
         except ConfigError as exc:
             raise CheckpointError(f"{ckpt} holds a config that no longer validates: {exc}") from None
         differ = config_differences(stored, self.config.to_dict())

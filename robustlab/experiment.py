@@ -15,7 +15,11 @@ from robustlab.defenses.registry import validate_defense_section
 from robustlab.errors import ConfigError
 from robustlab.models.registry import validate_model_options
 
-__all__ = ["config_from_dict", "load_config"]
+__all__ = ["config_from_dict", "load_config", "upgrade_stored_config"]
+
+# Keys renamed since configs were first stored: (table, old name) -> new name. A checkpoint's config is read with
+# the new names, so that a run trained before a rename resumes (and compares equal to today's config).
+RENAMED_DEFENSE_KEYS = {("defense", "pretrain_epochs"): "warmup_epochs", ("term", "start_epoch"): "warmup_epochs"}
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
@@ -34,3 +38,15 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         if name not in ATTACKS:
             raise ConfigError(f"eval.attacks: unknown attack {name!r}; available: {', '.join(ATTACKS.names())}")
     return config
+
+
+def upgrade_stored_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """A stored config (a checkpoint's) with renamed keys under their new names (:data:`RENAMED_DEFENSE_KEYS`)."""
+    raw = {**raw, "defense": dict(raw.get("defense", {}))}
+    defense = raw["defense"]
+    tables = [("defense", defense)] + [("term", t) for t in defense.get("terms", []) if isinstance(t, dict)]
+    for kind, table in tables:
+        for (where, old), new in RENAMED_DEFENSE_KEYS.items():
+            if where == kind and old in table and new not in table:
+                table[new] = table.pop(old)
+    return raw

@@ -219,3 +219,28 @@ def test_per_epoch_robust_accuracy_of_a_randomised_model_uses_eot_or_says_it_doe
     assert row["test_eot_samples"] == eot_samples and "test_pgd_0.1_acc" in row
     warned = [line for line in lines if "one noise draw per gradient" in line]
     assert len(warned) == (1 if eot_samples == 1 else 0)
+
+
+def test_a_run_stored_before_a_key_was_renamed_resumes(tmp_path):
+    """AT²L's pretrain_epochs became warmup_epochs: a checkpoint holding the old name still resumes."""
+    from robustlab.checkpoint import MANIFEST_FILE, sha256_of
+
+    config = config_from_dict({"run": {"epochs": 1, "progress": False, "out_dir": str(tmp_path / "run")},
+                               "data": {"name": "digits", "train_subset": 200, "test_subset": 50},
+                               "model": {"name": "mlp_a3t"}, "optim": {"name": "adam", "lr": 1e-3},
+                               "defense": {"name": "at2l", "eps": 0.1, "warmup_epochs": 1, "generation": "online"}})
+    Trainer(config, log=lambda _: None).fit()
+    stored = tmp_path / "run" / "config.json"
+    raw = json.loads(stored.read_text())
+    raw["defense"]["pretrain_epochs"] = raw["defense"].pop("warmup_epochs")
+    stored.write_text(json.dumps(raw))
+    for ckpt_config in (tmp_path / "run" / "checkpoints").glob("epoch-*/config.json"):
+        ckpt_config.write_text(json.dumps(raw))  # as the old version wrote it, with its manifest
+        manifest_file = ckpt_config.parent / MANIFEST_FILE
+        manifest = json.loads(manifest_file.read_text())
+        manifest["config.json"] = sha256_of(ckpt_config)
+        manifest_file.write_text(json.dumps(manifest))
+    more = config.model_copy(update={"run": config.run.model_copy(update={"epochs": 2})})
+    resumed = Trainer(more, resume=True, log=lambda _: None)
+    assert resumed.start_epoch == 1
+    resumed.fit()
