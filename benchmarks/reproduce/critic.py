@@ -59,7 +59,9 @@ def parse_args(argv=None):
     p.add_argument("--out", default="docs/results/reproduction/critic.md")
     p.add_argument("--report-only", action="store_true", help="compute nothing: write the document from what is done")
     p.add_argument("--no-retry", action="store_true",
-                   help="do not train the retry arm (e.g. a second process measuring the others while one trains it)")
+                   help="train nothing more: measure the finished runs only (a second process measuring while one "
+                        "trains), leaving the unfinished ones out")
+    p.add_argument("--arms", nargs="+", default=None, help="measure only these arms (labels), in this order")
     p.add_argument("--quick", action="store_true", help="2 seeds, 3 epochs, small subsets")
     args = p.parse_args(argv)
     if args.quick:
@@ -102,18 +104,22 @@ def main(argv=None) -> int:
             with skip_missing():
                 train(arm, seed, root, epochs=args.epochs, extra=("data.train_subset=0",))
     no_go = [s for s in args.seeds if critic_go(CRITIC.run_dir(root, s)) == 0.0]
-    if no_go and not args.no_retry:
+    if no_go:
         retry = Arm(f"critic, {args.retry_critic_steps} critic steps", CRITIC.config,
                     (f"defense.critic_steps={args.retry_critic_steps}",), f"critic_steps{args.retry_critic_steps}")
         arms.append(retry)
         print(f"[critic] NO-GO on seeds {no_go}: the critic did not learn by epoch 6; training {retry.label}",
               flush=True)
-        for seed in args.seeds:
+        for seed in args.seeds if not args.no_retry else []:
             with skip_missing():
                 train(retry, seed, root, epochs=args.epochs, extra=("data.train_subset=0",))
+    order = [next(a for a in arms if a.label == label) for label in args.arms] if args.arms else arms
     results: dict[str, dict[int, dict]] = {a.label: {} for a in arms}
-    for a in arms:
+    for a in order:
         for seed in args.seeds:
+            if args.no_retry and finished_epochs(a.run_dir(root, seed)) < args.epochs:
+                print(f"[critic] {a.label} seed {seed}: not finished, left out", flush=True)
+                continue
             with skip_missing():
                 results[a.label][seed] = measure(a.run_dir(root, seed), args)
     rows = {label: {s: {k: (100 if k == "error" else 1) * float(np.mean(v)) for k, v in r.items()}
