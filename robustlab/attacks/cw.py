@@ -61,14 +61,9 @@ class CarliniWagnerL2(MinimalAttack):
             raise ValueError(f"binary_search_steps and max_iter must be >= 1, got {binary_search_steps}, {max_iter}")
         if kappa < 0 or initial_const <= 0 or max_const < initial_const or lr <= 0:
             raise ValueError("need kappa >= 0, 0 < initial_const <= max_const and lr > 0")
-        self.kappa = float(kappa)
-        self.binary_search_steps = int(binary_search_steps)
-        self.initial_const = float(initial_const)
-        self.max_const = float(max_const)
-        self.lr = float(lr)
-        self.max_iter = int(max_iter)
-        self.abort_early = bool(abort_early)
-        self.targeted = bool(targeted)
+        self.kappa, self.initial_const, self.max_const, self.lr = map(float, (kappa, initial_const, max_const, lr))
+        self.binary_search_steps, self.max_iter = int(binary_search_steps), int(max_iter)
+        self.abort_early, self.targeted = bool(abort_early), bool(targeted)
 
     def search(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MinimalResult:
         n = x.shape[0]

@@ -147,15 +147,10 @@ class FAB(Attack):
             raise ValueError(f"alpha_max must be in [0, 1], got {alpha_max!r}")
         if seed is not None and (isinstance(seed, bool) or int(seed) != seed):
             raise ValueError(f"seed must be an integer or None, got {seed!r}")
-        self.norm = key
-        self.steps = int(steps)
-        self.restarts = int(restarts)
-        self.top_targets = int(top_targets)
-        self.eta = float(eta)
-        self.beta = float(beta)
-        self.alpha_max = float(alpha_max)
+        self.norm, self.batched = key, batched
+        self.steps, self.restarts, self.top_targets = int(steps), int(restarts), int(top_targets)
+        self.eta, self.beta, self.alpha_max = float(eta), float(beta), float(alpha_max)
         self.seed = None if seed is None else int(seed)
-        self.batched = batched
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.eps == 0:
