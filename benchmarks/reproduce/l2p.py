@@ -97,8 +97,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     root, started = begin(args, "l2p")
     todo = sum(finished_epochs(a.run_dir(root, s)) < args.epochs for a in ARMS for s in args.seeds)
-    plan("l2p", todo + len(args.seeds), 4 * len(args.seeds), 45.0 * args.epochs * args.train_subset / 10000,
-         4 * len(args.seeds), 200.0)
+    # measured here (one thread): a PGD-7 epoch of the noisy LeNet-5 ≈ 60 s per 10,000 images; the rand suite
+    # (EOT over 20 draws, no early exit) plus EOT-PGD (80 × 20) ≈ 4 s per test image of a noisy model
+    plan("l2p", todo + len(args.seeds), 4 * len(args.seeds), 60.0 * args.epochs * args.train_subset / 10000,
+         4 * len(args.seeds), 4.0 * args.test_subset)
     fixed: dict[int, Arm] = {}
     for seed in args.seeds:
         with skip_missing():
