@@ -186,7 +186,7 @@ def validate_options(cls: type[Options], values: dict[str, Any], prefix: str) ->
     try:
         return cls.model_validate(values)
     except ValidationError as exc:
-        raise _one_line(exc, prefix, values, cls) from None
+        raise _one_line(exc, prefix, cls) from None
 
 
 def check_type(value: Any, annotation: Any, key: str) -> Any:
@@ -196,7 +196,7 @@ def check_type(value: Any, annotation: Any, key: str) -> Any:
     try:
         return _adapter(annotation).validate_python(value, strict=True)
     except ValidationError as exc:
-        raise _one_line(exc, key, None, None) from None
+        raise _one_line(exc, key, None) from None
 
 
 @functools.lru_cache(maxsize=None)
@@ -209,7 +209,7 @@ _TYPE_WORDS = {"int_type": "an integer", "float_type": "a number", "bool_type": 
                "tuple_type": "a list", "int_from_float": "an integer"}
 
 
-def _one_line(exc: ValidationError, prefix: str, values: dict[str, Any] | None, cls: type | None) -> ConfigError:
+def _one_line(exc: ValidationError, prefix: str, cls: type | None) -> ConfigError:
     """pydantic's first error as one line: the key's path, what it must be, what it got."""
     error = exc.errors()[0]
     loc = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"])
