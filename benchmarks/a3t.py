@@ -47,7 +47,7 @@ VARIANTS = {  # label -> (config, overrides)
     "A3T": ("configs/a3t/a3t.toml", []),
 }
 PGD_VARIANTS = {
-    "AT (PGD-7)": ("configs/a3t/at.toml", ["defense.attack=\"pgd\"", "defense.steps=7"]),
+    "AT (PGD-7)": ("configs/a3t/at.toml", ["defense.attack.name=\"pgd\"", "defense.attack.steps=7"]),
     "A3T (PGD-7)": ("configs/a3t/a3t_pgd.toml", []),
 }
 PAPER = {"Simple": (98.18, 25.37), "AT": (98.89, 94.45), "A2T": (97.77, 89.74), "A3T": (98.72, 96.10)}

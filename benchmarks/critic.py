@@ -98,7 +98,7 @@ def measure_cost(arch: str, defense: str, batches: int) -> dict[str, float]:
     cpu_config = ROOT / f"configs/critic/cpu/{arch}_{'critic' if defense == 'critic' else 'reference'}.toml"
     sets = ['run.device="cpu"', 'run.out_dir="/nonexistent/critic_cost"', f"data.train_subset={100 * batches}"]
     if defense.startswith("pgd"):
-        sets += ['defense.name="pgd_at"', "defense.eps=0.3", f"defense.steps={int(defense[3:])}"]
+        sets += ['defense.name="pgd_at"', "defense.attack.eps=0.3", f"defense.attack.steps={int(defense[3:])}"]
     config = load_config(cpu_config, sets)
     trainer = Trainer(config, log=lambda m: None)
     epoch = 1 if defense == "critic" else 0  # past the critic's pretraining epoch

@@ -64,7 +64,7 @@ def engine_epoch(dataset: str, n_train: int, out_dir: Path) -> tuple[float, floa
         "data": {"name": dataset, "batch_size": BATCH, "train_subset": n_train},
         "model": {"name": "lenet5"},
         "optim": {"name": "adam", "lr": 1e-3},
-        "defense": {"name": "pgd_at", "eps": EPS, "steps": STEPS},
+        "defense": {"name": "pgd_at", "attack": {"eps": EPS, "steps": STEPS}},
     })
     trainer = Trainer(config, log=lambda _: None)
     started = time.perf_counter()

@@ -89,7 +89,7 @@ def epoch_times(model: str, dataset: str, images: int, variant: Variant, device:
         "data": {"name": dataset, "batch_size": 128, "train_subset": images, "test_subset": 128},
         "model": {"name": model},
         "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4},
-        "defense": {"name": "pgd_at", "eps": eps, "steps": 7},
+        "defense": {"name": "pgd_at", "attack": {"eps": eps, "steps": 7}},
     })
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(out_dir / "inductor_cache")
     torch._dynamo.reset()

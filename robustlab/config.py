@@ -18,7 +18,7 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from robustlab.errors import ConfigError, did_you_mean
 
@@ -28,6 +28,46 @@ class Options(BaseModel):
     integer is a valid float) and values outside a field's constraints are refused."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class AttackTable(BaseModel):
+    """``[defense.attack]``: a training attack by its registry name (``robustlab list attacks``), its ε and the mode
+    it sees the model in; every other key is that attack's own option (``steps``, ``step_size``, ...), checked
+    against the attack when the defense builds it, at load time."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    name: str
+    eps: float = Field(ge=0)
+    model_mode: Literal["eval", "train"] = "eval"
+
+    def options(self) -> dict[str, Any]:
+        """The attack's own options (the table's keys besides name, eps and model_mode)."""
+        return dict(self.model_extra or {})
+
+
+def attack_table(name: str, eps: float, **options: Any) -> Any:
+    """A defense's default ``[defense.attack]``; a config's partial table overrides it key by key."""
+    return Field(default_factory=lambda: AttackTable(name=name, eps=eps, **options))
+
+
+class AttackOptions(Options):
+    """Options of a recipe that crafts with a training attack: ``attack``, the nested ``[defense.attack]`` table
+    (subclasses set their default with :func:`attack_table`)."""
+
+    attack: AttackTable = attack_table("pgd", 0.3, steps=7)
+
+    @field_validator("attack", mode="before")
+    @classmethod
+    def _over_the_default(cls, value: Any) -> Any:
+        """A partial table overrides the default attack key by key; naming another attack keeps only the default's
+        ε and model mode."""
+        if not isinstance(value, dict):
+            return value
+        default = cls.model_fields["attack"].default_factory().model_dump()
+        if value.get("name", default["name"]) != default["name"]:
+            default = {"eps": default["eps"], "model_mode": default["model_mode"]}
+        return {**default, **value}
 
 
 Fraction = Annotated[float, Field(ge=0, lt=1)]  # in [0, 1): dropout, momentum, label smoothing
@@ -140,21 +180,24 @@ def read_config_file(path: str | Path, overrides: list[str] | None = None) -> di
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Set ``section.key=value`` in a raw config dict; the value is parsed as TOML (bare words stay strings)."""
+    """Set ``section.key=value`` (or ``section.table.key=value``, e.g. ``defense.attack.eps=0.1``) in a raw config
+    dict; the value is parsed as TOML (bare words stay strings)."""
     if "=" not in item:
         raise ConfigError(f"--set expects key=value, got {item!r}")
     key, text = item.split("=", 1)
     parts = key.strip().split(".")
-    if len(parts) != 2 or not all(parts):
+    if len(parts) < 2 or not all(parts):
         raise ConfigError(f"--set key must look like section.key, got {key!r}")
     try:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         value = text
-    raw.setdefault(parts[0], {})
-    if not isinstance(raw[parts[0]], dict):
-        raise ConfigError(f"[{parts[0]}] is not a section")
-    raw[parts[0]][parts[1]] = value
+    table = raw
+    for i, part in enumerate(parts[:-1]):
+        table = table.setdefault(part, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{'.'.join(parts[:i + 1])}] is not a section")
+    table[parts[-1]] = value
 
 
 def parse_config(raw: dict[str, Any]) -> Config:

@@ -99,7 +99,7 @@ def test_four_variants_loss_by_hand(mlp, digits, variant):
     x, y = digits.test_x[:32], digits.test_y[:32]
     ab = dict(VARIANTS[variant])
     eps = 0.25
-    defense = build_defense("a3t", {**ab, "eps": eps, "layer": "encoder", "dropout": 0.0})
+    defense = build_defense("a3t", {**ab, "layer": "encoder", "dropout": 0.0, "attack": {"eps": eps}})
     ctx = ctx_for(digits)
     defense.setup_all(mlp, ctx)
     d0 = copy.deepcopy(defense.discriminator.disc)
@@ -133,7 +133,7 @@ def test_a3t_trains_and_logs_discriminator_accuracies(tmp_path):
         "data": {"name": "digits", "batch_size": 128, "train_subset": 512, "test_subset": 200},
         "model": {"name": "mlp_a3t"},
         "optim": {"name": "adam", "lr": 0.001},
-        "defense": {"name": "a3t", "layer": "encoder", "eps": 0.1, "eval_subset": 100},
+        "defense": {"name": "a3t", "layer": "encoder", "eval_subset": 100, "attack": {"eps": 0.1}},
     })
     trainer = Trainer(config, log=lambda _: None)
     history = trainer.fit().history
@@ -159,9 +159,9 @@ def test_pgd_at_plus_discriminator_term_checkpoints_and_resumes(tmp_path):
         "data": {"name": "digits", "batch_size": 128, "train_subset": 384, "test_subset": 100},
         "model": {"name": "model_d", "hidden": 64, "depth": 2},
         "optim": {"name": "adam", "lr": 0.002},
-        "defense": {"name": "pgd_at", "eps": 0.1, "steps": 2,
+        "defense": {"name": "pgd_at", "attack": {"eps": 0.1, "steps": 2},
                     "terms": [{"name": "feature_discriminator", "layer": "body.3", "beta": 0.5, "hidden": [16],
-                               "attack": "pgd", "eps": 0.1, "steps": 2, "eval_subset": 50}]},
+                               "eval_subset": 50, "attack": {"name": "pgd", "eps": 0.1, "steps": 2}}]},
     }
     trainer = Trainer(config_from_dict(json.loads(json.dumps(raw))), log=lambda _: None)
     term = trainer.defense.terms[0]
@@ -182,7 +182,7 @@ def test_pgd_at_plus_discriminator_term_checkpoints_and_resumes(tmp_path):
 
 def test_term_crafts_its_own_examples_when_the_host_has_none(mlp, digits):
     x, y = digits.test_x[:32], digits.test_y[:32]
-    defense = build_defense("standard", {"terms": [{"name": "feature_discriminator", "eps": 0.1}]})
+    defense = build_defense("standard", {"terms": [{"name": "feature_discriminator", "attack": {"eps": 0.1}}]})
     defense.setup_all(mlp, ctx_for(digits))
     out = defense.step(mlp, Batch(x, y), ctx_for(digits))
     assert out.x_adv is None and out.metrics["feature_discriminator_enc_loss"] > 0
@@ -233,4 +233,4 @@ def test_discriminator_shape_and_bad_options(mlp):
     with pytest.raises(ConfigError, match="beta"):
         build_defense("standard", {"terms": [{"name": "feature_discriminator", "beta": -1.0}]})
     with pytest.raises(ConfigError, match="attack"):
-        build_defense("a3t", {"attack": "cw"})
+        build_defense("a3t", {"attack": {"name": "cw"}})

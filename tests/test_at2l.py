@@ -219,15 +219,16 @@ def test_defense_loss_matches_equation_2_and_the_fgsm_at_plus_triplet_term(digit
     assert torch.allclose(out.loss, expected, atol=1e-6)
     assert (out.x_adv - x).abs().max() <= 0.2 + 1e-6
     # FGSM-AT eq. (1) with λ = 0.3 plus the triplet term (λ 1, α 1) is the same loss
-    composed = build_defense("fgsm_at", {"eps": 0.2, "lam": 0.3, "terms": [{"name": "triplet"}]})
+    composed = build_defense("fgsm_at", {"lam": 0.3, "terms": [{"name": "triplet"}], "attack": {"eps": 0.2}})
     composed.on_epoch_start(model, ctx)
     assert torch.allclose(composed.step(model, Batch(x, y), ctx).loss, expected, atol=1e-6)
 
 
 def test_triplet_term_composes_with_pgd_at(tmp_path):
     config = tiny(tmp_path / "run", run={"epochs": 1},
-                  defense={"name": "pgd_at", "eps": 0.1, "steps": 2,
-                           "terms": [{"name": "triplet", "weight": 0.5, "margin": 1.0, "distance": "l2"}]})
+                  defense={"name": "pgd_at",
+                           "terms": [{"name": "triplet", "weight": 0.5, "margin": 1.0, "distance": "l2"}],
+                           "attack": {"eps": 0.1, "steps": 2}})
     trainer = Trainer(config, log=lambda _: None)
     row = trainer.fit().final
     assert row["train_triplet_value"] > 0 and math.isfinite(row["train_triplet_value"])
@@ -378,7 +379,8 @@ def test_randomised_model_with_triplet_term_trains(tmp_path):
     config = tiny(tmp_path / "run", run={"epochs": 3}, data={"train_subset": 0},
                   model={"name": "random_resize_pad", "base": "model_d", "base_options": {"hidden": 32, "depth": 1},
                          "out_size": 10},
-                  defense={"name": "fgsm_at", "eps": 0.1, "lam": 0.3, "warmup_epochs": 1,  # randomisation + TR:
-                           "terms": [{"name": "triplet", "weight": 1.0, "margin": 2.0}]})  # λ2 1, α 2 (AT²L B.2)
+                  defense={"name": "fgsm_at", "lam": 0.3, "warmup_epochs": 1,
+                           "terms": [{"name": "triplet", "weight": 1.0, "margin": 2.0}],
+                           "attack": {"eps": 0.1}})  # λ2 1, α 2 (AT²L B.2)
     row = Trainer(config, log=lambda _: None).fit().final
     assert "train_triplet_value" in row and row["test_acc"] > 0.3

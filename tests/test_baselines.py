@@ -11,12 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlab.attacks import PGD
+from robustlab.attacks.fgsm import RandomStartFGSM
+from robustlab.attacks.kl import KLAttack
+from robustlab.attacks.losses import kl_from_clean
 from robustlab.config import ScheduleConfig
 from robustlab.defenses import Batch, TrainContext, build_defense
 from robustlab.defenses.awp import weight_perturbation
-from robustlab.defenses.fgsm_rs import RandomStartFGSM
 from robustlab.defenses.mart import mart_loss
-from robustlab.defenses.trades import KLAttack, kl_from_clean, trades_loss
+from robustlab.defenses.trades import trades_loss
 from robustlab.engine import Trainer
 from robustlab.errors import ConfigError
 from robustlab.evaluate import accuracy
@@ -90,7 +92,7 @@ def test_fgsm_rs_moves_every_pixel_by_the_gradient_sign_within_the_ball():
     y = torch.zeros(8, dtype=torch.long)
     eps = 0.1
     torch.manual_seed(1)
-    x_adv = RandomStartFGSM(eps, step_size=1.25 * eps)(model, x, y)
+    x_adv = RandomStartFGSM(eps, step_ratio=1.25)(model, x, y)
     weight = model[1].weight.detach()
     sign = (weight[1] - weight[0]).sign().view(1, 1, 4, 4)  # ∇ₓ CE(·, 0) = p₁ (w₁ − w₀) for two classes
     delta = x_adv - x
@@ -149,7 +151,8 @@ def test_awp_steps_from_the_unperturbed_weights_with_the_gradient_at_the_perturb
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
     x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 3, (8,))
-    defense = build_defense("awp", {"gamma": 0.05, "base_options": {"eps": 0.1, "steps": 2, "random_start": False}})
+    defense = build_defense("awp", {"gamma": 0.05, "base_options": {"attack": {"eps": 0.1, "steps": 2,
+                                                                                "random_start": False}}})
     ctx = TrainContext(device=torch.device("cpu"), dataset=None, epoch=0)
     defense.on_epoch_start_all(model, ctx)
     before = model[1].weight.detach().clone()
@@ -167,9 +170,10 @@ def test_awp_steps_from_the_unperturbed_weights_with_the_gradient_at_the_perturb
 @pytest.mark.parametrize("bad, message", [
     ({"name": "awp", "base": "mart"}, "defense.base must be one of"),
     ({"name": "awp", "base_options": {"stepz": 3}}, "defense.base_options.stepz"),
-    ({"name": "trades", "steps": 0}, "defense.steps must be >= 1"),
+    ({"name": "trades", "attack": {"steps": 0}}, "steps must be >= 1"),
+    ({"name": "trades", "attack": {"stepz": 3}}, "no option 'stepz' \\(did you mean 'steps'\\?\\)"),
     ({"name": "mart", "lam": -1.0}, "defense.lam must be >= 0"),
-    ({"name": "fgsm_rs", "eps": 1.5}, "epsilon above 1"),
+    ({"name": "fgsm_rs", "attack": {"eps": 1.5}}, "epsilon above 1"),
 ])
 def test_invalid_options_fail_at_load_time(bad, message):
     with pytest.raises(ConfigError, match=message):
@@ -198,10 +202,11 @@ EPS = 0.2
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, defense, schedule", [
-    ("trades", {"name": "trades", "eps": EPS, "steps": 3, "beta": 6.0, "eps_ramp_epochs": 2}, None),
-    ("mart", {"name": "mart", "eps": EPS, "steps": 3, "lam": 6.0, "eps_ramp_epochs": 2}, None),
-    ("fgsm_rs", {"name": "fgsm_rs", "eps": EPS}, {"name": "one_cycle"}),
-    ("awp", {"name": "awp", "gamma": 1e-3, "base_options": {"eps": EPS, "steps": 3, "eps_ramp_epochs": 2}}, None),
+    ("trades", {"name": "trades", "attack": {"eps": EPS, "steps": 3}, "beta": 6.0, "eps_ramp_epochs": 2}, None),
+    ("mart", {"name": "mart", "attack": {"eps": EPS, "steps": 3}, "lam": 6.0, "eps_ramp_epochs": 2}, None),
+    ("fgsm_rs", {"name": "fgsm_rs", "attack": {"eps": EPS}}, {"name": "one_cycle"}),
+    ("awp", {"name": "awp", "gamma": 1e-3, "base_options": {"attack": {"eps": EPS, "steps": 3},
+                                                              "eps_ramp_epochs": 2}}, None),
 ])
 def test_each_baseline_beats_standard_training_under_pgd(tmp_path, standard_under_pgd, name, defense, schedule):
     pgd_standard, data = standard_under_pgd

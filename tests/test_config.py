@@ -16,8 +16,9 @@ def write(tmp_path, text):
 
 
 def test_defaults_and_values_round_trip(tmp_path):
-    cfg = load_config(write(tmp_path, '[data]\nname = "digits"\nbatch_size = 32\n[defense]\nname = "pgd_at"\neps = 0.1\n'))
-    assert cfg.data.batch_size == 32 and cfg.defense == {"name": "pgd_at", "eps": 0.1}
+    cfg = load_config(write(tmp_path, '[data]\nname = "digits"\nbatch_size = 32\n[defense]\nname = "pgd_at"\n'
+                                      '[defense.attack]\neps = 0.1\n'))
+    assert cfg.data.batch_size == 32 and cfg.defense == {"name": "pgd_at", "attack": {"eps": 0.1}}
     assert config_from_dict(cfg.to_dict()) == cfg
 
 
@@ -36,7 +37,7 @@ def test_defaults_and_values_round_trip(tmp_path):
     ("[model]\nname = 'resnet_v1'\ndepht = 20\n", r"unknown config key model\.depht"),
     ("[model]\nname = 'resnet_v1'\ndepth = '20'\n", r"model\.depth must be an integer"),
     ("[defense]\nname = 'pgd_att'\n", r"unknown defense 'pgd_att' \(did you mean 'pgd_at'\?\)"),
-    ("[defense]\nname = 'pgd_at'\nsteps = 'many'\n", r"defense\.steps must be an integer"),
+    ("[defense]\nname = 'pgd_at'\n[defense.attack]\neps = 'many'\n", r"defense\.attack\.eps must be a number"),
     ("[defense]\nname = 'pgd_at'\nmix = 'both'\n", r"defense\.mix must be one of"),
     ("[defense]\nname = 'standard'\neps = 0.3\n", r"unknown config key defense\.eps"),
     ("[data\n", r"invalid TOML"),
@@ -60,3 +61,21 @@ def test_overrides_parse_toml_values_and_bare_strings(tmp_path):
         apply_override({}, "data.batch_size")
     with pytest.raises(ConfigError, match="section.key"):
         apply_override({}, "batch_size=3")
+
+
+def test_a_stored_config_with_flat_attack_keys_reads_as_the_nested_table():
+    """Runs stored before [defense.attack] (flat eps/steps/step_size/attack_mode; A3T's attack = "pgd") resume."""
+    from robustlab.experiment import upgrade_stored_config
+
+    flat = {"defense": {"name": "pgd_at", "eps": 0.1, "steps": 3, "step_size": 0.0, "attack_mode": "train",
+                        "mix": "weighted",
+                        "terms": [{"name": "feature_discriminator", "attack": "pgd", "eps": 0.2, "steps": 2}]}}
+    assert upgrade_stored_config(flat)["defense"] == {
+        "name": "pgd_at", "mix": "weighted", "attack": {"eps": 0.1, "steps": 3, "model_mode": "train"},
+        "terms": [{"name": "feature_discriminator", "attack": {"name": "pgd", "eps": 0.2, "steps": 2}}]}
+    awp = {"defense": {"name": "awp", "base": "trades", "base_options": {"eps": 0.1, "beta": 3.0}}}
+    assert upgrade_stored_config(awp)["defense"]["base_options"] == {"beta": 3.0, "attack": {"eps": 0.1}}
+    at2l = {"defense": {"name": "at2l", "eps": 0.3, "pretrain_epochs": 2}}  # its own attack set: eps stays
+    assert upgrade_stored_config(at2l)["defense"] == {"name": "at2l", "eps": 0.3, "warmup_epochs": 2}
+    config = config_from_dict(upgrade_stored_config(flat))
+    assert config.defense["attack"]["steps"] == 3

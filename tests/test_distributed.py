@@ -29,8 +29,9 @@ name = "adam"
 lr = 0.002
 [defense]
 name = "fgsm_at"
-eps = 0.1
 lam = 0.5
+[defense.attack]
+eps = 0.1
 """
 
 

@@ -20,7 +20,7 @@ TINY = {
     "data": {"name": "digits", "batch_size": 128, "train_subset": 600, "test_subset": 200},
     "model": {"name": "model_d", "hidden": 64, "depth": 2},
     "optim": {"name": "adam", "lr": 0.002},
-    "defense": {"name": "pgd_at", "eps": 0.1, "steps": 2, "warmup_epochs": 1},
+    "defense": {"name": "pgd_at", "warmup_epochs": 1, "attack": {"eps": 0.1, "steps": 2}},
     "eval": {"every": 2, "subset": 100, "pgd_steps": 3, "eps": [0.1]},
 }
 

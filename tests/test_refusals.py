@@ -48,8 +48,10 @@ def trained(tmp_path_factory):
 
 # --- config values ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("override, match", [
-    ("defense.eps=1.5", "above 1 exceeds the"), ("defense.eps=inf", "defense.eps must be a finite number"),
-    ("defense.eps=nan", "defense.eps must be a finite number"), ("optim.lr=nan", "optim.lr must be a finite"),
+    ("defense.attack.eps=1.5", "above 1 exceeds the"),
+    ("defense.attack.eps=inf", "defense.attack.eps must be a finite number"),
+    ("defense.attack.eps=nan", "defense.attack.eps must be a finite number"),
+    ("optim.lr=nan", "optim.lr must be a finite"),
     ("eval.eps=[0.1, 5.0]", r"eval.eps must lie in \[0, 1\]"),
 ])
 def test_bad_config_values_are_one_line_and_write_nothing(tiny, tmp_path, capsys, override, match):
@@ -270,7 +272,7 @@ def test_evaluation_inputs_give_a_correct_outcome_or_a_clear_error(small_model, 
 
 
 @pytest.mark.parametrize("defense, key", [
-    ({"name": "pgd_at", "steps": 0}, "defense.steps must be >= 1, got 0"),
+    ({"name": "pgd_at", "attack": {"steps": 0}}, "defense.attack: steps must be >= 1, got 0"),
     ({"name": "pgd_at", "beta": -0.5}, "defense.beta must be >= 0, got -0.5"),
     ({"name": "fgsm_at", "warmup_epochs": -1}, "defense.warmup_epochs must be >= 0, got -1"),
     ({"name": "vat", "xi": 0.0}, "defense.xi must be > 0, got 0.0"),

@@ -176,7 +176,8 @@ def test_tla_defense_loss_matches_tla_loss_on_its_own_triplets():
     torch.manual_seed(0)
     model = IdentityFeatures(dim=4, classes=3)
     train_x, train_y = torch.rand(30, 4), torch.arange(30) % 3
-    defense = build_defense("tla", {"eps": 0.1, "steps": 2, "step_size": 0.05, "pool_size": 10, "lam_norm": 0.1})
+    defense = build_defense("tla", {"pool_size": 10, "lam_norm": 0.1,
+                                    "attack": {"eps": 0.1, "steps": 2, "step_size": 0.05}})
     ctx = dataset_ctx(train_x, train_y)
     defense.on_epoch_start(model, ctx)
     out = defense.step(model, Batch(train_x[:6], train_y[:6], torch.arange(6)), ctx)
@@ -193,8 +194,8 @@ def test_tla_with_lam_trip_zero_is_the_plain_ce_and_only_measures_its_triplets()
     torch.manual_seed(0)
     model = IdentityFeatures(dim=4, classes=3)
     train_x, train_y = torch.rand(30, 4), torch.arange(30) % 3
-    defense = build_defense("tla", {"eps": 0.1, "steps": 2, "step_size": 0.05, "pool_size": 10, "lam_trip": 0.0,
-                                    "lam_norm": 0.0})
+    defense = build_defense("tla", {"pool_size": 10, "lam_trip": 0.0, "lam_norm": 0.0,
+                                    "attack": {"eps": 0.1, "steps": 2, "step_size": 0.05}})
     ctx = dataset_ctx(train_x, train_y)
     defense.on_epoch_start(model, ctx)
     out = defense.step(model, Batch(train_x[:6], train_y[:6], torch.arange(6)), ctx)
@@ -311,8 +312,8 @@ def tiny_config(tmp_path, name, defense, epochs=1, **run):
 
 def test_tla_training_separates_negatives_from_positives(tmp_path):
     """A short real run: the hinge falls, the gap D(a, n) − D(a, p) grows, the test accuracy is far above chance."""
-    config = tiny_config(tmp_path, "tla", {"name": "tla", "eps": 0.05, "steps": 2, "step_size": 0.03,
-                                           "lam_trip": 5.0, "margin": 0.2, "pool_size": 30}, epochs=6)
+    config = tiny_config(tmp_path, "tla", {"name": "tla", "lam_trip": 5.0, "margin": 0.2, "pool_size": 30,
+                                           "attack": {"eps": 0.05, "steps": 2, "step_size": 0.03}}, epochs=6)
     config.optim.lr = 3e-3
     history = Trainer(config, log=lambda _m: None).fit().history
     hinge = [row["train_triplet_hinge"] for row in history]
@@ -324,11 +325,12 @@ def test_tla_training_separates_negatives_from_positives(tmp_path):
 
 
 def test_alp_and_tla_short_runs_and_init_from(tmp_path):
-    alp = Trainer(tiny_config(tmp_path, "alp", {"name": "alp", "eps": 0.05, "steps": 2}), log=lambda _m: None)
+    alp = Trainer(tiny_config(tmp_path, "alp", {"name": "alp",
+                                                "attack": {"eps": 0.05, "steps": 2}}), log=lambda _m: None)
     row = alp.fit().final
     assert np.isfinite(row["train_pairing"]) and row["train_pairing"] >= 0
     # run.init_from: a fine-tuning run starts from the ALP weights
-    config = tiny_config(tmp_path, "tla_ft", {"name": "tla", "eps": 0.05, "steps": 1, "pool_size": 20},
+    config = tiny_config(tmp_path, "tla_ft", {"name": "tla", "pool_size": 20, "attack": {"eps": 0.05, "steps": 1}},
                          init_from=str(tmp_path / "alp"))
     tla = Trainer(config, log=lambda _m: None)
     for key, value in alp.model.state_dict().items():

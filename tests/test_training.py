@@ -26,7 +26,7 @@ def train(tmp_path, name, defense):
 @pytest.mark.slow
 def test_pgd_at_beats_standard_training_under_pgd(tmp_path):
     standard, data = train(tmp_path, "standard", {"name": "standard"})
-    robust, _ = train(tmp_path, "pgd_at", {"name": "pgd_at", "eps": 0.3, "steps": 3, "eps_ramp_epochs": 2})
+    robust, _ = train(tmp_path, "pgd_at", {"name": "pgd_at", "eps_ramp_epochs": 2, "attack": {"eps": 0.3, "steps": 3}})
     x, y = data.test_x, data.test_y
     attack = PGD(0.3, steps=20, step_size=0.03)
     clean_std, clean_rob = accuracy(standard, x, y), accuracy(robust, x, y)

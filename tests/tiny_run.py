@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-DEFAULT_DEFENSE = 'name = "fgsm_at"\neps = 0.1\nlam = 0.5'
+DEFAULT_DEFENSE = 'name = "fgsm_at"\nlam = 0.5\n[defense.attack]\neps = 0.1'
 
 
 def tiny_run_toml(defense: str = DEFAULT_DEFENSE, eps: str = "[0.05, 0.1]") -> str:

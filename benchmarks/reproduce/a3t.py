@@ -178,7 +178,7 @@ def main(argv=None) -> int:
             for arm in ARMS:
                 with skip_missing():
                     train(arm, seed, root / f"eps{eps}", epochs=args.epochs,
-                          extra=(f"defense.eps={eps}", "eval.every=0", "run.keep_checkpoints=1"))
+                          extra=(f"defense.attack.eps={eps}", "eval.every=0", "run.keep_checkpoints=1"))
     for eps in args.eps:
         results: dict[str, dict[int, dict]] = {arm.label: {} for arm in ARMS}
         histories: dict[str, dict[int, list]] = {arm.label: {} for arm in ARMS}
@@ -213,7 +213,7 @@ Setting: the paper's MLP 784-512-256-128-10 (leaky ReLU 0.2) on MNIST-5k (4,000 
 download; the paper used all 60,000), Adam 1e-3, batch 128, {args.epochs} epochs, FGSM training examples at the
 training ε against the pre-update model; then one discriminator step (256 → 128 → ReLU → Dropout ½ → 1 on the
 second hidden layer), then one classifier step. **AT** = `configs/a3t/at.toml` (α ½, β 0), **A3T** =
-`configs/a3t/a3t.toml` (α ½, β 1), with `defense.eps` set to the training ε. The same `run.seed` gives both arms the
+`configs/a3t/a3t.toml` (α ½, β 1), with `defense.attack.eps` set to the training ε. The same `run.seed` gives both arms the
 same initialisation and data order. PGD-40: step 0.01, one random start. The standard suite: APGD-CE, APGD-T
 (9 targets), FAB-T, Square 5,000 queries, 100 iterations each, at the training ε, each attack on the examples still
 robust. Intervals: `robustlab.paired` (t over seeds; paired bootstrap over seeds × test images, 4,000 resamples;

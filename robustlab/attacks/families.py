@@ -10,3 +10,4 @@ import robustlab.attacks.critic_attack  # noqa: F401
 import robustlab.attacks.few_pixel  # noqa: F401
 import robustlab.attacks.square  # noqa: F401
 import robustlab.attacks.fab  # noqa: F401
+import robustlab.attacks.kl  # noqa: F401

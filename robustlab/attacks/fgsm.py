@@ -1,6 +1,7 @@
-"""Single-step attacks: FGSM (Goodfellow et al. 2015) and the least-likely-class step LL (Kurakin et al. 2017).
+"""Single-step attacks: FGSM (Goodfellow et al. 2015), the least-likely-class step LL (Kurakin et al. 2017) and
+FGSM from a random start (FGSM-RS, Wong et al. 2020, the training attack of fast adversarial training).
 
-Both are one step of size ε of the shared L∞ loop in :mod:`robustlab.attacks.pgd` (no random start).
+Each is one step of the shared L∞ loop in :mod:`robustlab.attacks.pgd`.
 """
 
 from __future__ import annotations
@@ -50,3 +51,20 @@ class LeastLikely(Attack):
         return gradient_steps(model, x, least_likely_class(model, x), LinfBall(self.eps), step_size=self.eps,
                               steps=1, random_start=False, loss_fn=targeted_cross_entropy,
                               eot_samples=self.eot_samples)
+
+
+@register_attack("fgsm_rs")
+class RandomStartFGSM(Attack):
+    """FGSM-RS (Wong et al. 2020, Algorithm 3): from δ ~ U(−ε, ε)ⁿ one signed gradient step of ``step_ratio``·ε
+    (1.25; 2 and above overfit catastrophically), projected to the L∞ ε-ball and [0,1]."""
+
+    def __init__(self, eps: float, *, step_ratio: float = 1.25, model_mode: str = "eval"):
+        super().__init__(model_mode=model_mode)
+        self.eps = check_epsilon(eps)
+        if not step_ratio >= 0:
+            raise ValueError(f"step_ratio must be >= 0, got {step_ratio}")
+        self.step_ratio = float(step_ratio)
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return gradient_steps(model, x, y, LinfBall(self.eps), step_size=self.step_ratio * self.eps, steps=1,
+                              random_start=True)

@@ -31,6 +31,11 @@ def targeted_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.
     return -F.cross_entropy(logits, target, reduction="none")
 
 
+def kl_from_clean(logits: torch.Tensor, p_clean: torch.Tensor) -> torch.Tensor:
+    """Per-example KL(p_clean ‖ softmax(logits)) = Σ_k p_k (log p_k − log q_k) (TRADES' inner maximisation)."""
+    return (p_clean * (p_clean.clamp_min(1e-12).log() - F.log_softmax(logits, dim=1))).sum(dim=1)
+
+
 def _sorted_logits(logits: torch.Tensor, needed: int, what: str) -> torch.Tensor:
     if logits.shape[1] < needed:
         raise ValueError(f"{what} needs at least {needed} classes, got {logits.shape[1]}")

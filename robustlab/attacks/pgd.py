@@ -193,8 +193,9 @@ class PGD(Attack):
                  model_mode: str = "eval"):
         super().__init__(model_mode=model_mode)
         self.eps = check_epsilon(eps, self.threat_model.norm)
-        if steps < 1 or restarts < 1:
-            raise ValueError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
+        for name, value in (("steps", steps), ("restarts", restarts)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         self.steps = int(steps)
         self.step_size = float(step_size) if step_size is not None else 2.5 * self.eps / self.steps
         if self.step_size < 0 or not math.isfinite(self.step_size):

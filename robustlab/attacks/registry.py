@@ -7,11 +7,12 @@ perturbation attacks (C&W, DeepFool, ...) set ``bounded = False`` on the class a
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 from robustlab.attacks.base import Attack
-from robustlab.errors import ConfigError
+from robustlab.errors import ConfigError, did_you_mean
 from robustlab.registry import Registry
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")
@@ -32,6 +33,13 @@ def attack_class(name: str) -> type[Attack]:
 def build_attack(name: str, eps: float | None = None, **options: Any) -> Attack:
     """``build_attack("pgd", 0.3, steps=40, step_size=0.01)``; unknown names or options raise ConfigError."""
     cls = attack_class(name)
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        known = [k for k in params if k not in ("self", "eps")]
+        for key in options:
+            if key not in known:
+                raise ConfigError(f"attack {name!r} has no option {key!r}{did_you_mean(key, known)}; "
+                                  f"its options: {', '.join(known)}")
     try:
         if getattr(cls, "bounded", True):
             if eps is None:

@@ -7,7 +7,16 @@ Both minimise a weighted sum of the clean and the adversarial cross-entropy,
 * FGSM-AT, eq. (1): ``[Σ CE(x_i) + λ Σ CE(x_i^adv)] / ((1+λ) k)``, i.e. w_clean = 1/(1+λ), w_adv = λ/(1+λ).
 Both take ``warmup_epochs`` of clean training first (Learn2Perturb starts PGD-AT at epoch 20 of 350) and
 ``eps_ramp_epochs`` over which ε grows linearly to its final value (a curriculum that keeps small-data runs from
-stalling at chance accuracy at ε 0.3 on MNIST).
+stalling at chance accuracy at ε 0.3 on MNIST). The training attack is the nested table ``[defense.attack]``
+(``name`` from the attack registry, ``eps``, ``model_mode`` and the attack's own options), over the defense's
+default key by key::
+
+    [defense]
+    name = "pgd_at"
+    eps_ramp_epochs = 2
+    [defense.attack]      # default: PGD-7 at ε 0.3, step 2.5·ε/steps, random start
+    eps = 0.1
+    steps = 10
 
 * PGD-AT: Madry's adversarial-only loss (``mix = "adversarial"``: w_clean = 0, w_adv = 1; no clean forward pass)
   or eq. (11) of Learn2Perturb (``mix = "weighted"``: w_clean = α, w_adv = β; the paper uses α = β = 0.5).
@@ -22,8 +31,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from robustlab.attacks import FGSM, PGD, Attack
-from robustlab.config import Options
+from robustlab.attacks import Attack
+from robustlab.attacks.registry import build_training_attack
+from robustlab.config import AttackOptions, AttackTable, attack_table
 from robustlab.defenses.base import Batch, Defense, LossOutput, register_defense
 from robustlab.defenses.standard import clean_loss
 from robustlab.errors import ConfigError
@@ -68,21 +78,18 @@ def mixed_adversarial_loss(model: nn.Module, x: torch.Tensor, x_adv: torch.Tenso
     return LossOutput(loss, metrics, x_adv=x_adv, logits_clean=logits_clean, logits_adv=logits_adv)
 
 
-class AdversaryOptions(Options):
-    """The training adversary's schedule, declared once for every adversarial-training defense."""
+class AdversaryOptions(AttackOptions):
+    """The training adversary, declared once for every adversarial-training defense: the attack as a nested
+    ``[defense.attack]`` table built by the attack registry (each defense sets its default), the clean warm-up and
+    the ε ramp."""
 
-    eps: float = Field(0.3, ge=0)
     warmup_epochs: int = Field(0, ge=0)    # clean epochs before the first adversarial one
-    eps_ramp_epochs: int = Field(0, ge=0)  # ε grows linearly to ``eps`` over this many adversarial epochs (0: at once)
-    attack_mode: Literal["eval", "train"] = "eval"  # the model as the attack sees it
+    eps_ramp_epochs: int = Field(0, ge=0)  # ε grows linearly to attack.eps over this many adversarial epochs
 
 
-class PGDAdversaryOptions(AdversaryOptions):
-    """:class:`AdversaryOptions` plus the PGD training attack's steps."""
-
-    steps: int = Field(7, ge=1)
-    step_size: float = Field(0.0, ge=0)    # 0: 2.5·ε/steps (Madry et al.), so it follows ε during a ramp
-    random_start: bool = True
+def training_attack(table: AttackTable, eps: float) -> Attack:
+    """The attack of a ``[defense.attack]`` table at ``eps``, every step taken (no early exit)."""
+    return build_training_attack(table.name, eps, model_mode=table.model_mode, **table.options())
 
 
 class AdversarialTraining(Defense):
@@ -94,19 +101,20 @@ class AdversarialTraining(Defense):
     def __init__(self, options, terms=None):
         super().__init__(options, terms)
         try:  # the training attack at its final ε must be valid now, not at the first adversarial epoch
-            self.make_attack(options.eps)
-        except ValueError as exc:
-            raise ConfigError(f"defense: {exc}") from None
+            self.make_attack(options.attack.eps)
+        except (ValueError, ConfigError) as exc:
+            raise ConfigError(f"defense.attack: {exc}") from None
 
     def weights(self) -> tuple[float, float]:
         raise NotImplementedError
 
     def make_attack(self, eps: float) -> Attack:
-        raise NotImplementedError
+        """The ``[defense.attack]`` at ``eps``, every step taken (no early exit), from the attack registry."""
+        return training_attack(self.options.attack, eps)
 
     def epoch_eps(self, epoch: int) -> float:
         o = self.options
-        return scheduled_eps(o.eps, epoch, o.warmup_epochs, o.eps_ramp_epochs)
+        return scheduled_eps(o.attack.eps, epoch, o.warmup_epochs, o.eps_ramp_epochs)
 
     def on_epoch_start(self, model: nn.Module, ctx) -> None:
         self.eps = self.epoch_eps(ctx.epoch)
@@ -142,6 +150,7 @@ class AdversarialTraining(Defense):
 
 
 class FGSMATOptions(AdversaryOptions):
+    attack: AttackTable = attack_table("fgsm", 0.3)
     lam: float = Field(1.0, ge=0)  # λ of eq. (1): weight of the adversarial term
 
 
@@ -149,33 +158,21 @@ class FGSMATOptions(AdversaryOptions):
 class FGSMAdversarialTraining(AdversarialTraining):
     """FGSM adversarial training with the normalised mixed loss of AT²L eq. (1) (Kurakin et al.)."""
 
-    def make_attack(self, eps: float) -> Attack:
-        return FGSM(eps, model_mode=self.options.attack_mode)
-
     def weights(self) -> tuple[float, float]:
         lam = self.options.lam
         return 1.0 / (1.0 + lam), lam / (1.0 + lam)
 
 
-class PGDATOptions(PGDAdversaryOptions):
+class PGDATOptions(AdversaryOptions):
     mix: Literal["adversarial", "weighted"] = "adversarial"
     alpha: float = Field(0.5, ge=0)  # weight of the clean term when mix = "weighted" (Learn2Perturb eq. 11)
     beta: float = Field(0.5, ge=0)  # weight of the adversarial term when mix = "weighted"
 
 
-def pgd_training_attack(options, eps: float) -> Attack:
-    """PGD at ``eps`` with the ``steps``, ``step_size`` (0: 2.5·ε/steps), ``random_start`` and ``attack_mode`` of a
-    defense's options, every step taken (no early exit): the training attack of PGD-AT and the defenses on it."""
-    return PGD(eps, steps=options.steps, step_size=options.step_size or None, random_start=options.random_start,
-               early_stop=False, model_mode=options.attack_mode)
-
-
 @register_defense("pgd_at", PGDATOptions)
 class PGDAdversarialTraining(AdversarialTraining):
-    """Madry PGD-AT (adversarial-only) or the α/β clean/adversarial mix of Learn2Perturb eq. (11)."""
-
-    def make_attack(self, eps: float) -> Attack:
-        return pgd_training_attack(self.options, eps)
+    """Madry PGD-AT (adversarial-only) or the α/β clean/adversarial mix of Learn2Perturb eq. (11); the attack is
+    PGD-7 at ε 0.3 (step 2.5·ε/steps, random start) unless ``[defense.attack]`` says otherwise."""
 
     def weights(self) -> tuple[float, float]:
         if self.options.mix == "adversarial":

@@ -17,9 +17,10 @@ from pydantic import Field
 from torch import nn
 from torch.func import functional_call
 
-from robustlab.attacks import FGSM, PGD, Attack
-from robustlab.config import AdamBetas, Fraction, Options, Sizes
+from robustlab.config import AdamBetas, AttackOptions, AttackTable, Fraction, Sizes, attack_table
+from robustlab.defenses.adversarial import training_attack
 from robustlab.defenses.base import Batch, LossOutput, LossTerm, register_term
+from robustlab.errors import ConfigError
 from robustlab.models.split import FeatureSplit
 from robustlab.modes import model_mode, statistics_frozen
 
@@ -50,19 +51,7 @@ def discriminator_loss(logit_clean: torch.Tensor, logit_adv: torch.Tensor) -> to
             + F.binary_cross_entropy_with_logits(logit_adv, torch.zeros_like(logit_adv)))
 
 
-def make_training_attack(kind: str, eps: float, *, steps: int, step_size: float, random_start: bool,
-                         model_mode: str) -> Attack:
-    """FGSM (paper) or L∞ PGD (``step_size`` 0: 2.5·ε/steps) for crafting the training examples."""
-    if kind == "fgsm":
-        return FGSM(eps, model_mode=model_mode)
-    return PGD(eps, steps=steps, step_size=step_size or None, random_start=random_start, early_stop=False,
-               model_mode=model_mode)
-
-
-# --- the add-on term --------------------------------------------------------------------------------------------
-
-
-class DiscriminatorSettings(Options):
+class DiscriminatorSettings(AttackOptions):
     """What the ``feature_discriminator`` term and the ``a3t`` defense share: D, the split and the term's attack."""
 
     beta: float = Field(1.0, ge=0)  # weight of the encoder's adversarial term −β log D(E(x_adv)); 0: D observes
@@ -71,13 +60,9 @@ class DiscriminatorSettings(Options):
     dropout: Fraction = 0.5
     d_steps: int = Field(1, ge=1)  # D updates per classifier update (paper: 1)
     encoder_term_dropout: bool = True  # D's dropout on in the encoder term [R]
-    # The attack: crafts x_adv when the host has none (or adversary = "own"), and for val_d_acc_*.
-    attack: Literal["fgsm", "pgd"] = "fgsm"
-    eps: float = Field(0.25, ge=0)
-    steps: int = Field(7, ge=1)  # PGD only
-    step_size: float = Field(0.0, ge=0)  # PGD only; 0: 2.5·ε/steps
-    random_start: bool = True  # PGD only
-    attack_mode: Literal["eval", "train"] = "eval"
+    # [defense.attack]: crafts x_adv when the host has none (or adversary = "own"), and for val_d_acc_*; the paper:
+    # FGSM at ε 0.25
+    attack: AttackTable = attack_table("fgsm", 0.25)
     eval_subset: int = Field(500, ge=0)  # per-epoch D accuracy on this many test images (0: off)
 
 
@@ -94,8 +79,10 @@ class FeatureDiscriminatorTerm(LossTerm):
     def __init__(self, options: FeatureDiscriminatorOptions):
         o = options
         super().__init__(options)
-        self.attack = make_training_attack(o.attack, o.eps, steps=o.steps, step_size=o.step_size,
-                                           random_start=o.random_start, model_mode=o.attack_mode)
+        try:
+            self.attack = training_attack(o.attack, o.attack.eps)
+        except ValueError as exc:
+            raise ConfigError(f"defense.attack: {exc}") from None
         self.disc: Discriminator | None = None
         self.opt: torch.optim.Optimizer | None = None
 

@@ -15,11 +15,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from robustlab.attacks import Attack
-from robustlab.defenses.adversarial import (AdversarialTraining, PGDAdversaryOptions, paired_output,
-                                            pgd_training_attack)
+from robustlab.attacks.losses import kl_from_clean
+from robustlab.config import AttackTable, attack_table
+from robustlab.defenses.adversarial import AdversarialTraining, AdversaryOptions, paired_output
 from robustlab.defenses.base import Batch, LossOutput, register_defense
-from robustlab.defenses.trades import kl_from_clean
 
 
 def mart_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, lam: float
@@ -34,17 +33,14 @@ def mart_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Ten
     return bce + lam * kl, bce, kl
 
 
-class MARTOptions(PGDAdversaryOptions):
-    steps: int = Field(10, ge=1)   # the paper: 10 steps of 2/255 for ε 8/255
+class MARTOptions(AdversaryOptions):
+    attack: AttackTable = attack_table("pgd", 0.3, steps=10)  # the paper: 10 steps of 2/255 for ε 8/255
     lam: float = Field(6.0, ge=0)  # λ of eq. (10)
 
 
 @register_defense("mart", MARTOptions)
 class MART(AdversarialTraining):
     """MART: boosted cross-entropy on x' plus λ times the misclassification-weighted KL divergence."""
-
-    def make_attack(self, eps: float) -> Attack:
-        return pgd_training_attack(self.options, eps)
 
     def objective(self, model: nn.Module, batch: Batch, ctx) -> LossOutput:
         logits_clean, logits_adv = model(batch.x), model(batch.x_adv)

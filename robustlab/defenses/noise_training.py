@@ -23,7 +23,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from robustlab.config import Fraction
+from robustlab.config import AttackTable, Fraction, attack_table
 from robustlab.defenses.adversarial import PGDAdversarialTraining, PGDATOptions
 from robustlab.errors import ConfigError
 from robustlab.models.noise import mean_of, noise_enabled
@@ -31,8 +31,7 @@ from robustlab.modes import model_mode
 
 
 class NoisyATOptions(PGDATOptions):
-    eps: float = Field(8 / 255, ge=0)
-    step_size: float = Field(0.01, ge=0)
+    attack: AttackTable = attack_table("pgd", 8 / 255, steps=7, step_size=0.01)  # Learn2Perturb's PGD-7
     mix: Literal["adversarial", "weighted"] = "weighted"
     noise_start_epoch: int = Field(0, ge=0)
     noise_lr: float = Field(0.0, ge=0)  # 0: the run's optim.lr
@@ -109,7 +108,7 @@ class NoisyAdversarialTraining(PGDAdversarialTraining):
     def adversarial_examples(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         target = y
         if self.options.labels == "predicted":
-            with torch.no_grad(), model_mode(model, self.options.attack_mode):  # as the attack sees the model
+            with torch.no_grad(), model_mode(model, self.options.attack.model_mode):  # as the attack sees the model
                 target = model(x).argmax(1)
         return self.attack(model, x, target)
 

@@ -8,7 +8,7 @@ Loss [C train_update_fast_triplet.py; poster: L_all = Σ CE + λ1 L_trip + λ2 L
     L_norm = mean over batch × dim of ( h(x')² + h(p)² + h(n)² )
 
 * h = ``model.features`` (the penultimate layer) [C]; D = 1 − |cos| (``abs_cosine``) [C utils.py];
-* anchor x' = the PGD example (random start, sign steps, BN in eval mode: ``attack_mode = "eval"``) [C];
+* anchor x' = the PGD example (random start, sign steps, BN in eval mode: ``[defense.attack] model_mode = "eval"``) [C];
 * positive p = a *different* random clean training image of class y (:func:`sample_positive_indices`) [C];
 * negative n = semi-hard: a pool of K (``pool_size``) clean training images per step, embedded in eval mode without
   gradient, the nearest other-class item by cosine similarity, same-label entries masked to −∞ [R]; the chosen
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from robustlab.config import Fraction
+from robustlab.config import AttackTable, Fraction, attack_table
 from robustlab.defenses.adversarial import PGDAdversarialTraining, PGDATOptions
 from robustlab.defenses.base import Batch, LossOutput, register_defense
 from robustlab.defenses.pool_mining import POOL_CHOICES, PoolMiner, sample_positive_indices
@@ -83,8 +83,7 @@ def tla_loss(logits_adv: torch.Tensor, y: torch.Tensor, anchor: torch.Tensor, po
 class TLAOptions(PGDATOptions):
     """PGD-AT's options (ε, steps, step size, mix, warm-up, attack mode) plus the triplet part; MNIST defaults."""
 
-    steps: int = Field(40, ge=1)          # MNIST: 40 × 0.01, ε 0.3 [C]
-    step_size: float = Field(0.01, ge=0)
+    attack: AttackTable = attack_table("pgd", 0.3, steps=40, step_size=0.01)  # MNIST: 40 × 0.01, ε 0.3 [C]
     lam_trip: float = Field(0.5, ge=0)    # λ_trip (MNIST 0.5, CIFAR-10 2)
     lam_norm: float = Field(1e-4, ge=0)   # λ_reg (MNIST 1e-4, CIFAR-10 1e-3)
     margin: float = Field(0.05, ge=0)     # α (MNIST 0.05, CIFAR-10 0.03)
