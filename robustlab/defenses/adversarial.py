@@ -50,16 +50,6 @@ def scheduled_eps(eps: float, epoch: int, clean_epochs: int, ramp_epochs: int) -
     return eps * min(1.0, (adversarial_epoch + 1) / ramp_epochs)
 
 
-def paired_output(loss: torch.Tensor, x_adv: torch.Tensor, logits_clean: torch.Tensor, logits_adv: torch.Tensor,
-                  y: torch.Tensor, **parts: torch.Tensor) -> LossOutput:
-    """The :class:`LossOutput` of a loss on clean and adversarial logits: the loss, its named ``parts`` and both
-    accuracies as metrics."""
-    metrics = {"loss": loss.detach(), **{k: v.detach() for k, v in parts.items()},
-               "acc": logits_clean.detach().argmax(1).eq(y).float().mean(),
-               "acc_adv": logits_adv.detach().argmax(1).eq(y).float().mean()}
-    return LossOutput(loss, metrics, x_adv=x_adv, logits_clean=logits_clean, logits_adv=logits_adv)
-
-
 def mixed_adversarial_loss(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
                            w_clean: float, w_adv: float) -> LossOutput:
     """``w_clean·CE(f(x), y) + w_adv·CE(f(x_adv), y)`` with batch-mean CE; skips the clean pass if w_clean = 0."""
@@ -178,3 +168,20 @@ class PGDAdversarialTraining(AdversarialTraining):
         if self.options.mix == "adversarial":
             return 0.0, 1.0
         return self.options.alpha, self.options.beta
+
+
+class PairedLogitsTraining(AdversarialTraining):
+    """An objective on the clean and the adversarial logits (TRADES, MART): subclasses give :meth:`paired_loss`."""
+
+    def paired_loss(self, logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss, its named parts) on a batch's clean and adversarial logits."""
+        raise NotImplementedError
+
+    def objective(self, model: nn.Module, batch: Batch, ctx) -> LossOutput:
+        logits_clean, logits_adv = model(batch.x), model(batch.x_adv)
+        loss, parts = self.paired_loss(logits_clean, logits_adv, batch.y)
+        metrics = {"loss": loss.detach(), **{k: v.detach() for k, v in parts.items()},
+                   "acc": logits_clean.detach().argmax(1).eq(batch.y).float().mean(),
+                   "acc_adv": logits_adv.detach().argmax(1).eq(batch.y).float().mean()}
+        return LossOutput(loss, metrics, x_adv=batch.x_adv, logits_clean=logits_clean, logits_adv=logits_adv)

@@ -13,12 +13,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
 
 from robustlab.attacks.losses import kl_from_clean
 from robustlab.config import AttackTable, attack_table
-from robustlab.defenses.adversarial import AdversarialTraining, AdversaryOptions, paired_output
-from robustlab.defenses.base import Batch, LossOutput, register_defense
+from robustlab.defenses.adversarial import AdversaryOptions, PairedLogitsTraining
+from robustlab.defenses.base import register_defense
 
 
 def mart_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, lam: float
@@ -39,10 +38,9 @@ class MARTOptions(AdversaryOptions):
 
 
 @register_defense("mart", MARTOptions)
-class MART(AdversarialTraining):
+class MART(PairedLogitsTraining):
     """MART: boosted cross-entropy on x' plus λ times the misclassification-weighted KL divergence."""
 
-    def objective(self, model: nn.Module, batch: Batch, ctx) -> LossOutput:
-        logits_clean, logits_adv = model(batch.x), model(batch.x_adv)
-        loss, bce, kl = mart_loss(logits_clean, logits_adv, batch.y, self.options.lam)
-        return paired_output(loss, batch.x_adv, logits_clean, logits_adv, batch.y, bce_adv=bce, kl_weighted=kl)
+    def paired_loss(self, logits_clean, logits_adv, y):
+        loss, bce, kl = mart_loss(logits_clean, logits_adv, y, self.options.lam)
+        return loss, {"bce_adv": bce, "kl_weighted": kl}

@@ -13,12 +13,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
 
 from robustlab.attacks.losses import kl_from_clean
 from robustlab.config import AttackTable, attack_table
-from robustlab.defenses.adversarial import AdversarialTraining, AdversaryOptions, paired_output
-from robustlab.defenses.base import Batch, LossOutput, register_defense
+from robustlab.defenses.adversarial import AdversaryOptions, PairedLogitsTraining
+from robustlab.defenses.base import register_defense
 
 
 def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float
@@ -36,10 +35,9 @@ class TRADESOptions(AdversaryOptions):
 
 
 @register_defense("trades", TRADESOptions)
-class TRADES(AdversarialTraining):
+class TRADES(PairedLogitsTraining):
     """TRADES: clean cross-entropy plus β times the KL divergence to the prediction at the KL-maximising x'."""
 
-    def objective(self, model: nn.Module, batch: Batch, ctx) -> LossOutput:
-        logits_clean, logits_adv = model(batch.x), model(batch.x_adv)
-        loss, ce, kl = trades_loss(logits_clean, logits_adv, batch.y, self.options.beta)
-        return paired_output(loss, batch.x_adv, logits_clean, logits_adv, batch.y, ce_clean=ce, kl=kl)
+    def paired_loss(self, logits_clean, logits_adv, y):
+        loss, ce, kl = trades_loss(logits_clean, logits_adv, y, self.options.beta)
+        return loss, {"ce_clean": ce, "kl": kl}
