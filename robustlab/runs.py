@@ -16,7 +16,13 @@ from robustlab.errors import CheckpointError, ConfigError
 from robustlab.models import RobustModel, build_model
 from robustlab.models.registry import validate_model_options
 
-__all__ = ["build_model_for", "load_source_model", "load_trained_model"]
+__all__ = ["build_model_for", "load_run_data", "load_source_model", "load_trained_model"]
+
+
+def load_run_data(config: Config) -> ImageDataset:
+    """The dataset of a run: ``[data]``'s dataset with its training and test subsets."""
+    data = load_dataset(config.data.name, root=config.data.root or None, download=config.data.download)
+    return data.subset(config.data.train_subset, config.data.test_subset)
 
 
 def build_model_for(config: Config, dataset: ImageDataset) -> RobustModel:
@@ -37,8 +43,7 @@ def load_trained_model(checkpoint: str, device: torch.device | str = "cpu"):
     except ConfigError as exc:  # a config that no longer validates is a corrupt checkpoint for the user
         raise CheckpointError(f"checkpoint {checkpoint} holds an invalid config: {exc}") from None
     config.model = {"name": config.model["name"], **options}
-    data = load_dataset(config.data.name, root=config.data.root or None, download=config.data.download)
-    data = data.subset(config.data.train_subset, config.data.test_subset)
+    data = load_run_data(config)
     model = build_model_for(config, data)
     try:
         model.load_state_dict(model_state)

@@ -34,11 +34,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from protocol import (  # noqa: E402
-    ROOT, begin, skip_missing, Arm, arm_table, command_line, compare_arms, comparison_table, epoch_table, finished_epochs, history,
+    ROOT, begin, skip_missing, Arm, arm_table, chunked_outcomes, command_line, compare_arms, comparison_table, epoch_table, finished_epochs, history,
     load, machine_line, mean_std, Measurements, plan, standard_outcomes, train, verdict_lines, write_document)
 from robustlab.attacks import build_attack  # noqa: E402
 
 EPS = 0.1
+CHUNK = 100  # test images per measurement (each cached and archived on its own)
 ARMS = [Arm("PGD-AT", "configs/l2p/cpu/pgd_at.toml"), Arm("PNI", "configs/l2p/cpu/pni.toml"),
         Arm("L2P", "configs/l2p/cpu/l2p.toml")]
 PAPER = {"PGD-AT": 51.13 - 39.1, "PNI": 53.34 - 48.65, "fixed noise": 51.13 - 50.23}  # L2P − baseline (L2P-R: Table 1)
@@ -55,6 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--runs", default="runs/reproduce_l2p")
     p.add_argument("--out", default="docs/results/reproduction/l2p.md")
     p.add_argument("--report-only", action="store_true", help="compute nothing: write the document from what is done")
+    p.add_argument("--train-only", action="store_true", help="train (or resume) the runs, measure nothing")
     p.add_argument("--quick", action="store_true", help="2 seeds, 3 epochs, 1,000 training / 100 test images")
     args = p.parse_args(argv)
     if args.quick:
@@ -85,21 +87,23 @@ def measure(run_dir: Path, args) -> dict:
     x, y = data.test_x[:args.test_subset], data.test_y[:args.test_subset]
     m = Measurements(run_dir)
     out = {"clean": m.get(f"clean 10 draws n={len(x)}", lambda: (draws_correct(model, x, y, 10), {}))}
-    robust, failed = standard_outcomes(m, model, x, y, EPS, run_dir, len(x))
+    # in chunks of CHUNK images, each archived when done: a session that stops keeps what it finished
+    robust, failed = standard_outcomes(m, model, x, y, EPS, run_dir, len(x), chunk=CHUNK)
     out["suite"] = robust  # a noisy model fails stable_predictions by design: that is what selects the rand suite
     out["failed_checks"] = [c for c in failed if c != "stable_predictions"]
-    out["eot_pgd"] = m.get(f"eot_pgd {args.eot_samples}x20 eps={EPS} n={len(x)}",
-                           lambda: (eot_pgd(model, x, y, args.eot_samples, 20), {}))
+    out["eot_pgd"] = chunked_outcomes(m, f"eot_pgd {args.eot_samples}x20 eps={EPS}", len(x), lambda a, b: (
+        eot_pgd(model, x[a:b], y[a:b], args.eot_samples, 20), {}), chunk=CHUNK)
     return out
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     root, started = begin(args, "l2p")
-    todo = sum(finished_epochs(a.run_dir(root, s)) < args.epochs for a in ARMS for s in args.seeds)
+    todo = sum(finished_epochs(d) < args.epochs for s in args.seeds
+               for d in [a.run_dir(root, s) for a in ARMS] + [root / f"fixed_noise_seed{s}"])
     # measured here (one thread): a PGD-7 epoch of the noisy LeNet-5 ≈ 60 s per 10,000 images; the rand suite
     # (EOT over 20 draws, no early exit) plus EOT-PGD (80 × 20) ≈ 4 s per test image of a noisy model
-    plan("l2p", todo + len(args.seeds), 4 * len(args.seeds), 60.0 * args.epochs * args.train_subset / 10000,
+    plan("l2p", todo, 4 * len(args.seeds), 60.0 * args.epochs * args.train_subset / 10000,
          4 * len(args.seeds), 4.0 * args.test_subset)
     fixed: dict[int, Arm] = {}
     for seed in args.seeds:
@@ -111,6 +115,8 @@ def main(argv=None) -> int:
                               ("defense.variant='l2p_r'", "defense.gamma=0.0", "defense.noise_lr=0.0",
                                f"model.theta0={theta}"), "fixed_noise")
             train(fixed[seed], seed, root, epochs=args.epochs, extra=schedule(args))
+    if args.train_only:
+        return 0
     labels = [a.label for a in ARMS] + ["fixed noise"]
     results = {label: {} for label in labels}
     for seed in fixed:

@@ -8,6 +8,10 @@ the comparison table and the document.
   computes what is missing, and the paired bootstrap over seeds × images (:mod:`robustlab.paired`) can use them.
 * Robust accuracy comes from the ``standard`` suite (AutoAttack-strength, resumable state in the run directory);
   the paper's own attacks are measured beside it.
+* ``runs/`` is not committed, so what a run produced is also **archived** beside the document
+  (``docs/results/reproduction/NAME_runs/RUN.json``: the per-epoch log, the sha256 of the final weights and every
+  measurement; :class:`Archive`). A later checkout reports from the archive (``--report-only``) and only trains and
+  measures what is missing; a run trained again must produce the archived weights, or its archive is refused.
 """
 
 from __future__ import annotations
@@ -32,12 +36,73 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import mean_std, train_or_reuse  # noqa: E402
 from robustlab.benchmarking import benchmark  # noqa: E402
-from robustlab.checkpoint import find_latest_checkpoint, load_checkpoint  # noqa: E402
+from robustlab.checkpoint import MANIFEST_FILE, MODEL_FILE, find_latest_checkpoint, load_checkpoint  # noqa: E402
+from robustlab.config import parse_config  # noqa: E402
 from robustlab.evaluate import attack_outcome  # noqa: E402
 from robustlab.paired import Comparison, compare, comparison_table  # noqa: E402
-from robustlab.runs import load_trained_model  # noqa: E402
+from robustlab.runs import load_run_data, load_trained_model  # noqa: E402
 
 MEASUREMENTS_FILE = "reproduce.json"
+
+
+class Archive:
+    """The committed record of each run of a reproduction: ``<folder>/<run name>.json`` holding ``history`` (the
+    per-epoch log), ``weights_sha256`` (of the final checkpoint's weights) and ``measurements`` (per-example
+    outcomes by key, as :class:`Measurements`). ``Archive.folder`` is set by :func:`begin` (None: no archive)."""
+
+    folder: Path | None = None
+
+    @classmethod
+    def path(cls, run_dir: Path) -> Path | None:
+        return None if cls.folder is None else cls.folder / f"{Path(run_dir).name}.json"
+
+    @classmethod
+    def read(cls, run_dir: Path) -> dict:
+        path = cls.path(run_dir)
+        return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+
+    @classmethod
+    def update(cls, run_dir: Path, **fields) -> None:
+        path = cls.path(run_dir)
+        if path is None:
+            return
+        record = {**cls.read(run_dir), **fields}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, separators=(",", ":")) + "\n")
+        os.replace(tmp, path)
+
+    @classmethod
+    def record_training(cls, run_dir: Path) -> None:
+        """Archive the finished run's log and weights hash; refuse a run whose weights differ from the archived
+        ones (its archived measurements are of another model: delete ``<run>.json`` to start that run over)."""
+        ckpt = find_latest_checkpoint(run_dir)
+        if ckpt is None:
+            return
+        weights = json.loads((ckpt / MANIFEST_FILE).read_text())[MODEL_FILE]
+        archived = cls.read(run_dir).get("weights_sha256")
+        if archived not in (None, weights):
+            raise RuntimeError(f"{run_dir.name}: the weights trained now differ from the archived ones in "
+                               f"{cls.path(run_dir)} (code or data changed since); delete that file to measure the "
+                               f"new run from scratch")
+        config = json.loads((run_dir / "config.json").read_text())
+        cls.update(run_dir, config=config, history=history(run_dir), weights_sha256=weights)
+
+
+class WeightsNotHere:
+    """The model of an archived run whose weights are not in this checkout: any use of it is :class:`Missing`
+    (a report from the archive never uses it; training the run again with the same seed brings the weights back)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+
+    def _missing(self, *args, **kwargs):
+        raise Missing(f"{self.run_dir.name}: only its archive is here; train it again (same seed) to measure more")
+
+    __call__ = _missing
+
+    def __getattr__(self, name):
+        self._missing()
 
 
 @dataclass(frozen=True)
@@ -55,19 +120,20 @@ class Arm:
 
 def begin(args, name: str) -> tuple[Path, float]:
     """Common start of a reproduction: one torch thread, ``--report-only``, the ``--quick`` locations under
-    ``runs/``; returns (the runs root, the start time)."""
+    ``runs/``, the archive beside the document; returns (the runs root, the start time)."""
     torch.set_num_threads(1)
     Measurements.report_only = bool(getattr(args, "report_only", False))
     if getattr(args, "quick", False):
         args.runs, args.out = args.runs + "_quick", str(Path(args.runs + "_quick") / f"{name}.md")
+    Archive.folder = ROOT / Path(args.out).parent / f"{Path(args.out).stem}_runs"
     return ROOT / args.runs, time.perf_counter()
 
 
 def finished_epochs(run_dir: Path) -> int:
-    """The last completed epoch of a run (0 when it has no checkpoint)."""
+    """The last completed epoch of a run (its archived log when it has no checkpoint here; 0 when neither)."""
     ckpt = find_latest_checkpoint(run_dir) if (run_dir / "checkpoints" / "latest").exists() else None
     if ckpt is None:
-        return 0
+        return max((r.get("epoch", 0) for r in Archive.read(run_dir).get("history", [])), default=0)
     _, state, _ = load_checkpoint(ckpt)
     return int(state["epoch"])
 
@@ -84,6 +150,7 @@ def train(arm: Arm, seed: int, root: Path, *, epochs: int, extra: tuple[str, ...
     train_or_reuse(arm.config, out, arm.label, seed=seed, overrides=[*arm.overrides, *extra], epochs=epochs, log=log)
     if time.perf_counter() - started > 5:
         log(f"[{arm.label} seed {seed}] trained in {time.perf_counter() - started:.0f} s")
+    Archive.record_training(out)
     return out
 
 
@@ -92,7 +159,8 @@ class Missing(Exception):
 
 
 class Measurements:
-    """The per-example outcomes measured on one run, cached in ``<run>/reproduce.json`` (written after each).
+    """The per-example outcomes measured on one run, cached in ``<run>/reproduce.json`` and in the run's
+    :class:`Archive` (both written after each measurement; read from both).
 
     ``Measurements.report_only = True`` (the scripts' ``--report-only``): nothing is computed, a missing measurement
     raises :class:`Missing`, so a document can be written from whatever is finished.
@@ -101,8 +169,9 @@ class Measurements:
     report_only = False
 
     def __init__(self, run_dir: Path):
-        self.path = run_dir / MEASUREMENTS_FILE
-        self.data: dict[str, dict] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.run_dir, self.path = run_dir, run_dir / MEASUREMENTS_FILE
+        self.data: dict[str, dict] = {**Archive.read(run_dir).get("measurements", {}),
+                                      **(json.loads(self.path.read_text()) if self.path.is_file() else {})}
 
     def get(self, key: str, compute: Callable[[], tuple[np.ndarray, dict]]) -> np.ndarray:
         """The outcomes under ``key``, computed (outcomes, extra info) and saved when missing."""
@@ -113,9 +182,11 @@ class Measurements:
             outcomes, info = compute()
             self.data[key] = {"outcomes": np.asarray(outcomes, dtype=float).round(4).tolist(),
                               "seconds": round(time.perf_counter() - started, 1), **info}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(json.dumps(self.data))
             os.replace(tmp, self.path)
+            Archive.update(self.run_dir, measurements=self.data)
         return np.asarray(self.data[key]["outcomes"], dtype=float)
 
     def info(self, key: str) -> dict:
@@ -137,24 +208,38 @@ def standard_correct(model, x, y, eps: float, state_dir: Path, *, suite: str = "
     return result.robust.cpu().numpy(), {"failed_checks": failed, "suite": result.suite}
 
 
+def chunks(key: str, n: int, chunk: int) -> list[tuple[str, int, int]]:
+    """(key, first, end) of each ``chunk`` of the first ``n`` examples: ``"KEY n=END"`` for the first chunk,
+    ``"KEY images=FIRST-END"`` after it. Each chunk is cached and archived on its own, so an interrupted
+    measurement keeps its finished chunks and a larger ``n`` later only adds chunks."""
+    return [(f"{key} n={min(a + chunk, n)}" if a == 0 else f"{key} images={a}-{min(a + chunk, n)}", a,
+             min(a + chunk, n)) for a in range(0, n, chunk)]
+
+
+def chunked_outcomes(m: Measurements, key: str, n: int, compute: Callable[[int, int], tuple[np.ndarray, dict]],
+                     *, chunk: int = 500) -> np.ndarray:
+    """The outcomes on the first ``n`` examples, ``compute(first, end)`` measuring one chunk (:func:`chunks`)."""
+    return np.concatenate([m.get(k, lambda a=a, b=b: compute(a, b)) for k, a, b in chunks(key, n, chunk)])
+
+
 def standard_outcomes(m: Measurements, model, x, y, eps: float, run_dir: Path, n: int, *,
                       chunk: int = 500) -> tuple[np.ndarray, list[str]]:
-    """The standard suite's per-example outcomes on the first ``n`` images, measured in chunks of ``chunk`` (each
-    cached on its own, so a larger ``n`` later only adds chunks), and the names of the masking checks that failed."""
-    parts, failed = [], set()
-    for a in range(0, min(n, len(x)), chunk):
-        b = min(a + chunk, n, len(x))
-        key = f"standard eps={eps} n={b}" if a == 0 else f"standard eps={eps} images={a}-{b}"
-        parts.append(m.get(key, lambda: standard_correct(model, x[a:b], y[a:b], eps,
-                                                         run_dir / f"standard_eps{eps}_{a}-{b}", log=lambda _: None)))
-        failed |= set(m.info(key).get("failed_checks", []))
-    return np.concatenate(parts), sorted(failed)
+    """The standard suite's per-example outcomes on the first ``n`` images, measured in chunks of ``chunk``
+    (:func:`chunks`), and the names of the masking checks that failed in any chunk."""
+    n = min(n, len(x))
+    key = f"standard eps={eps}"
+    outcomes = chunked_outcomes(m, key, n, lambda a, b: standard_correct(
+        model, x[a:b], y[a:b], eps, run_dir / f"standard_eps{eps}_{a}-{b}", log=lambda _: None), chunk=chunk)
+    failed = {c for k, _, _ in chunks(key, n, chunk) for c in m.info(k).get("failed_checks", [])}
+    return outcomes, sorted(failed)
 
 
 def history(run_dir: Path) -> list[dict]:
-    """The run's per-epoch log (``metrics.jsonl``)."""
+    """The run's per-epoch log (``metrics.jsonl``; the archived one when the run is not here)."""
     path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    if not path.is_file():
+        return Archive.read(run_dir).get("history", [])
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def epoch_table(run_dirs: dict[str, list[Path]], keys: list[tuple[str, str]], epochs: list[int],
@@ -194,9 +279,13 @@ def compare_arms(metric: str, baseline: str, method: str, paper_effect: float, r
 
 
 def load(run_dir: Path, epoch: int | None = None):
-    """(model, data) of a finished run, or of its ``epoch`` checkpoint, on the CPU in eval mode."""
+    """(model, data) of a finished run, or of its ``epoch`` checkpoint, on the CPU in eval mode; for a run known
+    only from its archive, (:class:`WeightsNotHere`, data)."""
     if Measurements.report_only and finished_epochs(run_dir) == 0:
         raise Missing(f"{run_dir.name}: not trained")
+    archived = Archive.read(run_dir)
+    if find_latest_checkpoint(run_dir) is None and "config" in archived:
+        return WeightsNotHere(run_dir), load_run_data(parse_config(archived["config"]))
     where = run_dir if epoch is None else run_dir / "checkpoints" / f"epoch-{epoch:04d}"
     model, _, data, _ = load_trained_model(str(where))
     return model.eval(), data
@@ -251,6 +340,6 @@ def write_document(path: Path, text: str) -> None:
     print(f"wrote {path}", flush=True)
 
 
-__all__ = ["Arm", "Measurements", "Missing", "arm_table", "attack_correct", "begin", "command_line", "compare_arms",
+__all__ = ["Archive", "Arm", "Measurements", "Missing", "arm_table", "attack_correct", "begin", "chunked_outcomes", "chunks", "command_line", "compare_arms",
            "comparison_table", "epoch_table", "finished_epochs", "history", "load", "machine_line", "mean_std", "plan",
            "skip_missing", "standard_correct", "standard_outcomes", "train", "verdict_lines", "write_document"]
