@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from protocol import (  # noqa: E402
-    ROOT, begin, skip_missing, Arm, arm_table, chunked_outcomes, command_line, compare_arms, comparison_table, epoch_table, finished_epochs, history,
+    LEFT_OUT, ROOT, begin, skip_missing, Arm, arm_table, chunked_outcomes, command_line, compare_arms, comparison_table, epoch_table, finished_epochs, history,
     load, machine_line, mean_std, Measurements, plan, standard_outcomes, train, verdict_lines, write_document)
 from robustlab.attacks import build_attack  # noqa: E402
 
@@ -137,21 +137,25 @@ def main(argv=None) -> int:
     plateau = []
     for label in labels:
         dirs = [fixed[s].run_dir(root, s) if label == "fixed noise" else next(a for a in ARMS if a.label == label)
-                .run_dir(root, s) for s in args.seeds]
+                .run_dir(root, s) for s in fixed]
         accs = [[r["test_acc"] for r in history(d)] for d in dirs]
         change = [100 * (a[-1] - a[-3]) for a in accs if len(a) >= 3]
         plateau.append(f"{label} {mean_std(change)}")
-    eot_check = ""
+    eot_check = "(not run)"
     if not args.no_eot_check:
-        model, data = load(ARMS[2].run_dir(root, args.seeds[0]))
-        x, y = data.test_x[:200], data.test_y[:200]
-        m = Measurements(ARMS[2].run_dir(root, args.seeds[0]))
-        cells = ["| draws | 20 steps | 100 steps |", "|---|---|---|"]
-        for samples in (10, 40, 80):
-            acc = [100 * m.get(f"eot check {samples}x{steps} n=200", lambda s=samples, k=steps: (
-                eot_pgd(model, x, y, s, k), {})).mean() for steps in (20, 100)]
-            cells.append(f"| {samples} | {acc[0]:.1f} | {acc[1]:.1f} |")
-        eot_check = "\n".join(cells)
+        with skip_missing():
+            eot_check = "(not measured yet)"
+            run_dir = ARMS[2].run_dir(root, args.seeds[0])
+            model, data = load(run_dir)
+            x, y, m = data.test_x[:200], data.test_y[:200], Measurements(run_dir)
+            cells = ["| draws | 20 steps | 100 steps |", "|---|---|---|"]
+            for samples in (10, 40, 80):
+                acc = [100 * chunked_outcomes(m, f"eot check {samples}x{steps}", len(x),
+                                              lambda a, b, s=samples, k=steps: (eot_pgd(model, x[a:b], y[a:b], s, k),
+                                                                                {}), chunk=CHUNK).mean()
+                       for steps in (20, 100)]
+                cells.append(f"| {samples} | {acc[0]:.1f} | {acc[1]:.1f} |")
+            eot_check = "\n".join(cells)
     layer_keys = sorted({k for d in [ARMS[2].run_dir(root, s) for s in args.seeds] for r in history(d) for k in r
                          if k.startswith("theta_") and (k.endswith("_mean") or k.endswith("_std"))
                          and k.count("_") == 2})
@@ -172,7 +176,8 @@ wall-clock, finished runs and measurements reused from `{args.runs}`):
 Setting: LeNet-5 on the first {args.train_subset} Fashion-MNIST training images, {args.epochs} epochs
 (`configs/l2p/cpu/`, learning rate ×0.1 at 80% of the epochs); the noisy arms with noise from epoch 1 and
 eq. 11 (PGD-7, ε 0.1) from epoch 2. **fixed noise** = L2P-R with γ 0, no θ optimiser step and θ₀ = the mean θ
-that L2P ends at in the same seed. Seeds {", ".join(map(str, args.seeds))}, paired. Test: the first
+that L2P ends at in the same seed. Seeds {", ".join(map(str, sorted(fixed))) or "none"} measured (of
+{", ".join(map(str, args.seeds))} planned), paired. Test: the first
 {args.test_subset} test images at ε 0.1; clean over 10 draws; the rand suite for the randomised arms (standard for
 PGD-AT); EOT-PGD with {args.eot_samples} draws per gradient × 20 steps (step 2.5ε/20), each final point predicted
 10 times (an example counts by its fraction of correct draws).
@@ -203,13 +208,20 @@ The paper's effects: L2P − PGD-AT +12.03 (ResNet-V1(20) PGD), L2P − PNI +4.6
 
 ## EOT convergence (seed {args.seeds[0]}, L2P, 200 images, accuracy %)
 
-{eot_check or "(not run)"}
+{eot_check}
 
 ## θ per layer over epochs (L2P, mean ± std over seeds of each layer's mean and spread)
 
 {theta}
 
 Earlier tables (`docs/results/l2p.md`: 1,000 training images, 3 seeds, 200 test images) are superseded.
+
+Every finished run's log, weights hash and per-example outcomes are archived in `{Path(args.out).stem}_runs/`
+beside this page: the same command in a fresh checkout reports them and only trains and measures what is missing.
+
+## Not finished
+
+{chr(10).join(f"- {item}" for item in LEFT_OUT) or "Nothing: every run and measurement above is done."}
 """
     write_document(ROOT / args.out, text)
     return 0

@@ -255,12 +255,17 @@ def epoch_table(run_dirs: dict[str, list[Path]], keys: list[tuple[str, str]], ep
     return "\n".join(lines)
 
 
+LEFT_OUT: list[str] = []  # what skip_missing left out of this report, in order
+
+
 @contextlib.contextmanager
 def skip_missing():
-    """In ``--report-only`` mode, leave out whatever is not measured yet (and say so); otherwise a no-op."""
+    """In ``--report-only`` mode, leave out whatever is not measured yet (said, and kept in :data:`LEFT_OUT`);
+    otherwise a no-op."""
     try:
         yield
     except Missing as exc:
+        LEFT_OUT.append(str(exc))
         print(f"[report-only] left out: {exc}", flush=True)
 
 
@@ -340,6 +345,6 @@ def write_document(path: Path, text: str) -> None:
     print(f"wrote {path}", flush=True)
 
 
-__all__ = ["Archive", "Arm", "Measurements", "Missing", "arm_table", "attack_correct", "begin", "chunked_outcomes", "chunks", "command_line", "compare_arms",
+__all__ = ["LEFT_OUT", "Archive", "Arm", "Measurements", "Missing", "arm_table", "attack_correct", "begin", "chunked_outcomes", "chunks", "command_line", "compare_arms",
            "comparison_table", "epoch_table", "finished_epochs", "history", "load", "machine_line", "mean_std", "plan",
            "skip_missing", "standard_correct", "standard_outcomes", "train", "verdict_lines", "write_document"]
