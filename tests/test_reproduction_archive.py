@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from robustlab.engine import Trainer
+from robustlab.errors import ConfigError
 from robustlab.experiment import config_from_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce"))
@@ -77,6 +78,17 @@ def test_retraining_must_reproduce_the_archived_weights(tmp_path, archive):
     shutil.rmtree(run)
     with pytest.raises(RuntimeError, match="differ from the archived ones"):
         protocol.Archive.record_training(train_tiny(run, seed=1))
+
+
+def test_a_run_archived_with_every_needed_measurement_is_not_trained_again(tmp_path, archive):
+    run = train_tiny(tmp_path / "runs" / "arm_seed0", seed=0)
+    protocol.Archive.record_training(run)
+    protocol.Measurements(run).get("clean n=3", lambda: (np.ones(3), {}))
+    shutil.rmtree(tmp_path / "runs")
+    arm = protocol.Arm("arm", "no/such/config.toml")  # training it would fail: the config does not exist
+    assert protocol.train(arm, 0, tmp_path / "runs", epochs=1, needs=["clean n=3"], log=lambda _: None) == run
+    with pytest.raises(ConfigError, match="config file not found"):  # a measurement is missing: it must train
+        protocol.train(arm, 0, tmp_path / "runs", epochs=1, needs=["clean n=3", "pgd n=3"], log=lambda _: None)
 
 
 @given(n=st.integers(1, 2000), chunk=st.integers(1, 700))

@@ -34,9 +34,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from protocol import (  # noqa: E402
-    LEFT_OUT, ROOT, begin, skip_missing, Arm, arm_table, chunked_outcomes, command_line, compare_arms, comparison_table, epoch_table, finished_epochs, history,
-    load, machine_line, mean_std, Measurements, plan, standard_outcomes, train, verdict_lines, write_document)
+    LEFT_OUT, ROOT, Archive, Arm, Measurements, arm_table, begin, chunked_outcomes, chunks, command_line, compare_arms,
+    comparison_table, epoch_table, finished_epochs, history, load, machine_line, mean_std, plan, skip_missing,
+    standard_key, standard_outcomes, train, verdict_lines, write_document)
 from robustlab.attacks import build_attack  # noqa: E402
+from robustlab.checkpoint import find_latest_checkpoint  # noqa: E402
 from robustlab.models.noise import noise_modules  # noqa: E402
 
 EPS = 0.1
@@ -86,16 +88,43 @@ def eot_pgd(model, x, y, samples: int, steps: int) -> np.ndarray:
     return draws_correct(model, attack(model, x, y), y, 10)
 
 
+def clean_key(n: int) -> str:
+    return f"clean 10 draws n={n}"
+
+
+def eot_key(samples: int) -> str:
+    return f"eot_pgd {samples}x20 eps={EPS}"
+
+
+def check_key(samples: int, steps: int) -> str:
+    return f"eot check {samples}x{steps}"
+
+
+# the EOT check's (draws, steps) on EOT_CHECK_IMAGES images, cheapest first (a stopped session keeps the cheap ones)
+EOT_CHECK = sorted(((samples, steps) for samples in (10, 40, 80) for steps in (20, 100)), key=lambda c: c[0] * c[1])
+EOT_CHECK_IMAGES = 200
+
+
+def needs(args, eot_check: bool = False) -> list[str]:
+    """Every measurement :func:`measure` (and, with ``eot_check``, the EOT check) takes of a run."""
+    n = args.test_subset
+    keys = [clean_key(n)] + [k for prefix in (standard_key(EPS), eot_key(args.eot_samples))
+                             for k, _, _ in chunks(prefix, n, CHUNK)]
+    if eot_check:
+        keys += [k for s, t in EOT_CHECK for k, _, _ in chunks(check_key(s, t), EOT_CHECK_IMAGES, CHUNK)]
+    return keys
+
+
 def measure(run_dir: Path, args) -> dict:
     model, data = load(run_dir)
     x, y = data.test_x[:args.test_subset], data.test_y[:args.test_subset]
     m = Measurements(run_dir)
-    out = {"clean": m.get(f"clean 10 draws n={len(x)}", lambda: (draws_correct(model, x, y, 10), {}))}
+    out = {"clean": m.get(clean_key(len(x)), lambda: (draws_correct(model, x, y, 10), {}))}
     # in chunks of CHUNK images, each archived when done: a session that stops keeps what it finished
     robust, failed = standard_outcomes(m, model, x, y, EPS, run_dir, len(x), chunk=CHUNK)
     out["suite"] = robust  # a noisy model fails stable_predictions by design: that is what selects the rand suite
     out["failed_checks"] = [c for c in failed if c != "stable_predictions"]
-    out["eot_pgd"] = chunked_outcomes(m, f"eot_pgd {args.eot_samples}x20 eps={EPS}", len(x), lambda a, b: (
+    out["eot_pgd"] = chunked_outcomes(m, eot_key(args.eot_samples), len(x), lambda a, b: (
         eot_pgd(model, x[a:b], y[a:b], args.eot_samples, 20), {}), chunk=CHUNK)
     return out
 
@@ -127,22 +156,24 @@ def plot_robust_vs_clean(rows: dict[str, dict[int, dict[str, float]]], path: Pat
 def main(argv=None) -> int:
     args = parse_args(argv)
     root, started = begin(args, "l2p")
-    todo = sum(finished_epochs(d) < args.epochs for s in args.seeds
-               for d in [a.run_dir(root, s) for a in ARMS] + [root / f"fixed_noise_seed{s}"])
+    dirs = [d for s in args.seeds for d in [a.run_dir(root, s) for a in ARMS] + [root / f"fixed_noise_seed{s}"]]
+    to_measure = [d for d in dirs if not Archive.has(d, needs(args))]
+    to_train = [d for d in to_measure if find_latest_checkpoint(d) is None or finished_epochs(d) < args.epochs]
     # measured here (one thread): a PGD-7 epoch of the noisy LeNet-5 ≈ 60 s per 10,000 images; the rand suite
     # (EOT over 20 draws, no early exit) plus EOT-PGD (80 × 20) ≈ 4 s per test image of a noisy model
-    plan("l2p", todo, 4 * len(args.seeds), 60.0 * args.epochs * args.train_subset / 10000,
-         4 * len(args.seeds), 4.0 * args.test_subset)
+    plan("l2p", len(to_train), len(dirs), 60.0 * args.epochs * args.train_subset / 10000, len(to_measure),
+         4.0 * args.test_subset)
     fixed: dict[int, Arm] = {}
     for seed in args.seeds:
         with skip_missing():
             for arm in ARMS:
-                train(arm, seed, root, epochs=args.epochs, extra=schedule(args))
+                check = arm is ARMS[2] and seed == args.seeds[0] and not args.no_eot_check
+                train(arm, seed, root, epochs=args.epochs, extra=schedule(args), needs=needs(args, check))
             theta = history(ARMS[2].run_dir(root, seed))[-1]["theta_mean"]
             fixed[seed] = Arm("fixed noise", "configs/l2p/cpu/l2p.toml",
                               ("defense.variant='l2p_r'", "defense.gamma=0.0", "defense.noise_lr=0.0",
                                f"model.theta0={theta}"), "fixed_noise")
-            train(fixed[seed], seed, root, epochs=args.epochs, extra=schedule(args))
+            train(fixed[seed], seed, root, epochs=args.epochs, extra=schedule(args), needs=needs(args))
     if args.train_only:
         return 0
     labels = [a.label for a in ARMS] + ["fixed noise"]
@@ -177,14 +208,11 @@ def main(argv=None) -> int:
             eot_check = "(not measured yet)"
             run_dir = ARMS[2].run_dir(root, args.seeds[0])
             model, data = load(run_dir)
-            x, y, m = data.test_x[:200], data.test_y[:200], Measurements(run_dir)
+            x, y, m = data.test_x[:EOT_CHECK_IMAGES], data.test_y[:EOT_CHECK_IMAGES], Measurements(run_dir)
+            acc = {(s, t): 100 * chunked_outcomes(m, check_key(s, t), len(x), lambda a, b, s=s, t=t: (
+                eot_pgd(model, x[a:b], y[a:b], s, t), {}), chunk=CHUNK).mean() for s, t in EOT_CHECK}
             cells = ["| draws | 20 steps | 100 steps |", "|---|---|---|"]
-            for samples in (10, 40, 80):
-                acc = [100 * chunked_outcomes(m, f"eot check {samples}x{steps}", len(x),
-                                              lambda a, b, s=samples, k=steps: (eot_pgd(model, x[a:b], y[a:b], s, k),
-                                                                                {}), chunk=CHUNK).mean()
-                       for steps in (20, 100)]
-                cells.append(f"| {samples} | {acc[0]:.1f} | {acc[1]:.1f} |")
+            cells += [f"| {s} | {acc[s, 20]:.1f} | {acc[s, 100]:.1f} |" for s in (10, 40, 80)]
             eot_check = "\n".join(cells)
     layer_keys = sorted({k for d in [ARMS[2].run_dir(root, s) for s in args.seeds] for r in history(d) for k in r
                          if k.startswith("theta_") and (k.endswith("_mean") or k.endswith("_std"))
@@ -238,7 +266,7 @@ The paper's effects: L2P − PGD-AT +12.03 (ResNet-V1(20) PGD), L2P − PNI +4.6
 
 ![robust vs clean accuracy, one point per run]({plot.name})
 
-## EOT convergence (seed {args.seeds[0]}, L2P, 200 images, accuracy %)
+## EOT convergence (seed {args.seeds[0]}, L2P, {EOT_CHECK_IMAGES} images, accuracy %)
 
 {eot_check}
 

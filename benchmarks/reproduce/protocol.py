@@ -23,7 +23,7 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +71,11 @@ class Archive:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(record, separators=(",", ":")) + "\n")
         os.replace(tmp, path)
+
+    @classmethod
+    def has(cls, run_dir: Path, keys: Sequence[str]) -> bool:
+        """Whether every one of the measurements ``keys`` of the run is archived."""
+        return set(keys) <= set(cls.read(run_dir).get("measurements", {}))
 
     @classmethod
     def record_training(cls, run_dir: Path) -> None:
@@ -138,13 +143,19 @@ def finished_epochs(run_dir: Path) -> int:
     return int(state["epoch"])
 
 
-def train(arm: Arm, seed: int, root: Path, *, epochs: int, extra: tuple[str, ...] = (),
+def train(arm: Arm, seed: int, root: Path, *, epochs: int, extra: tuple[str, ...] = (), needs: Sequence[str] = (),
           log: Callable[[str], None] = print) -> Path:
-    """Train (or resume, or reuse) ``arm`` with ``seed`` for ``epochs`` epochs; returns the run directory."""
+    """Train (or resume, or reuse) ``arm`` with ``seed`` for ``epochs`` epochs; returns the run directory.
+
+    ``needs``: the measurements the caller will take of the run; a run archived as finished with all of them is
+    not trained again (its weights are not needed)."""
     out = arm.run_dir(root, seed)
     if Measurements.report_only:
         if finished_epochs(out) < epochs:
             raise Missing(f"{out.name}: not trained to {epochs} epochs")
+        return out
+    if needs and find_latest_checkpoint(out) is None and finished_epochs(out) >= epochs and Archive.has(out, needs):
+        log(f"[{arm.label} seed {seed}] trained and measured: reported from {Archive.path(out)}")
         return out
     started = time.perf_counter()
     train_or_reuse(arm.config, out, arm.label, seed=seed, overrides=[*arm.overrides, *extra], epochs=epochs, log=log)
@@ -222,12 +233,17 @@ def chunked_outcomes(m: Measurements, key: str, n: int, compute: Callable[[int, 
     return np.concatenate([m.get(k, lambda a=a, b=b: compute(a, b)) for k, a, b in chunks(key, n, chunk)])
 
 
+def standard_key(eps: float) -> str:
+    """The key (chunk prefix, :func:`chunks`) of the standard suite's outcomes at ``eps``."""
+    return f"standard eps={eps}"
+
+
 def standard_outcomes(m: Measurements, model, x, y, eps: float, run_dir: Path, n: int, *,
                       chunk: int = 500) -> tuple[np.ndarray, list[str]]:
     """The standard suite's per-example outcomes on the first ``n`` images, measured in chunks of ``chunk``
     (:func:`chunks`), and the names of the masking checks that failed in any chunk."""
     n = min(n, len(x))
-    key = f"standard eps={eps}"
+    key = standard_key(eps)
     outcomes = chunked_outcomes(m, key, n, lambda a, b: standard_correct(
         model, x[a:b], y[a:b], eps, run_dir / f"standard_eps{eps}_{a}-{b}", log=lambda _: None), chunk=chunk)
     failed = {c for k, _, _ in chunks(key, n, chunk) for c in m.info(k).get("failed_checks", [])}
@@ -345,6 +361,7 @@ def write_document(path: Path, text: str) -> None:
     print(f"wrote {path}", flush=True)
 
 
-__all__ = ["LEFT_OUT", "Archive", "Arm", "Measurements", "Missing", "arm_table", "attack_correct", "begin", "chunked_outcomes", "chunks", "command_line", "compare_arms",
-           "comparison_table", "epoch_table", "finished_epochs", "history", "load", "machine_line", "mean_std", "plan",
-           "skip_missing", "standard_correct", "standard_outcomes", "train", "verdict_lines", "write_document"]
+__all__ = ["LEFT_OUT", "Archive", "Arm", "Measurements", "Missing", "WeightsNotHere", "arm_table", "attack_correct",
+           "begin", "chunked_outcomes", "chunks", "command_line", "compare_arms", "comparison_table", "epoch_table",
+           "finished_epochs", "history", "load", "machine_line", "mean_std", "plan", "skip_missing", "standard_correct",
+           "standard_key", "standard_outcomes", "train", "verdict_lines", "write_document"]
