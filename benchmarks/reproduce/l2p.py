@@ -163,25 +163,27 @@ def main(argv=None) -> int:
     # (EOT over 20 draws, no early exit) plus EOT-PGD (80 × 20) ≈ 4 s per test image of a noisy model
     plan("l2p", len(to_train), len(dirs), 60.0 * args.epochs * args.train_subset / 10000, len(to_measure),
          4.0 * args.test_subset)
+    labels = [a.label for a in ARMS] + ["fixed noise"]
+    results: dict[str, dict[int, dict]] = {label: {} for label in labels}
     fixed: dict[int, Arm] = {}
-    for seed in args.seeds:
+
+    def train_and_measure(arm: Arm, seed: int, eot_check: bool = False) -> None:
+        run_dir = train(arm, seed, root, epochs=args.epochs, extra=schedule(args), needs=needs(args, eot_check))
+        if not args.train_only:
+            with skip_missing():
+                results[arm.label][seed] = measure(run_dir, args)
+
+    for seed in args.seeds:  # each run measured as soon as it is trained (the fixed-noise arm needs L2P's θ)
         with skip_missing():
             for arm in ARMS:
-                check = arm is ARMS[2] and seed == args.seeds[0] and not args.no_eot_check
-                train(arm, seed, root, epochs=args.epochs, extra=schedule(args), needs=needs(args, check))
+                train_and_measure(arm, seed, arm is ARMS[2] and seed == args.seeds[0] and not args.no_eot_check)
             theta = history(ARMS[2].run_dir(root, seed))[-1]["theta_mean"]
             fixed[seed] = Arm("fixed noise", "configs/l2p/cpu/l2p.toml",
                               ("defense.variant='l2p_r'", "defense.gamma=0.0", "defense.noise_lr=0.0",
                                f"model.theta0={theta}"), "fixed_noise")
-            train(fixed[seed], seed, root, epochs=args.epochs, extra=schedule(args), needs=needs(args))
+            train_and_measure(fixed[seed], seed)
     if args.train_only:
         return 0
-    labels = [a.label for a in ARMS] + ["fixed noise"]
-    results = {label: {} for label in labels}
-    for seed in fixed:
-        for arm in [*ARMS, fixed[seed]]:
-            with skip_missing():
-                results[arm.label][seed] = measure(arm.run_dir(root, seed), args)
     rows = {label: {s: {k: 100 * float(np.mean(v)) for k, v in r.items() if k != "failed_checks"}
                     for s, r in by_seed.items()} for label, by_seed in results.items()}
     comparisons = [c for base in ("PGD-AT", "PNI", "fixed noise")
