@@ -189,10 +189,11 @@ def main(argv=None) -> int:
                 results[arm.label][seed] = measure(run_dirs[arm.label][seed], args)
 
     for seed in args.seeds:  # each run measured as soon as it is trained (the fixed-noise arm needs L2P's θ)
-        with skip_missing():
-            for arm in ARMS:
+        for arm in ARMS:
+            with skip_missing():
                 train_and_measure(arm, seed, arm is L2P and seed == args.seeds[0] and not args.no_eot_check)
-            if args.fixed_noise:
+        if args.fixed_noise and seed in run_dirs["L2P"]:
+            with skip_missing():
                 theta = history(L2P.run_dir(root, seed))[-1]["theta_mean"]
                 train_and_measure(Arm("fixed noise", "configs/l2p/cpu/l2p.toml",
                                       ("defense.variant='l2p_r'", "defense.gamma=0.0", "defense.noise_lr=0.0",
