@@ -91,6 +91,7 @@ class Archive:
                                f"{cls.path(run_dir)} (code or data changed since); delete that file to measure the "
                                f"new run from scratch")
         config = json.loads((run_dir / "config.json").read_text())
+        config["run"].pop("out_dir", None)  # this machine's path: the archive is named after the run instead
         cls.update(run_dir, config=config, history=history(run_dir), weights_sha256=weights)
 
 
@@ -166,7 +167,8 @@ def train(arm: Arm, seed: int, root: Path, *, epochs: int, extra: tuple[str, ...
 
 
 class Missing(Exception):
-    """A run or measurement that is not there yet, in ``--report-only`` mode (which computes nothing)."""
+    """A run or measurement that is not there yet: in ``--report-only`` mode (which computes nothing), or a
+    measurement of an archived run whose weights are not here (:class:`WeightsNotHere`)."""
 
 
 class Measurements:
