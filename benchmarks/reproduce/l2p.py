@@ -254,14 +254,14 @@ def main(argv=None) -> int:
                          for k in layer_keys], sorted({1, 2, 3, args.epochs // 2, args.epochs} - {0}))
     fixed_logs = {s: history(root / f"fixed_noise_seed{s}") for s in args.seeds}
     final = {label: [history(d)[-1] for d in run_dirs[label].values() if history(d)] for label in labels}
+    spreads = [v for r in final["L2P"] for k, v in r.items() if k.startswith("theta_") and k.endswith("_std")]
     fixed_noise_note = FIXED_NOISE_NOTE.format(
         theta=mean_std([r["theta_mean"] for r in final["L2P"]], 2),
         fixed=", ".join(f"seed {s} {100 * log[-1]['test_acc']:.1f}% (epoch {log[-1]['epoch']})"
                         for s, log in fixed_logs.items() if log) or "none trained",
         pgd_at=mean_std([100 * r["test_acc"] for r in final["PGD-AT"]]),
         l2p=mean_std([100 * r["test_acc"] for r in final["L2P"]]),
-        spread=f"{max((v for r in final['L2P'] for k, v in r.items() if k.startswith('theta_') and k.endswith('_std')),
-                       default=float('nan')):.4f}")
+        spread=f"{max(spreads, default=float('nan')):.4f}")
     command = command_line("l2p.py", argv)
     headline = "\n".join(f"- {c.metric}, L2P − {c.baseline}: **{c.verdict_text}** ({c.interval.mean:+.1f}, CI "
                          f"[{c.interval.low:+.1f}, {c.interval.high:+.1f}]; the paper {c.paper_effect:+.2f})"
