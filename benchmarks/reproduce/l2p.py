@@ -184,10 +184,11 @@ def main(argv=None) -> int:
             + ([root / f"fixed_noise_seed{s}"] if args.fixed_noise else [])]
     to_measure = [d for d in dirs if not Archive.has(d, needs(args))]
     to_train = [d for d in to_measure if find_latest_checkpoint(d) is None or finished_epochs(d) < args.epochs]
-    # measured here (one thread): a PGD-7 epoch of the noisy LeNet-5 ≈ 60 s per 10,000 images; the rand suite
-    # (EOT over 20 draws, no early exit) plus EOT-PGD (80 × 20) ≈ 4 s per test image of a noisy model
-    plan("l2p", len(to_train), len(dirs), 60.0 * args.epochs * args.train_subset / 10000, len(to_measure),
-         4.0 * args.test_subset)
+    # measured here (one thread, 2026-12-06): a 10-epoch run on 10,000 images 425-470 s (2 clean epochs, then
+    # PGD-7); the rand suite plus EOT-PGD 80 × 20 on 500 images: PNI 1,340 s, L2P and L2P-R ≈ 2,100 s, PGD-AT
+    # (standard suite) 460 s
+    plan("l2p", len(to_train), len(dirs), 45.0 * args.epochs * args.train_subset / 10000, len(to_measure),
+         3.4 * args.test_subset)
     labels = [a.label for a in ARMS] + (["fixed noise"] if args.fixed_noise else [])
     results: dict[str, dict[int, dict]] = {label: {} for label in labels}
     run_dirs: dict[str, dict[int, Path]] = {label: {} for label in labels}
