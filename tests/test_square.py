@@ -146,3 +146,152 @@ def test_l2_matches_torchattacks_robust_accuracy(robust_digits_cnn, digits):
     assert 0.2 < theirs < 0.8
     assert abs(reference - theirs) <= 0.015
     assert ours <= theirs + 0.01
+
+
+def test_meta_pattern_matches_torchattacks_eta():
+    ref = torchattacks.Square.__new__(torchattacks.Square)
+    ref.device = torch.device("cpu")
+    for s in (1, 2, 3, 5, 6, 7, 11):
+        theirs = ref.eta(s)
+        ours = meta_pattern(s).float()
+        assert min((theirs - ours).abs().max(), (theirs - ours.t()).abs().max()) <= 1e-6
+        assert torch.isclose(ours.norm(), torch.tensor(1.0))
+
+
+def test_p_schedule_halves_at_the_papers_iterations():
+    assert p_schedule(0.8, 0, 10000) == 0.8
+    assert p_schedule(0.8, 10, 10000) == 0.8
+    assert p_schedule(0.8, 11, 10000) == 0.4
+    assert p_schedule(0.8, 50, 10000) == 0.4
+    assert p_schedule(0.8, 51, 10000) == 0.2
+    assert p_schedule(0.8, 9999, 10000) == 0.8 / 512
+    # Rescaled to the budget as AutoAttack: at 1000 queries the first halving comes after iteration 1.
+    assert p_schedule(0.8, 1, 1000) == 0.8 and p_schedule(0.8, 2, 1000) == 0.4
+    ref = torchattacks.Square.__new__(torchattacks.Square)
+    ref.n_queries, ref.rescale_schedule, ref.p_init = 700, True, 0.3
+    assert all(ref.p_selection(i) == p_schedule(0.3, i, 700) for i in range(700))
+
+
+# --- (3) early exit and skipped examples -----------------------------------------------------------------------
+def test_fooled_examples_are_misclassified_and_leave_early(trained_digits_mlp, digits, monkeypatch):
+    x, y = digits.test_x[:120], digits.test_y[:120]
+    captured = {}
+    real_run_copies = square_module.run_copies
+
+    def spy(*args, **kwargs):
+        out, success = real_run_copies(*args, **kwargs)
+        captured["success"] = success.clone()
+        return out, success
+
+    monkeypatch.setattr(square_module, "run_copies", spy)
+    model = CountingModel(trained_digits_mlp)
+    queries = 200
+    x_adv = Square(0.1, queries=queries, seed=0)(model, x, y)
+    success = captured["success"]
+    clean_wrong = _pred(trained_digits_mlp, x).ne(y)
+    adv_wrong = _pred(trained_digits_mlp, x_adv).ne(y)
+    assert success.sum() > 20 and (~success).sum() > 5
+    assert adv_wrong[success].all()          # reported fooled: the returned point is misclassified
+    assert not adv_wrong[~success].any()     # the others keep their best (still classified) point
+    # Queries: the boundary's one-example probe (classes and input shape), one clean pass, then one pass per
+    # iteration over the examples still being attacked.
+    assert model.calls[0] == 1
+    calls = model.calls[1:]
+    assert calls[0] == len(x) and calls[1] == int((~clean_wrong).sum())
+    assert all(a >= b for a, b in zip(calls[1:], calls[2:]))
+    assert len(calls) <= 1 + queries
+    assert sum(calls[1:]) < queries * int((~clean_wrong).sum())  # fooled examples stopped early
+
+
+def test_misclassified_example_is_returned_unchanged(trained_digits_mlp, digits):
+    x, y = digits.test_x, digits.test_y
+    wrong = _pred(trained_digits_mlp, x).ne(y)
+    assert wrong.any()
+    x_adv = Square(0.1, queries=50, seed=0)(trained_digits_mlp, x, y)
+    assert torch.equal(x_adv[wrong], x[wrong])
+    # A batch of only misclassified examples costs the clean pass and nothing else.
+    model = CountingModel(trained_digits_mlp)
+    x_wrong = Square(0.1, queries=50, seed=0)(model, x[wrong], y[wrong])
+    assert torch.equal(x_wrong, x[wrong]) and model.calls == [1, int(wrong.sum())]  # the probe, the clean pass
+
+
+# --- (4) targeted ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("norm,eps", [("linf", 0.2), ("l2", 1.5)])
+def test_targeted_reaches_the_target(trained_digits_mlp, digits, norm, eps):
+    x, y = digits.test_x[:100], digits.test_y[:100]
+    target = (y + 1 + torch.arange(len(y)) % 9) % 10  # never the true class
+    x_adv = Square(eps, norm=norm, queries=300, targeted=True, seed=0)(trained_digits_mlp, x, target)
+    pred = _pred(trained_digits_mlp, x_adv)
+    hit = pred.eq(target).float().mean().item()
+    assert hit > 0.4  # chance is 0.1
+    dist = _linf(x_adv, x) if norm == "linf" else _l2(x_adv, x)
+    assert dist.max().item() <= eps + 1e-6
+
+
+# --- (5) seeding -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_seed_reproducible_and_independent_of_global_rng(trained_digits_mlp, digits, norm):
+    x, y = digits.test_x[:60], digits.test_y[:60]
+    eps = 0.05 if norm == "linf" else 0.5
+    torch.manual_seed(123)
+    a = Square(eps, norm=norm, queries=100, seed=7)(trained_digits_mlp, x, y)
+    torch.manual_seed(456)
+    torch.rand(10)
+    b = Square(eps, norm=norm, queries=100, seed=7)(trained_digits_mlp, x, y)
+    assert torch.equal(a, b)
+    c = Square(eps, norm=norm, queries=100, seed=8)(trained_digits_mlp, x, y)
+    assert not torch.equal(a, c)
+    # seed=None draws from the global RNG: reproducible through torch.manual_seed.
+    torch.manual_seed(1)
+    d = Square(eps, norm=norm, queries=100)(trained_digits_mlp, x, y)
+    torch.manual_seed(1)
+    e = Square(eps, norm=norm, queries=100)(trained_digits_mlp, x, y)
+    assert torch.equal(d, e)
+
+
+def test_seed_does_not_touch_the_global_rng(trained_digits_mlp, digits):
+    torch.manual_seed(3)
+    expected = torch.rand(5)
+    torch.manual_seed(3)
+    Square(0.1, queries=20, seed=0)(trained_digits_mlp, digits.test_x[:10], digits.test_y[:10])
+    assert torch.equal(torch.rand(5), expected)
+
+
+# --- options, registry, model mode -------------------------------------------------------------------------------
+def test_registry_and_defaults():
+    atk = build_attack("square", 0.1, norm="l2", queries=100)
+    assert isinstance(atk, Square) and atk.p_init == 0.3 and atk.norm == "l2"
+    assert Square(0.1).p_init == 0.8 and Square(0.1, norm="Linf").norm == "linf"
+    assert Square(0.1, norm="l2", p_init=0.1).p_init == 0.1
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"eps": -0.1}, "epsilon must be a finite number >= 0"),
+    ({"norm": "l1"}, "norm must be one of"),
+    ({"queries": 0}, "queries must be an integer >= 1"),
+    ({"queries": 2.5}, "queries must be an integer >= 1"),
+    ({"restarts": 0}, "restarts must be an integer >= 1"),
+    ({"p_init": 0.0}, r"p_init must be in \(0, 1\]"),
+    ({"p_init": 1.5}, r"p_init must be in \(0, 1\]"),
+    ({"seed": 1.5}, "seed must be an integer or None"),
+    ({"model_mode": "test"}, "model_mode must be one of"),
+])
+def test_invalid_options_raise(kwargs, message):
+    kwargs = {"eps": 0.1, **kwargs}
+    eps = kwargs.pop("eps")
+    with pytest.raises(ValueError, match=message):
+        Square(eps, **kwargs)
+
+
+def test_non_image_input_raises(trained_digits_mlp):
+    with pytest.raises(ValueError, match=r"square attack needs images \(B, C, H, W\)"):
+        Square(0.1, queries=5)(trained_digits_mlp, torch.rand(4, 64), torch.zeros(4, dtype=torch.long))
+
+
+def test_model_mode_is_restored(trained_digits_mlp, digits):
+    trained_digits_mlp.train()
+    try:
+        Square(0.1, queries=5, seed=0)(trained_digits_mlp, digits.test_x[:8], digits.test_y[:8])
+        assert all(m.training for m in trained_digits_mlp.modules())
+    finally:
+        trained_digits_mlp.eval()
