@@ -3,12 +3,12 @@ the comparison table and the document.
 
 * An **arm** is a config plus overrides; ``run_dir(arm, seed)`` is its run for one seed. Both arms of a comparison
   are trained with the same ``run.seed``, which fixes the data order and the initialisation (paired seeds).
-* Every measurement is a vector of **per-example outcomes** on the same test images (1 = still correct), cached in
-  the run directory's ``reproduce.json`` under a key that spells out the attack and its settings, so a rerun only
+* Every measurement is a vector of **per-example outcomes** on the same test images (1 = still correct), kept in
+  the run's archive (below) under a key that spells out the attack and its settings, so a rerun only
   computes what is missing, and the paired bootstrap over seeds × images (:mod:`robustlab.paired`) can use them.
 * Robust accuracy comes from the ``standard`` suite (AutoAttack-strength, resumable state in the run directory);
   the paper's own attacks are measured beside it.
-* ``runs/`` is not committed, so what a run produced is also **archived** beside the document
+* ``runs/`` is not committed, so what a run produced is **archived** beside the document
   (``docs/results/reproduction/NAME_runs/RUN.json``: the per-epoch log, the sha256 of the final weights and every
   measurement; :class:`Archive`). A later checkout reports from the archive (``--report-only``) and only trains and
   measures what is missing; a run trained again must produce the archived weights, or its archive is refused.
@@ -172,8 +172,8 @@ class Missing(Exception):
 
 
 class Measurements:
-    """The per-example outcomes measured on one run, cached in ``<run>/reproduce.json`` and in the run's
-    :class:`Archive` (both written after each measurement; read from both).
+    """The per-example outcomes measured on one run, kept in the run's :class:`Archive` (``<run>/reproduce.json``
+    when there is no archive), written after each measurement.
 
     ``Measurements.report_only = True`` (the scripts' ``--report-only``): nothing is computed, a missing measurement
     raises :class:`Missing`, so a document can be written from whatever is finished.
@@ -182,24 +182,29 @@ class Measurements:
     report_only = False
 
     def __init__(self, run_dir: Path):
-        self.run_dir, self.path = run_dir, run_dir / MEASUREMENTS_FILE
-        self.data: dict[str, dict] = {**Archive.read(run_dir).get("measurements", {}),
-                                      **(json.loads(self.path.read_text()) if self.path.is_file() else {})}
+        self.run_dir = run_dir
+        self.path = None if Archive.folder is not None else run_dir / MEASUREMENTS_FILE
+        if self.path is None:
+            self.data: dict[str, dict] = Archive.read(run_dir).get("measurements", {})
+        else:
+            self.data = json.loads(self.path.read_text()) if self.path.is_file() else {}
 
     def get(self, key: str, compute: Callable[[], tuple[np.ndarray, dict]]) -> np.ndarray:
         """The outcomes under ``key``, computed (outcomes, extra info) and saved when missing."""
         if key not in self.data:
             if Measurements.report_only:
-                raise Missing(f"{self.path.parent.name}: {key}")
+                raise Missing(f"{Path(self.run_dir).name}: {key}")
             started = time.perf_counter()
             outcomes, info = compute()
             self.data[key] = {"outcomes": np.asarray(outcomes, dtype=float).round(4).tolist(),
                               "seconds": round(time.perf_counter() - started, 1), **info}
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.data))
-            os.replace(tmp, self.path)
-            Archive.update(self.run_dir, measurements=self.data)
+            if self.path is None:
+                Archive.update(self.run_dir, measurements=self.data)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self.path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(self.data))
+                os.replace(tmp, self.path)
         return np.asarray(self.data[key]["outcomes"], dtype=float)
 
     def info(self, key: str) -> dict:
