@@ -91,6 +91,25 @@ def test_a_run_archived_with_every_needed_measurement_is_not_trained_again(tmp_p
         protocol.train(arm, 0, tmp_path / "runs", epochs=1, needs=["clean n=3", "pgd n=3"], log=lambda _: None)
 
 
+@pytest.mark.parametrize("archived", [True, False])
+def test_two_processes_measuring_one_run_keep_each_others_measurements(tmp_path, archive, monkeypatch, archived):
+    if not archived:
+        monkeypatch.setattr(protocol.Archive, "folder", None)  # <run>/reproduce.json instead
+    run = tmp_path / "runs" / "arm_seed0"
+    run.mkdir(parents=True)
+    first, second = protocol.Measurements(run), protocol.Measurements(run)  # both opened before either measured
+    first.get("deepfool n=2", lambda: (np.array([0.1, 0.2]), {}))
+    second.get("cw n=2", lambda: (np.array([0.3, 0.4]), {}))
+
+    def measured_again():
+        raise AssertionError("a measurement the other process saved was computed again")
+
+    np.testing.assert_array_equal(second.get("deepfool n=2", measured_again), [0.1, 0.2])
+    reopened = protocol.Measurements(run)
+    assert set(reopened.data) == {"deepfool n=2", "cw n=2"}
+    np.testing.assert_array_equal(reopened.get("cw n=2", measured_again), [0.3, 0.4])
+
+
 @given(n=st.integers(1, 2000), chunk=st.integers(1, 700))
 def test_chunks_cover_the_examples_once_in_order(n, chunk):
     parts = protocol.chunks("eot_pgd", n, chunk)

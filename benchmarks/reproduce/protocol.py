@@ -68,7 +68,7 @@ class Archive:
             return
         record = {**cls.read(run_dir), **fields}
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(record, separators=(",", ":")) + "\n")
         os.replace(tmp, path)
 
@@ -173,7 +173,8 @@ class Missing(Exception):
 
 class Measurements:
     """The per-example outcomes measured on one run, kept in the run's :class:`Archive` (``<run>/reproduce.json``
-    when there is no archive), written after each measurement.
+    when there is no archive), written after each measurement, merged with what another process measuring the same
+    run wrote meanwhile (the scripts' second measuring process).
 
     ``Measurements.report_only = True`` (the scripts' ``--report-only``): nothing is computed, a missing measurement
     raises :class:`Missing`, so a document can be written from whatever is finished.
@@ -184,25 +185,31 @@ class Measurements:
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
         self.path = None if Archive.folder is not None else run_dir / MEASUREMENTS_FILE
+        self.data: dict[str, dict] = self.stored()
+
+    def stored(self) -> dict[str, dict]:
+        """What is saved now (another process, measuring other attacks of the same run, may have added to it)."""
         if self.path is None:
-            self.data: dict[str, dict] = Archive.read(run_dir).get("measurements", {})
-        else:
-            self.data = json.loads(self.path.read_text()) if self.path.is_file() else {}
+            return Archive.read(self.run_dir).get("measurements", {})
+        return json.loads(self.path.read_text()) if self.path.is_file() else {}
 
     def get(self, key: str, compute: Callable[[], tuple[np.ndarray, dict]]) -> np.ndarray:
         """The outcomes under ``key``, computed (outcomes, extra info) and saved when missing."""
+        if key not in self.data:
+            self.data = {**self.stored(), **self.data}
         if key not in self.data:
             if Measurements.report_only:
                 raise Missing(f"{Path(self.run_dir).name}: {key}")
             started = time.perf_counter()
             outcomes, info = compute()
-            self.data[key] = {"outcomes": np.asarray(outcomes, dtype=float).round(4).tolist(),
-                              "seconds": round(time.perf_counter() - started, 1), **info}
+            measured = {"outcomes": np.asarray(outcomes, dtype=float).round(4).tolist(),
+                        "seconds": round(time.perf_counter() - started, 1), **info}
+            self.data = {**self.stored(), **self.data, key: measured}
             if self.path is None:
                 Archive.update(self.run_dir, measurements=self.data)
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self.path.with_suffix(".tmp")
+                tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
                 tmp.write_text(json.dumps(self.data))
                 os.replace(tmp, self.path)
         return np.asarray(self.data[key]["outcomes"], dtype=float)
