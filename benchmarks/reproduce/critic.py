@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     root, started = begin(args, "critic")
     arms = BASELINES + [CRITIC]
     todo = sum(finished_epochs(a.run_dir(root, s)) < args.epochs for a in arms for s in args.seeds)
-    plan("critic", todo, len(arms) * len(args.seeds), 120.0, len(arms) * len(args.seeds), 300.0)
+    plan("critic", todo, len(arms) * len(args.seeds), 230.0, len(arms) * len(args.seeds), 450.0)
     for seed in args.seeds:
         for arm in arms:
             with skip_missing():
@@ -108,8 +108,8 @@ def main(argv=None) -> int:
         retry = Arm(f"critic, {args.retry_critic_steps} critic steps", CRITIC.config,
                     (f"defense.critic_steps={args.retry_critic_steps}",), f"critic_steps{args.retry_critic_steps}")
         arms.append(retry)
-        print(f"[critic] NO-GO on seeds {no_go}: the critic did not learn by epoch 6; training {retry.label}",
-              flush=True)
+        print(f"[critic] NO-GO on seeds {no_go}: the critic did not learn by epoch 6; training {retry.label} "
+              f"(~{200 * args.retry_critic_steps + 100} s a run, ~450 s to measure it)", flush=True)
         for seed in args.seeds if not args.no_retry else []:
             with skip_missing():
                 train(retry, seed, root, epochs=args.epochs, extra=("data.train_subset=0",))
