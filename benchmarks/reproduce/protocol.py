@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import mean_std, train_or_reuse  # noqa: E402
 from robustlab.benchmarking import benchmark  # noqa: E402
-from robustlab.checkpoint import MANIFEST_FILE, MODEL_FILE, find_latest_checkpoint, load_checkpoint  # noqa: E402
+from robustlab.checkpoint import (  # noqa: E402
+    MANIFEST_FILE, MODEL_FILE, atomic_write_text, find_latest_checkpoint, load_checkpoint)
 from robustlab.config import parse_config  # noqa: E402
 from robustlab.evaluate import attack_outcome  # noqa: E402
 from robustlab.paired import Comparison, compare, comparison_table  # noqa: E402
@@ -68,9 +69,7 @@ class Archive:
             return
         record = {**cls.read(run_dir), **fields}
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, separators=(",", ":")) + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(record, separators=(",", ":")) + "\n")
 
     @classmethod
     def has(cls, run_dir: Path, keys: Sequence[str]) -> bool:
@@ -209,9 +208,7 @@ class Measurements:
                 Archive.update(self.run_dir, measurements=self.data)
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(self.data))
-                os.replace(tmp, self.path)
+                atomic_write_text(self.path, json.dumps(self.data))
         return np.asarray(self.data[key]["outcomes"], dtype=float)
 
     def info(self, key: str) -> dict:
