@@ -205,7 +205,8 @@ def compare(metric: str, baseline: str, method: str, paper_effect: float, baseli
 
 
 def comparison_table(comparisons: list[Comparison], digits: int = 1) -> str:
-    """Markdown: one row per claim with the difference, both intervals, the paper's effect, power and verdict."""
+    """Markdown: which interval decides, then one row per claim with the difference, both intervals, the paper's
+    effect, power and verdict."""
     def span(i: Interval | None) -> str:
         if i is None:
             return "–"
@@ -213,7 +214,9 @@ def comparison_table(comparisons: list[Comparison], digits: int = 1) -> str:
             return "(one seed)"
         return f"[{i.low:+.{digits}f}, {i.high:+.{digits}f}]"
 
-    lines = ["| metric | method − baseline | per-seed differences | mean | 95% CI seeds | 95% CI seeds × images "
+    lines = ["The verdict and the power use the wider of the two intervals (t over seeds; paired bootstrap over "
+             "seeds × images).", "",
+             "| metric | method − baseline | per-seed differences | mean | 95% CI seeds | 95% CI seeds × images "
              "| paper | power | detectable (80%) | verdict |", "|---" * 10 + "|"]
     for c in comparisons:
         i = c.interval

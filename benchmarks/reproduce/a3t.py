@@ -216,8 +216,7 @@ second hidden layer), then one classifier step. **AT** = `configs/a3t/at.toml` (
 `configs/a3t/a3t.toml` (α ½, β 1), with `defense.attack.eps` set to the training ε. The same `run.seed` gives both arms the
 same initialisation and data order. PGD-40: step 0.01, one random start. The standard suite: APGD-CE, APGD-T
 (9 targets), FAB-T, Square 5,000 queries, 100 iterations each, at the training ε, each attack on the examples still
-robust. Intervals: `robustlab.paired` (t over seeds; paired bootstrap over seeds × test images, 4,000 resamples;
-the verdict uses the wider).
+robust. Intervals: `robustlab.paired` (t over seeds; paired bootstrap over seeds × test images, 4,000 resamples).
 
 **Verdicts** (the paper's metric and the standard suite):
 

@@ -45,6 +45,8 @@ PAPER = {  # ρ: DeepFool, C&W, critic attack (Table 1a)
     "critic": (0.290, 0.272, 0.575)}
 COLUMNS = [("error", "error %"), ("deepfool", "ρ DeepFool"), ("cw_l2", "ρ C&W"), ("critic_hc", "ρ critic attack")]
 RHO = [("deepfool", "ρ DeepFool", 0), ("cw_l2", "ρ C&W", 1), ("critic_hc", "ρ critic attack", 2)]
+# runtime plan on one shared CPU core (seconds): training a 1-step run; each extra critic step; measuring a run
+TRAIN_S, CRITIC_STEP_S, MEASURE_S = 230.0, 200.0, 450.0
 
 
 def parse_args(argv=None):
@@ -98,7 +100,7 @@ def main(argv=None) -> int:
     root, started = begin(args, "critic")
     arms = BASELINES + [CRITIC]
     todo = sum(finished_epochs(a.run_dir(root, s)) < args.epochs for a in arms for s in args.seeds)
-    plan("critic", todo, len(arms) * len(args.seeds), 230.0, len(arms) * len(args.seeds), 450.0)
+    plan("critic", todo, len(arms) * len(args.seeds), TRAIN_S, len(arms) * len(args.seeds), MEASURE_S)
     for seed in args.seeds:
         for arm in arms:
             with skip_missing():
@@ -109,7 +111,8 @@ def main(argv=None) -> int:
                     (f"defense.critic_steps={args.retry_critic_steps}",), f"critic_steps{args.retry_critic_steps}")
         arms.append(retry)
         print(f"[critic] NO-GO on seeds {no_go}: the critic did not learn by epoch 6; training {retry.label} "
-              f"(~{200 * args.retry_critic_steps + 100} s a run, ~450 s to measure it)", flush=True)
+              f"(~{TRAIN_S + CRITIC_STEP_S * (args.retry_critic_steps - 1):.0f} s a run, "
+              f"~{MEASURE_S:.0f} s to measure it)", flush=True)
         for seed in args.seeds if not args.no_retry else []:
             with skip_missing():
                 train(retry, seed, root, epochs=args.epochs, extra=("data.train_subset=0",))

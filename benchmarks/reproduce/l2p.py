@@ -305,8 +305,7 @@ mean ± std over seeds; positive = EOT-PGD the stronger attack): {"; ".join(gaps
 ## Paired differences L2P − baseline (points)
 
 The paper's effects: L2P − PGD-AT +12.03 (ResNet-V1(20) PGD), L2P − PNI +4.69 (EOT-PGD), L2P − L2P-R +0.90
-(the closest published control). Intervals: `robustlab.paired` (t over seeds; paired bootstrap over seeds × test
-images); the verdict and the power use the wider of the two.
+(the closest published control).
 
 {comparison_table(comparisons)}
 
