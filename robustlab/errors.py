@@ -8,8 +8,9 @@ class RobustlabError(Exception):
     """Base class: a problem the user can fix (bad config, missing file, corrupt checkpoint)."""
 
 
-class ConfigError(RobustlabError):
-    """A configuration key is unknown, has the wrong type or an invalid value."""
+class ConfigError(RobustlabError, ValueError):
+    """A configuration key is unknown, has the wrong type or an invalid value (also a ValueError: the library's
+    functions refuse a bad argument with it, as Python's do)."""
 
 
 class DatasetError(RobustlabError):

@@ -33,11 +33,11 @@ import torch
 from torch import nn
 
 from robustlab.attacks.active import ActiveSet, deterministic_success, run_copies, success_mask, top_other_classes
-from robustlab.attacks.base import Attack, check_epsilon
+from robustlab.attacks.base import Attack, check_epsilon, parse_norm
 from robustlab.attacks.losses import (check_eot_samples, cross_entropy, dlr_loss, loss_gradient,
                                       targeted_cross_entropy, targeted_dlr_loss)
 from robustlab.attacks.perturbation import batch_view
-from robustlab.attacks.pgd import THREAT_MODELS, ThreatModel, make_threat_model
+from robustlab.attacks.pgd import ThreatModel, make_threat_model
 from robustlab.attacks.registry import register_attack
 
 APGD_LOSSES = ("ce", "dlr")
@@ -68,18 +68,16 @@ class APGD(Attack):
                  top_targets: int = 0, rho: float = 0.75, momentum: float = 0.75, eot_samples: int = 1,
                  batched: bool | None = None, model_mode: str = "eval"):
         super().__init__(model_mode=model_mode)
-        self.eps = check_epsilon(eps, str(norm).lower())
+        self.norm = parse_norm(norm)
+        self.eps = check_epsilon(eps, self.norm)
         if loss not in APGD_LOSSES:
             raise ValueError(f"loss must be one of {APGD_LOSSES}, got {loss!r}")
-        if str(norm).lower() not in THREAT_MODELS:
-            raise ValueError(f"norm must be one of {sorted(THREAT_MODELS)}, got {norm!r}")
         if steps < 1 or restarts < 1 or top_targets < 0:
             raise ValueError(f"steps and restarts must be >= 1 and top_targets >= 0, got steps={steps}, "
                              f"restarts={restarts}, top_targets={top_targets}")
         if not 0 < rho <= 1 or not 0 < momentum <= 1:
             raise ValueError(f"rho and momentum must be in (0, 1], got rho={rho}, momentum={momentum}")
         self.loss = loss
-        self.norm = str(norm).lower()
         self.steps = int(steps)
         self.restarts = int(restarts)
         self.top_targets = int(top_targets)

@@ -41,8 +41,25 @@ class Attack(ABC):
         return f"{type(self).__name__}({fields})"
 
 
+NORM_SPELLINGS = {"linf": "linf", "l_inf": "linf", "inf": "linf", "l∞": "linf", "∞": "linf",
+                  "l2": "l2", "l_2": "l2", "2": "l2"}
+
+
+def parse_norm(norm: str, allowed: tuple[str, ...] = ("linf", "l2")) -> str:
+    """The one spelling of a norm name ("linf" or "l2") for every spelling a user may write ("Linf", "L∞", "inf",
+    "L2", ...), refused with one ValueError when it is not among ``allowed``."""
+    key = NORM_SPELLINGS.get(str(norm).strip().lower().replace(" ", ""))
+    if key is None or key not in allowed:
+        names = " or ".join(repr(a) for a in allowed)
+        raise ValueError(f"norm must be {names} (also written 'Linf', 'L∞', 'L2'), got {norm!r}")
+    return key
+
+
 def check_epsilon(eps: float, norm: str = "linf") -> float:
-    """ε as a float: finite and >= 0; an L∞ ε above 1 (the whole [0,1] range) is refused as a unit mistake."""
+    """ε as a float: finite and >= 0; an L∞ ε above 1 (the whole [0,1] range) is refused as a unit mistake.
+
+    ``norm`` is parsed first (:func:`parse_norm`), so every spelling of L∞ gets the same refusal."""
+    norm = parse_norm(norm)
     eps = float(eps)
     if not math.isfinite(eps) or eps < 0:
         raise ValueError(f"epsilon must be a finite number >= 0, got {eps}")

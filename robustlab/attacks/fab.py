@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks.active import ActiveSet, run_copies, success_mask, top_other_classes
-from robustlab.attacks.base import Attack, check_epsilon
+from robustlab.attacks.base import Attack, check_epsilon, parse_norm
 from robustlab.attacks.losses import loss_gradient
 from robustlab.attacks.perturbation import batch_view
 from robustlab.attacks.registry import register_attack
@@ -132,10 +132,8 @@ class FAB(Attack):
                  eta: float = 1.05, beta: float = 0.9, alpha_max: float = 0.1, seed: int | None = None,
                  batched: bool | None = None, model_mode: str = "eval"):
         super().__init__(model_mode=model_mode)
-        self.eps = check_epsilon(eps, str(norm).lower())
-        key = str(norm).lower()
-        if key not in FAB_NORMS:
-            raise ValueError(f"norm must be one of {FAB_NORMS}, got {norm!r}")
+        key = parse_norm(norm, FAB_NORMS)
+        self.eps = check_epsilon(eps, key)
         for name, value in (("steps", steps), ("restarts", restarts), ("top_targets", top_targets)):
             if isinstance(value, bool) or int(value) != value or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")

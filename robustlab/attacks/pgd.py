@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks.active import ActiveSet, deterministic_success, run_copies, success_mask
-from robustlab.attacks.base import Attack, check_epsilon
+from robustlab.attacks.base import Attack, check_epsilon, parse_norm
 from robustlab.attacks.losses import (PerExampleLoss, check_eot_samples, cross_entropy, least_likely_class,
                                       loss_gradient, targeted_cross_entropy)
 from robustlab.attacks.perturbation import batch_view
@@ -125,10 +125,7 @@ THREAT_MODELS: dict[str, type[ThreatModel]] = {"linf": LinfBall, "l2": L2Ball}
 
 def make_threat_model(norm: str, eps: float) -> ThreatModel:
     """``make_threat_model("linf", 0.3)``; norm is "linf" or "l2"."""
-    key = str(norm).lower().replace("∞", "inf")
-    if key not in THREAT_MODELS:
-        raise ValueError(f"norm must be one of {sorted(THREAT_MODELS)}, got {norm!r}")
-    return THREAT_MODELS[key](eps)
+    return THREAT_MODELS[parse_norm(norm)](eps)
 
 
 def gradient_steps(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, threat: ThreatModel, *,

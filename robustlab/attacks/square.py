@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks.active import ActiveSet, run_copies, success_mask
-from robustlab.attacks.base import Attack, check_epsilon
+from robustlab.attacks.base import Attack, check_epsilon, parse_norm
 from robustlab.attacks.registry import register_attack
 
 SQUARE_NORMS = ("linf", "l2")
@@ -125,10 +125,8 @@ class Square(Attack):
     def __init__(self, eps: float, *, norm: str = "linf", queries: int = 5000, p_init: float | None = None,
                  restarts: int = 1, targeted: bool = False, seed: int | None = None, model_mode: str = "eval"):
         super().__init__(model_mode=model_mode)
-        self.eps = check_epsilon(eps, str(norm).lower())
-        key = str(norm).lower().replace("∞", "inf")
-        if key not in SQUARE_NORMS:
-            raise ValueError(f"norm must be one of {SQUARE_NORMS}, got {norm!r}")
+        key = parse_norm(norm, SQUARE_NORMS)
+        self.eps = check_epsilon(eps, key)
         if isinstance(queries, bool) or int(queries) != queries or queries < 1:
             raise ValueError(f"queries must be an integer >= 1, got {queries!r}")
         if isinstance(restarts, bool) or int(restarts) != restarts or restarts < 1:

@@ -42,7 +42,7 @@ from torch import nn
 from robustlab.attacks.base import Attack
 from robustlab.modes import model_mode
 
-DEFAULT_TOL = 0.01
+from robustlab.evaluation.settings import DEFAULT_TOL
 
 
 @dataclass
@@ -60,7 +60,7 @@ class Check:
         return {"name": self.name, "passed": self.passed, "skipped": self.skipped, "detail": self.detail}
 
 
-def _skip(name: str, why: str) -> Check:
+def skipped(name: str, why: str) -> Check:
     return Check(name, True, f"skipped: {why}", skipped=True)
 
 
@@ -131,7 +131,7 @@ def input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch
 def large_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack, *, eps: float = 1.0,
               max_accuracy: float = 0.05, batch_size: int = 500) -> Check:
     """``attack`` (PGD built with ε = ``eps``, 1 = the whole box) must leave at most ``max_accuracy`` correct."""
-    from robustlab.evaluate import attack_outcome
+    from robustlab.evaluation.outcome import attack_outcome
 
     acc = attack_outcome(model, x, y, attack, batch_size=batch_size).accuracy
     return Check("large_eps", acc <= max_accuracy,
@@ -143,8 +143,8 @@ def noise_weaker(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack_accu
                  attack: str = "pgd", tol: float = DEFAULT_TOL, batch_size: int = 500, seed: int = 0) -> Check:
     """Uniform random sign noise ``x ± ε`` (clipped to [0,1]) must be weaker than the attack at each ε."""
     if not attack_accuracy:
-        return _skip("noise_weaker", f"no {attack} result")
-    from robustlab.evaluate import attack_outcome
+        return skipped("noise_weaker", f"no {attack} result")
+    from robustlab.evaluation.outcome import attack_outcome
 
     gen = torch.Generator().manual_seed(seed)
     sign = torch.randint(0, 2, x.shape, generator=gen).to(x.dtype) * 2 - 1
@@ -166,7 +166,7 @@ def iterative_vs_single(iterative: Mapping[float, float], single: Mapping[float,
     """Accuracy under the iterative attack ≤ under the single-step one (+ tolerance) at every shared ε."""
     common = sorted(set(iterative) & set(single))
     if not common:
-        return _skip("iterative_vs_single", f"{names[0].upper()} and {names[1].upper()} share no ε")
+        return skipped("iterative_vs_single", f"{names[0].upper()} and {names[1].upper()} share no ε")
     allow = _allow(tol, n)
     parts, ok = [], True
     for eps in common:
@@ -212,7 +212,7 @@ def whitebox_vs_blackbox(*, whitebox: Mapping[float, float] | None = None,
             parts.append(f"{name} on {m}: white-box minimal {_pct(acc_white)} ≤ {_pct(acc_black)}"
                          + ("" if good else " ✗"))
     if not ran:
-        return _skip("whitebox_vs_blackbox", "no transfer source and no few-pixel result")
+        return skipped("whitebox_vs_blackbox", "no transfer source and no few-pixel result")
     return Check("whitebox_vs_blackbox", ok, "; ".join(parts))
 
 
@@ -236,7 +236,7 @@ def monotone_in_eps(curves: Mapping[str, Mapping[float, float]], clean: float, *
                     tol: float = DEFAULT_TOL) -> Check:
     """For each attack, accuracy must not rise with ε (clean accuracy at ε = 0), up to the tolerance."""
     if not curves:
-        return _skip("monotone_in_eps", "no bounded attack")
+        return skipped("monotone_in_eps", "no bounded attack")
     allow = _allow(tol, n)
     bad = []
     for name, curve in curves.items():

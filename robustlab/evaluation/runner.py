@@ -1,0 +1,388 @@
+"""The one evaluation runner: a suite's stages, example by example, resumable, sharded, with the masking checks.
+
+:func:`evaluate` runs every suite (:mod:`robustlab.evaluation.suites`). A *unit* is one stage at one ε; the units of
+one ε that count in the worst case form its group. In a cascade suite a unit attacks only the examples every unit
+before it in the group left robust (an example fooled by one stage is not attacked by the next); otherwise it
+attacks every clean-correct example, so that it has its own accuracy. A curve is this loop over each ε; minimal
+attacks (no ε) run once.
+
+Speed comes from doing less work, never from a smaller budget: an example leaves every iterative attack at its
+first adversarial point (:mod:`robustlab.attacks.active`), the clean predictions are computed once, and the model
+runs in channels_last memory order when that is faster.
+
+Reproducible: each (unit, batch) draws its randomness from its own seed (:func:`robustlab.rng.derived_seed`), so a
+unit's result on a batch does not depend on what ran before it. Resumable: with ``state_dir``, the per-example
+outcome is saved after every batch in a folder named by the evaluation's identity
+(:mod:`robustlab.evaluation.state`), and a rerun continues where it stopped. Sharded: under ``torchrun`` each
+process evaluates a contiguous share of the examples; the shares are gathered so that every rank holds the whole
+result (rank 0 runs the masking checks). A prediction from non-finite logits is never correct.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from robustlab.attacks import Attack, build_attack
+from robustlab.attacks.base import check_batch, model_classes
+from robustlab.attacks.perturbation import example_ratios, flat_norm
+from robustlab.attacks.registry import attack_class
+from robustlab.attacks.targets import RandomTarget
+from robustlab.attacks.transfer import TransferAttack
+from robustlab.distributed import DistributedEnv
+from robustlab.errors import ConfigError
+from robustlab.evaluation import checks as masking
+from robustlab.evaluation.memory_format import channels_last, has_conv2d
+from robustlab.evaluation.outcome import correct_predictions, predicted_class
+from robustlab.evaluation.result import EvaluationResult, GalleryColumn, mean
+from robustlab.evaluation.settings import EvalSettings
+from robustlab.evaluation.state import EvaluationState, model_fingerprint, state_key, STATE_FORMAT
+from robustlab.evaluation.suite_checks import run_suite_checks
+from robustlab.evaluation.suites import ModelFacts, Stage, StageSpec, Suite, resolve_suite
+from robustlab.modes import model_mode
+from robustlab.passes import count_passes
+from robustlab.rng import derived_seed, seeded
+
+HEARTBEAT_S = 30.0  # a line from inside a long batch at most this often
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One stage at one radius (``eps`` None for a minimal attack); ``group`` the ε whose worst case it is part of."""
+
+    name: str
+    stage: Stage
+    eps: float | None
+    norm: str | None
+    group: float | None
+
+
+def plan_units(suite: Suite, settings: EvalSettings) -> list[Unit]:
+    """The units of work in the order they run: each ε's stages, then stages at their own radii, then minimal."""
+    radii = settings.eps_list
+    units = []
+    for e in radii:
+        for st in suite.stages:
+            if st.kind == "bounded" and not st.radii:
+                name = st.name if len(radii) == 1 else f"{st.name}@{e:g}"
+                units.append(Unit(name, st, e, settings.norm, e if st.worst_case else None))
+    for st in suite.stages:
+        if st.kind == "bounded" and st.radii:
+            units += [Unit(f"{st.name}@{r:g}", st, float(r), st.norm or settings.norm, None) for r in st.radii]
+    units += [Unit(st.name, st, None, st.norm, None) for st in suite.stages if st.kind == "minimal"]
+    return units
+
+
+def build_stage_attack(unit: Unit, *, num_classes: int, seed: int, transfer_source: nn.Module | None) -> Attack:
+    """The attack of ``unit``: the stage's attack at the unit's radius, in its norm where the attack takes one."""
+    st = unit.stage
+    options = dict(st.options)
+    if st.kind == "minimal":
+        attack = build_attack(st.attack, **options)
+    else:
+        if st.step_rule is not None:
+            cap, fraction = st.step_rule
+            options["step_size"] = min(cap, fraction * unit.eps)
+        takes_norm = "norm" in inspect.signature(attack_class(st.attack).__init__).parameters
+        if takes_norm and "norm" not in options:
+            options["norm"] = unit.norm
+        attack = build_attack(st.attack, unit.eps, **options)
+        own = getattr(attack, "norm", "linf")
+        if own != unit.norm:
+            raise ConfigError(f"stage {st.name!r}: attack {st.attack!r} works in the {own} norm, the evaluation "
+                              f"in {unit.norm}")
+    if st.target == "random":
+        attack = RandomTarget(attack, num_classes, seed)
+    if st.transfer:
+        if transfer_source is None:
+            raise ConfigError(f"stage {st.name!r} is a transfer attack: give a transfer source model")
+        attack = TransferAttack(transfer_source, attack)
+    return attack
+
+
+@torch.no_grad()
+def correct_fraction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
+    """Fraction of ``draws`` predictions that are correct, per example (1 draw: 0 or 1; non-finite: wrong)."""
+    hits = torch.zeros(len(x), device=x.device)
+    for _ in range(draws):
+        hits += correct_predictions(model(x), y).float()
+    return (hits / draws).cpu()
+
+
+def shard_range(n: int, env: DistributedEnv) -> tuple[int, int]:
+    return n * env.rank // env.world_size, n * (env.rank + 1) // env.world_size
+
+
+class Heartbeat:
+    """A line from inside a long batch (every ``HEARTBEAT_S`` seconds, counted on the model's forward passes)."""
+
+    def __init__(self, model: nn.Module, log: Callable[[str], None]):
+        self.log, self.label, self.started, self.last, self.passes = log, "", 0.0, 0.0, 0
+        self.handle = model.register_forward_hook(self._tick)
+
+    def start(self, label: str) -> None:
+        self.label, self.started, self.passes = label, time.perf_counter(), 0
+        self.last = self.started
+
+    def _tick(self, _module, _inputs, output) -> None:
+        self.passes += int(output.shape[0]) if isinstance(output, torch.Tensor) else 0
+        now = time.perf_counter()
+        if self.label and now - self.last >= HEARTBEAT_S:
+            self.last = now
+            self.log(f"{'':>14}{self.label}: running for {now - self.started:.0f} s, {self.passes} forward passes")
+
+    def close(self) -> None:
+        self.handle.remove()
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalSettings | None = None, *,
+             suite: str | Suite | Sequence[StageSpec] = "standard", num_classes: int | None = None,
+             device: torch.device | str | None = None, state_dir: str | Path | None = None,
+             env: DistributedEnv | None = None, log: Callable[[str], None] | None = None, progress: bool = False,
+             transfer_source: nn.Module | None = None, fingerprint: str | None = None, checks: bool = True
+             ) -> EvaluationResult:
+    """Run ``suite`` (a preset name, a :class:`Suite` or a list of stages) on the first ``settings.subset`` of
+    ``(x, y)`` at each of ``settings.eps``, then the suite's masking checks (``checks=False``: none).
+
+    ``state_dir``: resume from (and save to) the per-example state in a folder under it named by the evaluation.
+    ``env``: this process's place under ``torchrun``. ``log``: a line per stage and per batch (``print`` on a
+    terminal); ``progress``: a tqdm bar per stage. ``fingerprint``: what identifies the model in the saved state
+    (default: a hash of its weights).
+    """
+    s = settings or EvalSettings()
+    say = log or (lambda _msg: None)
+    env = env or DistributedEnv()
+    t_start = time.perf_counter()
+    dev = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
+    model = model.to(dev)
+    n = min(s.subset, len(x)) if s.subset else len(x)
+    check_batch(model, x[:n], y[:n])  # once, here: the attacks check their own batches once per call
+    if num_classes is None:
+        num_classes = model_classes(model, x)
+    with model_mode(model, "eval"):
+        stability = masking.stable_predictions(model, x[: min(n, s.batch_size)], batch_size=s.batch_size)
+    facts = ModelFacts(num_classes, tuple(x.shape[1:]), randomised=not stability.passed,
+                       has_transfer_source=transfer_source is not None)
+    spec = resolve_suite(suite, s, facts)
+    if facts.randomised and isinstance(suite, str) and spec.name != suite:
+        say(f"the model's predictions are not repeatable: a randomised model, evaluated with the {spec.name} "
+            f"suite (EOT)")
+    units = plan_units(spec, s)
+    lo, hi = shard_range(n, env)
+    xs, ys = x[lo:hi], y[lo:hi]
+    identity = {"format": STATE_FORMAT, "suite": spec.to_dict(), "settings": s.key_dict(), "n": n,
+                "model": fingerprint or model_fingerprint(model), "classes": num_classes,
+                "world_size": env.world_size}
+    folder = Path(state_dir) / state_key(identity) if state_dir is not None else None
+    state = EvaluationState(folder, env.rank, {**identity, "shard": [lo, hi]}, hi - lo, [u.name for u in units])
+    draws = spec.final_draws
+    bs = s.batch_size
+    keep = min(s.gallery, hi - lo) if env.is_main else 0
+    found: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {u.name: state.load_points(u.name) for u in units}
+    gallery: dict[str, GalleryColumn] = {}
+
+    nhwc = s.channels_last if s.channels_last is not None else x.dim() == 4 and has_conv2d(model)
+    heartbeat = Heartbeat(model, say)
+    try:
+        with model_mode(model, "eval"), count_passes(model) as passes, channels_last(model, nhwc):
+            if state.clean is None:
+                with seeded(derived_seed(s.seed, "clean"), dev):
+                    state.clean = torch.cat([correct_fraction(model, xs[i:i + bs].to(dev), ys[i:i + bs].to(dev),
+                                                              draws) for i in range(0, len(xs), bs)]) \
+                        if len(xs) else torch.zeros(0)
+                state.save()
+            say(f"clean accuracy {100 * mean(state.clean):.1f}% on {hi - lo} examples"
+                + (f" (mean of {draws} draws)" if draws > 1 else ""))
+            for k, unit in enumerate(units):
+                _run_unit(k, unit, units, spec, s, state, model, xs, ys, lo, dev, draws, nhwc, passes, heartbeat,
+                          found, gallery, keep, num_classes, transfer_source, say, progress)
+    finally:
+        heartbeat.close()
+
+    clean, outcome, rho, l2, stats = _gather(state, env)
+    result = _assemble(spec, s, units, n, clean, outcome, rho, l2, stats, state.resumed, facts.randomised)
+    if env.world_size == 1:
+        result.x_adv = _adversarial_points(xs, units, found, result.eps)
+        result.gallery = gallery
+        result.labels = ys[:keep].cpu()
+    result.state_dir = str(folder) if folder is not None else None
+    if env.is_main and checks:
+        t0 = time.perf_counter()
+        with seeded(derived_seed(s.seed, "checks"), dev):
+            result.checks = run_suite_checks(model, x[:n], y[:n], result, spec, stability=stability,
+                                             outcomes=_unit_outcomes(units, clean, outcome), device=dev)
+        say(f"masking checks ({time.perf_counter() - t0:.1f} s): " + masking.summary_line(result.checks))
+    result.seconds = time.perf_counter() - t_start
+    return result
+
+
+def _still_robust(k: int, unit: Unit, units: list[Unit], clean: torch.Tensor, outcome: torch.Tensor) -> torch.Tensor:
+    """Per example: the worst case of the clean value and the units of ``unit``'s group before ``k``."""
+    before = [j for j in range(k) if units[j].group is not None and units[j].group == unit.group]
+    if not before:
+        return clean.clone()
+    return torch.minimum(clean, outcome[before].min(0).values)
+
+
+def _run_unit(k, unit, units, spec, s, state, model, xs, ys, lo, dev, draws, nhwc, passes, heartbeat, found,
+              gallery, keep, num_classes, transfer_source, say, progress) -> None:
+    st = unit.stage
+    limit = min(st.subset, len(state.clean) + lo) if st.subset else len(state.clean) + lo
+    in_subset = torch.arange(len(state.clean)) + lo < limit
+    robust_before = _still_robust(k, unit, units, state.clean, state.outcome)
+    if spec.cascade and unit.group is not None:
+        todo = ((robust_before > 0) & in_subset).nonzero().squeeze(1)
+    else:
+        todo = ((state.clean > 0) & in_subset).nonzero().squeeze(1)
+    batches = [todo[i:i + s.batch_size] for i in range(0, len(todo), s.batch_size)]
+    stats = state.stats.setdefault(unit.name, {"seconds": 0.0, "forward": 0, "backward": 0})
+    stats["attacked"] = len(todo)
+    done_before = state.done.get(unit.name, 0)
+    attack = build_stage_attack(unit, num_classes=num_classes, seed=s.seed, transfer_source=transfer_source) \
+        if len(batches) > done_before else None
+    label = unit.name if unit.eps is None or "@" in unit.name else f"{unit.name} ε={unit.eps:g}"
+    seconds_now = 0.0
+    bar = tqdm(total=len(todo), desc=label, disable=not progress, leave=False, unit="ex")
+    for b, idx in enumerate(batches):
+        if b < done_before:
+            bar.update(len(idx))
+            continue
+        t0, before = time.perf_counter(), passes.copy()
+        heartbeat.start(f"{label} batch {b + 1}/{len(batches)}")
+        xb, yb = xs[idx].to(dev), ys[idx].to(dev)
+        if nhwc:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with seeded(derived_seed(s.seed, unit.name, b), dev):
+            if st.kind == "minimal":
+                run = attack.run(model, xb, yb)
+                adv = run.x_adv
+                state.rho[k, idx] = example_ratios(xb.cpu(), run.x_last.cpu())
+                moved = flat_norm((run.x_adv - xb).double()).cpu()
+                state.l2[k, idx] = torch.where(run.success.cpu().bool(), moved,
+                                               torch.full_like(moved, float("nan")))
+            else:
+                adv = attack(model, xb, yb)
+        frac = correct_fraction(model, adv, yb, draws)
+        state.outcome[k, idx] = frac
+        if unit.group is not None:
+            worse = frac < robust_before[idx]
+            state.save_points(unit.name, b, idx[worse], adv[worse].cpu())
+            found[unit.name].append((idx[worse], adv[worse].detach().cpu()))
+        first = idx < keep
+        if first.any():
+            with torch.no_grad():
+                pred = predicted_class(model(adv[first])).cpu()
+            column = gallery.setdefault(unit.name, GalleryColumn(xs[:keep].clone(), torch.full((keep,), -2)))
+            column.x[idx[first]] = adv[first].detach().cpu().to(column.x.dtype)
+            column.pred[idx[first]] = pred
+        state.done[unit.name] = b + 1
+        spent = time.perf_counter() - t0
+        seconds_now += spent
+        stats["seconds"] += spent
+        stats["forward"] += (passes - before).forward
+        stats["backward"] += (passes - before).backward
+        state.save()
+        heartbeat.start("")
+        bar.update(len(idx))
+        if len(batches) > 1:
+            left = int(sum(len(i) for i in batches[b + 1:]))
+            say(f"{'':>14}{label}: batch {b + 1}/{len(batches)} done in {spent:.1f} s, {left} examples left")
+    bar.close()
+    state.stats[unit.name] = stats
+    if unit.group is not None:
+        after = torch.minimum(robust_before, state.outcome[k])
+        what = f"robust after it {100 * mean(after):.1f}%" if spec.cascade else \
+            f"accuracy {100 * mean(torch.minimum(state.clean, state.outcome[k])):.1f}%"
+    else:
+        part = torch.minimum(state.clean, state.outcome[k])[in_subset]
+        what = f"accuracy {100 * mean(part):.1f}% on {int(in_subset.sum())}"
+    resumed = f" (resumed: {done_before} of {len(batches)} batches from the saved state, {seconds_now:.1f} s now)" \
+        if done_before else ""
+    say(f"{label:>14}: attacked {len(todo)}, {what} ({stats['seconds']:.1f} s){resumed}")
+
+
+def _gather(state: EvaluationState, env: DistributedEnv):
+    """The shards' per-example outcomes concatenated in example order, and their summed statistics."""
+    local = (state.clean, state.outcome, state.rho, state.l2, state.stats)
+    if not env.enabled:
+        return local
+    parts: list = [None] * env.world_size
+    dist.all_gather_object(parts, local)
+    stats: dict[str, dict] = {}
+    for part in parts:
+        for name, st in part[4].items():
+            agg = stats.setdefault(name, {"seconds": 0.0, "forward": 0, "backward": 0, "attacked": 0})
+            for key in agg:
+                agg[key] = max(agg[key], st[key]) if key == "seconds" else agg[key] + st.get(key, 0)
+    return (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts], dim=1),
+            torch.cat([p[2] for p in parts], dim=1), torch.cat([p[3] for p in parts], dim=1), stats)
+
+
+def _unit_outcomes(units: list[Unit], clean: torch.Tensor, outcome: torch.Tensor) -> dict:
+    """(stage name, radius) → per example "still correct" (clean-wrong examples count as not correct)."""
+    return {(u.stage.name, u.eps): torch.minimum(clean, outcome[k]) > 0.5 for k, u in enumerate(units)}
+
+
+def _assemble(spec: Suite, s: EvalSettings, units: list[Unit], n: int, clean, outcome, rho, l2, stats,
+              resumed: set[str], randomised: bool) -> EvaluationResult:
+    rows, curve = [], {}
+    robust_at: dict[float, torch.Tensor] = {}
+    fooled_at: dict[float, torch.Tensor] = {}
+    for k, unit in enumerate(units):
+        st, sts = unit.stage, stats.get(unit.name, {})
+        m = min(st.subset, n) if st.subset else n
+        alone = torch.minimum(clean, outcome[k])[:m]
+        row = {"attack": st.name, "kind": st.kind, "norm": unit.norm, "eps": unit.eps, "settings": st.settings,
+               "examples": m, "attacked": int(sts.get("attacked", 0)), "accuracy": mean(alone),
+               "seconds": round(sts.get("seconds", 0.0), 3), "forward_per_image": sts.get("forward", 0) / n,
+               "backward_per_image": sts.get("backward", 0) / n, "resumed": unit.name in resumed}
+        if unit.group is not None:
+            prev = robust_at.get(unit.group, clean.clone())
+            now = torch.minimum(prev, outcome[k])
+            fooled = fooled_at.setdefault(unit.group, torch.full((n,), -1, dtype=torch.int64))
+            fooled[now < prev] = k
+            robust_at[unit.group] = now
+            row["robust_after"] = mean(now)
+            row["fooled"] = int((now < prev).sum())
+        else:
+            row["fooled"] = int(((clean[:m] > 0) & (alone < clean[:m])).sum())
+        if st.kind == "minimal":
+            ratio = torch.where(clean[:m] > 0, rho[k, :m], torch.zeros(m, dtype=rho.dtype))
+            success = (alone < 0.5) | (clean[:m] == 0)
+            dist_l2 = torch.where(clean[:m] > 0, l2[k, :m], torch.zeros(m, dtype=l2.dtype))
+            row.update(success_rate=mean(success.float()),
+                       rho=float(ratio[success].mean()) if success.any() else math.nan,
+                       rho_with_failures=float(ratio.mean()) if m else math.nan,
+                       mean_l2=float(dist_l2[success].nanmean()) if success.any() else math.nan)
+        rows.append(row)
+    for group, robust in robust_at.items():
+        curve[group] = mean(robust)
+    if not curve:
+        raise ConfigError(f"suite {spec.name!r} has no stage that counts in the worst case at the evaluation's ε")
+    headline = max(curve)
+    names = [u.stage.name for u in units]
+    fooled_by = [names[i] if i >= 0 else None for i in fooled_at[headline].tolist()]
+    total = {"forward_per_image": sum(r["forward_per_image"] for r in rows),
+             "backward_per_image": sum(r["backward_per_image"] for r in rows)}
+    return EvaluationResult(spec.name, spec.claim, s.norm, headline, n, mean(clean), curve[headline], rows, curve,
+                            [], clean, robust_at[headline], fooled_by, s,
+                            stages=[st.to_dict() for st in spec.stages], randomised=randomised, passes=total)
+
+
+def _adversarial_points(xs: torch.Tensor, units: list[Unit], found: dict, eps: float) -> torch.Tensor:
+    """Per example, the last point that lowered its outcome at the headline ε (the clean input where none did)."""
+    x_adv = xs.detach().cpu().clone()
+    for unit in units:
+        if unit.group == eps:
+            for index, points in found[unit.name]:
+                x_adv[index] = points.to(x_adv.dtype)
+    return x_adv

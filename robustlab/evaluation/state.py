@@ -1,0 +1,110 @@
+"""The resumable per-example state of an evaluation, kept in a folder named by what the evaluation is.
+
+``state_root/<key>/rank<r>.{json,safetensors}``: ``key`` is a short hash of the evaluation's identity (the suite's
+stages, the settings but the speed-only ones, the examples, the model's weights), so a second threat model, ε,
+suite or model evaluated from the same place gets its own folder and resumes on its own. What is saved after
+every batch: the clean outcome and, per unit of work (a stage at one ε), the fraction of draws still correct per
+example (1 where the unit did not attack it), ρ and ‖r‖₂ of minimal attacks, the batches done and their cost; and
+the adversarial points each batch found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from robustlab.checkpoint import atomic_write_text
+from robustlab.errors import ConfigError
+
+STATE_FORMAT = 3  # a state written in another format is another evaluation
+
+
+class OtherEvaluationState(ConfigError):
+    """The state folder holds another evaluation (model, data, settings or format differ)."""
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 of the model's parameters and buffers: a resumed evaluation must be of the same weights."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def state_key(meta: dict) -> str:
+    """The folder name of an evaluation: 16 hex digits of the sha256 of its identity."""
+    return hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class EvaluationState:
+    """This process's share of the per-example outcome, saved after every batch when ``folder`` is given."""
+
+    def __init__(self, folder: Path | None, rank: int, meta: dict, n: int, units: list[str]):
+        self.path = folder / f"rank{rank}" if folder is not None else None
+        self.meta, self.units = meta, units
+        self.clean: torch.Tensor | None = None
+        self.outcome = torch.ones(len(units), n)
+        self.rho = torch.full((len(units), n), float("nan"), dtype=torch.float64)
+        self.l2 = torch.full((len(units), n), float("nan"), dtype=torch.float64)
+        self.done: dict[str, int] = {}
+        self.stats: dict[str, dict] = {}
+        self.resumed: set[str] = set()  # units with batches done before this process started
+        if self.path is not None and self.path.with_suffix(".json").exists():
+            self._load()
+
+    def _load(self) -> None:
+        file = self.path.with_suffix(".json")
+        try:
+            saved = json.loads(file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise OtherEvaluationState(f"{file} is not an evaluation state ({exc}); delete {file.parent} "
+                                       f"or use --fresh") from None
+        if saved.get("meta") != self.meta:
+            differ = sorted(k for k in set(saved.get("meta", {})) | set(self.meta)
+                            if saved.get("meta", {}).get(k) != self.meta.get(k))
+            raise OtherEvaluationState(f"{file.parent} holds the state of another evaluation (differs in: "
+                                       f"{', '.join(differ)}); delete it or use --fresh")
+        tensors = load_file(str(self.path.with_suffix(".safetensors")))
+        self.clean = tensors.get("clean")
+        self.outcome, self.rho, self.l2 = tensors["outcome"], tensors["rho"], tensors["l2"]
+        self.done, self.stats = saved["done"], saved["stats"]
+        self.resumed = {unit for unit, batches in self.done.items() if batches}
+
+    def _adv_file(self, unit: str, batch: int) -> Path:
+        return self.path.parent / f"{self.path.name}_adv_{unit}_{batch}.safetensors"
+
+    def save_points(self, unit: str, batch: int, index: torch.Tensor, points: torch.Tensor) -> None:
+        """The adversarial points a batch found (written once per batch: the state stays small)."""
+        if self.path is not None and len(index):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({"index": index.contiguous(), "x": points.contiguous()}, str(self._adv_file(unit, batch)))
+
+    def load_points(self, unit: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The (index, points) of the batches of ``unit`` done before a resume, in the order they were found."""
+        found = []
+        for batch in range(self.done.get(unit, 0)):
+            file = self._adv_file(unit, batch) if self.path is not None else None
+            if file is not None and file.exists():
+                saved = load_file(str(file))
+                found.append((saved["index"], saved["x"]))
+        return found
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"outcome": self.outcome, "rho": self.rho, "l2": self.l2}
+        if self.clean is not None:
+            tensors["clean"] = self.clean
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp.safetensors")  # one per process
+        save_file(tensors, str(tmp))
+        tmp.replace(self.path.with_suffix(".safetensors"))
+        atomic_write_text(self.path.with_suffix(".json"), json.dumps(
+            {"meta": self.meta, "done": self.done, "stats": self.stats}, indent=1))

@@ -1,0 +1,280 @@
+"""Suites as data: an ordered list of stages, the masking checks to run, and whether the number is a claim.
+
+A :class:`Stage` names a registered attack (:func:`robustlab.attacks.build_attack`) and its options; the runner
+(:mod:`robustlab.evaluation.runner`) builds it at each ε, so one stage serves a whole curve. A :class:`Suite` is the
+stages plus how they combine: ``cascade`` (each stage attacks only the examples every stage before it left robust:
+AutoAttack's worst case for the least work) or not (each stage attacks every clean-correct example, so that each
+has its own accuracy; the worst case per example is the same). A preset is a function of the settings and of what
+is known about the model (its classes, whether it is randomised, whether a transfer source is given); a new suite
+is one more entry in :data:`PRESETS`, and a user may pass their own list of stages.
+
+================  ========================================================================================  =====
+preset            stages                                                                                     claim
+================  ========================================================================================  =====
+``standard``      AutoAttack's standard version (Croce & Hein 2020) at its settings: APGD-CE (100 iterations),  yes
+                  APGD-T (targeted DLR, 9 most likely other classes × 100), FAB-T (9 × 100), Square (5,000
+                  queries); cascade. A randomised model (two predictions of a batch differ) gets ``rand``.
+``rand``          AutoAttack's rand version: APGD-CE and APGD-DLR with EOT over 20 draws per gradient; each     yes
+                  final point predicted ``final_draws`` times (an example is robust in the fraction of draws
+                  that classify it correctly); cascade over examples still partly robust.
+``fast``          every attack of the library with cut budgets (FGSM, LL, I-FGSM, I-LL, PGD with restarts,      no
+                  targeted PGD toward a random class, APGD-CE, APGD-DLR-T, PGD-L2, transfer, EOT-PGD; C&W,
+                  DeepFool, the critic attack, few-pixel: ρ_adv), each on every example: curves and ρ
+``quick``         the attacks of a run's ``[eval]`` section (FGSM and PGD), each on every example               no
+================  ========================================================================================  =====
+
+Why the fast suite's C&W learning rate is 10× the paper's: in C&W's tanh space a pixel at exactly 0 or 1 sits at
+w ≈ ±7.25, and Adam moves each w by about ``lr`` per iteration, so with 100 iterations at lr 0.01 the (mostly
+black) MNIST pixels cannot move at all: on the demo's PGD-AT LeNet-5 that finds 10% of the examples, lr 0.1 finds
+100% with a smaller ρ than DeepFool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from robustlab.errors import ConfigError, unknown_name
+from robustlab.evaluation.settings import EvalSettings
+
+# The masking checks a suite may ask for (robustlab.evaluation.suite_checks runs them).
+CHECK_NAMES = ("stable_predictions", "input_gradients", "iterative_vs_single", "blackbox_beats_whitebox",
+               "whitebox_vs_blackbox", "large_eps", "monotone_in_eps", "noise_weaker")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One attack of a suite.
+
+    ``attack``/``options``: :func:`~robustlab.attacks.build_attack`'s name and keywords (the evaluation's ε, and its
+    norm where the attack takes one, are added by the runner). ``kind``: "bounded" (ε-ball) or "minimal" (no ε:
+    accuracy, success and ρ_adv). ``radii``: a bounded stage in its own ``norm`` at these radii instead of the
+    evaluation's (PGD-L2 in the fast suite); it is not part of the worst case. ``subset``: at most this many
+    examples (0: every example of the evaluation). ``target``: "random" attacks toward a random other class (the
+    attack runs targeted). ``transfer``: crafted on the transfer source model, judged on the evaluated one.
+    ``worst_case``: counts in the robust accuracy. ``step_rule``: a step size that follows ε along a curve.
+    """
+
+    name: str
+    attack: str
+    options: dict = field(default_factory=dict)
+    kind: str = "bounded"
+    settings: str = ""
+    radii: tuple[float, ...] = ()
+    norm: str | None = None
+    subset: int = 0
+    target: str | None = None
+    transfer: bool = False
+    worst_case: bool = True
+    step_rule: tuple[float, float] | None = None  # (cap, fraction): step_size = min(cap, fraction × ε) at each ε
+
+    def __post_init__(self):
+        if self.kind not in ("bounded", "minimal"):
+            raise ConfigError(f"stage {self.name!r}: kind must be 'bounded' or 'minimal', got {self.kind!r}")
+        if self.target not in (None, "random"):
+            raise ConfigError(f"stage {self.name!r}: target must be None or 'random', got {self.target!r}")
+
+    @property
+    def in_worst_case(self) -> bool:
+        return self.kind == "bounded" and self.worst_case and not self.radii
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Suite:
+    """An ordered list of stages, how they combine, the checks, and whether the result is a robustness claim."""
+
+    name: str
+    stages: tuple[Stage, ...]
+    cascade: bool = True
+    claim: bool = False
+    checks: tuple[str, ...] = CHECK_NAMES
+    final_draws: int = 1            # predictions of each final point (> 1 for a randomised model)
+    if_randomised: str | None = None  # the preset to run instead on a randomised model
+
+    def __post_init__(self):
+        names = [s.name for s in self.stages]
+        if not names:
+            raise ConfigError(f"suite {self.name!r} has no stage")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"suite {self.name!r}: stage names must be unique, got {names}")
+        unknown = [c for c in self.checks if c not in CHECK_NAMES]
+        if unknown:
+            raise unknown_name("masking check", unknown[0], CHECK_NAMES)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "cascade": self.cascade, "claim": self.claim, "checks": list(self.checks),
+                "final_draws": self.final_draws, "stages": [s.to_dict() for s in self.stages]}
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a preset may depend on besides the settings."""
+
+    num_classes: int
+    in_shape: tuple[int, ...]
+    randomised: bool = False
+    has_transfer_source: bool = False
+
+
+AA_CHECKS = ("stable_predictions", "input_gradients", "iterative_vs_single", "blackbox_beats_whitebox", "large_eps",
+             "noise_weaker")
+
+
+def standard(s: EvalSettings, m: ModelFacts) -> Suite:
+    """AutoAttack's standard version at its settings (APGD-T needs 4 classes: the targeted DLR loss)."""
+    targets = min(s.targets, m.num_classes - 1)
+    stages = [Stage("apgd_ce", "apgd_ce", {"steps": s.steps}, settings=f"{s.steps} iterations")]
+    if m.num_classes >= 4:
+        stages.append(Stage("apgd_t", "apgd_dlr", {"steps": s.steps, "top_targets": targets,
+                                                   "batched": s.batched_targets},
+                            settings=f"targeted DLR, {targets} target classes × {s.steps} iterations"))
+    stages.append(Stage("fab_t", "fab", {"steps": s.steps, "top_targets": targets, "batched": s.batched_targets},
+                        settings=f"{targets} target classes × {s.steps} iterations"))
+    stages.append(Stage("square", "square", {"queries": s.square_queries},
+                        settings=f"{s.square_queries} queries, margin loss"))
+    return Suite("standard", tuple(stages), cascade=True, claim=True, checks=AA_CHECKS, if_randomised="rand")
+
+
+def rand(s: EvalSettings, m: ModelFacts) -> Suite:
+    """AutoAttack's rand version: APGD-CE and APGD-DLR with EOT, each final point predicted ``final_draws`` times."""
+    stages = tuple(Stage(f"apgd_{loss}_eot", f"apgd_{loss}", {"steps": s.steps, "eot_samples": s.eot_samples},
+                         settings=f"{s.steps} iterations, EOT over {s.eot_samples} draws")
+                   for loss in ("ce", "dlr"))
+    checks = tuple(c for c in AA_CHECKS if c != "blackbox_beats_whitebox")
+    return Suite("rand", stages, cascade=True, claim=True, checks=checks, final_draws=s.final_draws)
+
+
+def _pgd_options(s: EvalSettings, restarts: int) -> tuple[dict, str]:
+    alpha = s.pgd_step_size if s.pgd_step_size > 0 else None  # None: the attacks' 2.5·ε/steps
+    alpha_text = f"α {s.pgd_step_size:g}" if alpha else f"α 2.5ε/{s.pgd_steps}"
+    return ({"steps": s.pgd_steps, "step_size": alpha, "restarts": restarts},
+            f"{s.pgd_steps} steps, {alpha_text}, random start, {restarts} restart(s)")
+
+
+def _eot_pgd(s: EvalSettings) -> Stage:
+    options, text = _pgd_options(s, 1)
+    del options["restarts"]
+    return Stage("eot_pgd", "eot_pgd", {**options, "eot_samples": s.eot_samples},
+                 settings=f"{s.eot_samples} EOT samples per gradient, {text}")
+
+
+def quick(s: EvalSettings, m: ModelFacts) -> Suite:
+    """The attacks of a run's ``[eval]`` section (``attacks``; FGSM and PGD by default), each on every example."""
+    stages = []
+    for name in s.attacks or ["fgsm", "pgd"]:
+        if name == "pgd":
+            options, text = _pgd_options(s, s.pgd_restarts)
+            stages.append(Stage("pgd", "pgd", options, settings=text))
+        else:
+            stages.append(Stage(name, name, settings="defaults"))
+    if (m.randomised or s.eot) and "eot_pgd" not in (s.attacks or []):
+        stages.append(_eot_pgd(s))
+    return Suite("quick", tuple(stages), cascade=False, claim=False,
+                 checks=tuple(c for c in CHECK_NAMES if c != "blackbox_beats_whitebox"))
+
+
+FEW_PIXEL_PREFIX = "few_pixel_"
+
+
+def fast(s: EvalSettings, m: ModelFacts) -> Suite:
+    """Every attack of the library with cut budgets (``EvalSettings.paper()``: the papers'), each on every example."""
+    ifgsm = {"steps": s.ifgsm_steps}
+    pgd, pgd_text = _pgd_options(s, s.pgd_restarts)
+    pgd1, pgd1_text = _pgd_options(s, 1)
+    stages = [
+        Stage("fgsm", "fgsm", settings="1 step of ε"),
+        Stage("ll", "ll", settings="1 step of ε toward the least likely class"),
+        Stage("ifgsm", "ifgsm", ifgsm, step_rule=(0.03, 0.25), settings=f"{s.ifgsm_steps} steps of min(0.03, ε/4)"),
+        Stage("ill", "ill", ifgsm, step_rule=(0.03, 0.25),
+              settings=f"{s.ifgsm_steps} steps of min(0.03, ε/4) toward the least likely class"),
+        Stage("pgd", "pgd", pgd, settings=pgd_text),
+        Stage("pgd_targeted", "pgd", {**pgd1, "targeted": True}, target="random",
+              settings=f"toward a random other class, {pgd1_text}"),
+        Stage("apgd_ce", "apgd_ce", {"steps": s.apgd_steps}, settings=f"{s.apgd_steps} steps"),
+    ]
+    if m.num_classes >= 4:
+        targets = min(s.apgd_targets, m.num_classes - 1)
+        stages.append(Stage("apgd_dlr_t", "apgd_dlr", {"steps": s.apgd_steps, "top_targets": targets},
+                            settings=f"{s.apgd_steps} steps × {targets} target classes"))
+    stages.append(Stage("pgd_l2", "pgd_l2", {"steps": s.pgd_steps}, norm="l2", radii=tuple(s.l2_eps(m.in_shape)),
+                        settings=f"{s.pgd_steps} steps, α 2.5ε/{s.pgd_steps}, random start"))
+    if m.has_transfer_source:
+        stages.append(Stage("transfer", "pgd", pgd, transfer=True, settings=f"PGD ({pgd_text}) on the source"))
+    if m.randomised or s.eot:
+        stages.append(_eot_pgd(s))
+    stages += [
+        Stage("cw_l2", "cw_l2", {"max_iter": s.cw_iterations, "binary_search_steps": s.cw_binary_steps,
+                                 "initial_const": s.cw_initial_const, "lr": s.cw_lr},
+              kind="minimal", subset=s.minimal_subset,
+              settings=f"{s.cw_iterations} iterations × {s.cw_binary_steps} binary steps, c₀ {s.cw_initial_const:g}, "
+                       f"lr {s.cw_lr:g}, κ 0"),
+        Stage("deepfool", "deepfool", {"max_iter": s.deepfool_iterations, "max_step": s.deepfool_max_step},
+              kind="minimal", subset=s.deepfool_subset,
+              settings=f"{s.deepfool_iterations} iterations, overshoot 0.02"
+                       + (f", steps clipped to {s.deepfool_max_step:g}" if s.deepfool_max_step else "")),
+        Stage("critic_hc", "critic_hc", {"max_iter": s.critic_iterations}, kind="minimal", subset=s.minimal_subset,
+              settings=f"{s.critic_iterations} iterations, steps clipped to 0.1, C = clean confidence"),
+    ]
+    for k in s.few_pixel_pixels:
+        stages.append(Stage(f"{FEW_PIXEL_PREFIX}{k}", "few_pixel",
+                            {"pixels": k, "population": s.few_pixel_population,
+                             "iterations": s.few_pixel_iterations, "seed": s.seed},
+                            kind="minimal", norm="l0", subset=s.few_pixel_subset,
+                            settings=f"{k} pixel(s), population {s.few_pixel_population} × "
+                                     f"{s.few_pixel_iterations} generations"))
+    if s.attacks:
+        known = [st.name for st in stages]
+        unknown = sorted(set(s.attacks) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown suite row(s) {unknown}; rows: {', '.join(known)}")
+        stages = [st for st in stages if st.name in s.attacks]
+    return Suite("fast", tuple(stages), cascade=False, claim=False,
+                 checks=tuple(c for c in CHECK_NAMES if c != "blackbox_beats_whitebox"))
+
+
+Preset = Callable[[EvalSettings, ModelFacts], Suite]
+PRESETS: dict[str, Preset] = {"standard": standard, "rand": rand, "fast": fast, "quick": quick}
+
+
+def available_suites() -> list[str]:
+    return list(PRESETS)
+
+
+StageSpec = Stage | str | tuple[str, dict]
+
+
+def custom_suite(stages: Sequence[StageSpec], *, cascade: bool = True) -> Suite:
+    """A user's own list: ``Stage`` objects, attack names, or ``(attack name, options)`` pairs, run in order.
+    Not a robustness claim (its budget is the user's); the AutoAttack checks run with it."""
+    built = []
+    for spec in stages:
+        if isinstance(spec, Stage):
+            built.append(spec)
+        elif isinstance(spec, str):
+            built.append(Stage(spec, spec, settings="defaults"))
+        elif isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], dict):
+            built.append(Stage(spec[0], spec[0], dict(spec[1]),
+                               settings=", ".join(f"{k} {v}" for k, v in spec[1].items()) or "defaults"))
+        else:
+            raise ConfigError(f"a stage is a Stage, an attack name or an (attack name, options) pair, got {spec!r}")
+    checks = AA_CHECKS if any(s.attack == "square" for s in built) else tuple(
+        c for c in AA_CHECKS if c != "blackbox_beats_whitebox")
+    return Suite("custom", tuple(built), cascade=cascade, claim=False, checks=checks)
+
+
+def resolve_suite(suite: str | Suite | Sequence[StageSpec], settings: EvalSettings, facts: ModelFacts) -> Suite:
+    """The suite to run: a preset by name (its randomised alternative on a randomised model), a Suite, or a list."""
+    if isinstance(suite, Suite):
+        return suite
+    if isinstance(suite, str):
+        if suite not in PRESETS:
+            raise unknown_name("suite", suite, PRESETS)
+        built = PRESETS[suite](settings, facts)
+        if facts.randomised and built.if_randomised:
+            return PRESETS[built.if_randomised](settings, facts)
+        return built
+    return custom_suite(suite)
