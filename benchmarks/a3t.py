@@ -38,7 +38,7 @@ from common import train_or_reuse  # noqa: E402
 from robustlab.attacks import build_attack  # noqa: E402
 from robustlab.checkpoint import atomic_write_text  # noqa: E402
 from robustlab.engine import Trainer  # noqa: E402
-from robustlab.evaluate import accuracy  # noqa: E402
+from robustlab.evaluation.outcome import accuracy  # noqa: E402
 
 VARIANTS = {  # label -> (config, overrides)
     "Simple": ("configs/a3t/simple.toml", []),

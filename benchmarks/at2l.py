@@ -43,7 +43,7 @@ from common import mean_std  # noqa: E402
 from robustlab.attacks import build_attack  # noqa: E402
 from robustlab.checkpoint import find_latest_checkpoint, load_checkpoint  # noqa: E402
 from robustlab.engine import Trainer  # noqa: E402
-from robustlab.evaluate import accuracy  # noqa: E402
+from robustlab.evaluation.outcome import accuracy  # noqa: E402
 from robustlab.experiment import load_config  # noqa: E402
 from robustlab.runs import load_trained_model  # noqa: E402
 

@@ -40,7 +40,7 @@ from common import train_or_reuse  # noqa: E402
 from robustlab.attacks import build_attack  # noqa: E402
 from robustlab.checkpoint import atomic_write_text  # noqa: E402
 from robustlab.engine import Trainer  # noqa: E402
-from robustlab.evaluate import accuracy, minimal_attack_outcome  # noqa: E402
+from robustlab.evaluation.outcome import accuracy, minimal_attack_outcome  # noqa: E402
 from robustlab.experiment import load_config  # noqa: E402
 
 ARCHS = {"fc": "FC-1200×3", "lenet5": "LeNet-5"}

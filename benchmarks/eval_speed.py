@@ -27,7 +27,7 @@ from a3t import machine_facts  # noqa: E402
 from common import train_or_reuse, write_report  # noqa: E402
 from robustlab.passes import count_passes  # noqa: E402
 from robustlab.runs import load_trained_model  # noqa: E402
-from robustlab.standard import StandardSettings, evaluate_standard  # noqa: E402
+from robustlab.evaluation import EvalSettings, evaluate  # noqa: E402
 
 
 class Clock:
@@ -95,9 +95,8 @@ def main() -> None:
 
     t0 = clock.now()
     with count_passes(model) as ours_passes:
-        ours = evaluate_standard(model, x, y, StandardSettings(norm=args.norm, eps=args.eps,
-                                                               batch_size=args.batch_size),
-                                 num_classes=data.num_classes, device=device, log=print)
+        ours = evaluate(model, x, y, EvalSettings(norm=args.norm, eps=args.eps, batch_size=args.batch_size),
+                        suite="standard", num_classes=data.num_classes, device=device, log=print)
     ours_s = clock.now() - t0
     print(f"robustlab standard: {100 * ours.robust_accuracy:.1f}% in {ours_s:.1f} s")
 

@@ -39,12 +39,12 @@ sys.path.insert(0, str(ROOT))
 
 from a3t import machine_facts, mean_std  # noqa: E402  (benchmarks/ is on sys.path: this script's folder)
 from common import train_or_reuse  # noqa: E402
-from robustlab import checks as masking  # noqa: E402
+from robustlab.evaluation import checks as masking  # noqa: E402
 from robustlab.attacks import build_attack  # noqa: E402
 from robustlab.attacks.transfer import TransferAttack  # noqa: E402
 from robustlab.checkpoint import atomic_write_text  # noqa: E402
 from robustlab.engine import Trainer  # noqa: E402
-from robustlab.evaluate import accuracy, minimal_attack_outcome  # noqa: E402
+from robustlab.evaluation.outcome import accuracy, minimal_attack_outcome  # noqa: E402
 
 METHODS = {"PGD-AT": "configs/l2p/cpu/pgd_at.toml", "PNI": "configs/l2p/cpu/pni.toml",
            "L2P-R": "configs/l2p/cpu/l2p_r.toml", "L2P": "configs/l2p/cpu/l2p.toml"}

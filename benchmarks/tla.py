@@ -49,7 +49,7 @@ from robustlab.attacks import build_attack  # noqa: E402
 from robustlab.checkpoint import find_latest_checkpoint, load_checkpoint  # noqa: E402
 from robustlab.detection import plot_roc  # noqa: E402
 from robustlab.engine import Trainer  # noqa: E402
-from robustlab.evaluate import attack_outcome  # noqa: E402
+from robustlab.evaluation.outcome import attack_outcome  # noqa: E402
 from robustlab.experiment import load_config  # noqa: E402
 from robustlab.metric_analysis import analyse_metric  # noqa: E402
 from robustlab.runs import load_trained_model  # noqa: E402

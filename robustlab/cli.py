@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "FAB-T, Square), the headline number; rand: EOT attacks for randomised models "
                                     "(chosen automatically); fast: every attack of the library with cut budgets "
                                     "(ρ_adv, curves; not a robustness claim); quick: the run's [eval] attacks. "
-                                    "Interrupted standard/rand evaluations continue from the state in --out.")
+                                    "An interrupted evaluation continues from its saved state when rerun; each suite, "
+                                    "threat model and ε keeps its own state and report files.")
     source = ev.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="run directory or checkpoints/epoch-* directory")
     source.add_argument("--model", metavar="MODULE:FUNCTION",
@@ -50,14 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "(needs --dataset)")
     ev.add_argument("--weights", help="--model: a safetensors file of weights to load into it")
     ev.add_argument("--dataset", help="--model: the dataset whose test split to evaluate on (robustlab list datasets)")
-    ev.add_argument("--suite", choices=["standard", "rand", "fast", "quick", "full"],
-                    help="standard (default; fast with --paper), rand, fast or quick; 'full' is the old name of fast")
-    ev.add_argument("--norm", choices=["linf", "l2"], default="linf", help="standard/rand: the threat model")
+    ev.add_argument("--suite", choices=["standard", "rand", "fast", "quick"],
+                    help="standard (default; fast with --paper), rand, fast or quick")
+    ev.add_argument("--norm", choices=["linf", "l2"], default="linf", help="the threat model (default linf)")
     ev.add_argument("--fresh", action="store_true",
-                    help="standard/rand: discard the saved state of an interrupted evaluation in --out")
+                    help="discard the saved state of an interrupted evaluation of these settings")
     ev.add_argument("--eps", type=_parse_floats,
-                    help="standard/rand: one ε (default: the run's largest eval.eps); fast/quick: a comma-separated L∞ "
-                         "ε list (default: the run's eval.eps; fast: ε/2 and ε of its largest)")
+                    help="ε, or a comma-separated list for a curve (default: the run's largest eval.eps; quick: the "
+                         "run's eval.eps; fast: ε/2 and ε of its largest)")
     ev.add_argument("--eps-l2", type=_parse_floats, help="L2 ε list of PGD-L2 in the fast suite (default: ε·√d/4)")
     ev.add_argument("--attacks", help="comma-separated attacks (quick: default the run's eval.attacks; "
                                       "fast: only these suite rows)")
@@ -81,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "fp32, the reference for published numbers)")
     ev.add_argument("--threads", type=int,
                     help="torch CPU threads (default: torch's, one per core; 1 is faster on a busy machine)")
-    ev.add_argument("--out", help="output directory (default: the run directory); a path ending in .json names the "
-                                  "JSON file, the other files go beside it")
+    ev.add_argument("--out", help="output directory (default: the run directory, or runs/eval/MODULE.FUNCTION[/WEIGHTS] "
+                                  "with --model); a path ending in .json names the JSON file, the other files go "
+                                  "beside it")
     ev.add_argument("--metric", action="store_true",
                     help="also analyse the learned metric (TLA): misclassification-detection ROC-AUC from the max "
                          "softmax and from the distance to class centroids, and kNN retrieval precision, on clean and "
@@ -130,17 +132,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fast_suite_eps(eps: list[float]) -> list[float]:
-    """The fast suite's default ε list from a run's: ε/2 and ε of its largest (a curve with the clean point)."""
-    top = max(eps)
-    return [round(top / 2, 6), top]
-
-
 def metric_report(model, data, x, y, eps: float, cfg, roc_path: Path, device) -> dict:
     """``eval --metric``: :func:`robustlab.metric_analysis.analyse_metric` on clean and PGD inputs, printed and plotted."""
     from robustlab.attacks import PGD
     from robustlab.detection import plot_roc
-    from robustlab.evaluate import attack_outcome
+    from robustlab.evaluation.outcome import attack_outcome
     from robustlab.metric_analysis import analyse_metric
 
     n = min(len(x), cfg.subset or len(x), 1000)
@@ -182,9 +178,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     _set_threads(args.threads)
-    if args.suite == "full":
-        print("note: --suite full is now called fast", file=sys.stderr)
-        args.suite = "fast"
     args.suite = args.suite or ("fast" if args.paper else "standard")
     if args.paper and args.suite != "fast":
         raise ConfigError(f"--paper sets the fast suite's attacks to the papers' settings; the {args.suite} suite "
@@ -200,12 +193,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         if not args.dataset:
             raise ConfigError("--model needs --dataset (the test split to evaluate on)")
-        if args.suite not in ("standard", "rand"):
-            raise ConfigError(f"--suite {args.suite} needs a --checkpoint (it uses the run's [eval] section)")
+        if args.suite == "quick":
+            raise ConfigError("--suite quick needs a --checkpoint (it runs the run's [eval] attacks)")
         model = load_user_model(args.model, args.weights).to(device)
         data = load_dataset(args.dataset)
+        folder = Path("runs") / "eval" / args.model.replace(":", ".")
         loaded = {"model": model, "config": None, "data": data, "epoch": None, "name": args.model,
-                  "default_dir": Path("runs") / "eval" / args.model.replace(":", ".")}
+                  "default_dir": folder / Path(args.weights).stem if args.weights else folder}
     else:
         from robustlab.checkpoint import resolve_checkpoint
         from robustlab.runs import load_trained_model
@@ -222,10 +216,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         precision = torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[args.amp])
     try:
         with precision:
-            if args.suite in ("standard", "rand"):
-                code = _eval_standard(args, loaded, device, env)
-            else:
-                code = _eval_fast(args, loaded, device)
+            code = _run_eval(args, loaded, device, env)
     finally:
         import torch.distributed as dist
 
@@ -236,134 +227,101 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return code
 
 
-def _eval_standard(args: argparse.Namespace, loaded: dict, device, env) -> int:
-    """``eval --suite standard|rand``: the AutoAttack-strength headline (robustlab/standard.py)."""
-    import shutil
+def eval_settings(args: argparse.Namespace, config):
+    """The :class:`~robustlab.evaluation.settings.EvalSettings` of ``robustlab eval``: the flags, then the run's
+    ``[eval]`` section (a checkpoint), then the suite's defaults."""
+    from robustlab.evaluation import EvalSettings
 
-    from robustlab.checks import any_failed
-    from robustlab.report import standard_markdown, write_standard_report
-    from robustlab.standard import StandardSettings, evaluate_standard
-
-    config, data = loaded["config"], loaded["data"]
+    cfg = config.eval if config is not None else None
     if args.eps is not None:
         eps = args.eps
-    elif config is not None:
-        eps = [max(config.eval.eps)]
-    else:
+    elif cfg is None:
         raise ConfigError("--model needs --eps (the radius of the threat model)")
-    if len(eps) != 1:
-        raise ConfigError(f"the {args.suite} suite runs at one ε (use --suite fast for a curve), got {eps}")
-    subset = args.subset if args.subset is not None else (config.eval.subset if config is not None else 500)
-    try:
-        settings = StandardSettings(suite=args.suite, norm=args.norm, eps=eps[0], subset=subset,
-                                    batch_size=config.eval.batch_size if config is not None else 500, seed=args.seed,
-                                    **({"eot_samples": args.eot_samples} if args.eot_samples is not None else {}))
-    except ConfigError as exc:
-        raise ConfigError(f"eval: {exc}") from None
-    out_dir, stem = _output_location(args.out, loaded["default_dir"], f"eval_{args.suite}")
-    state_dir = out_dir / f"{stem}_state"
-    if args.fresh and state_dir.exists() and env.is_main:
-        shutil.rmtree(state_dir)
-    x, y = data.test_x, data.test_y
-    log = print if env.is_main else None
-    if env.is_main:
-        n = min(subset, len(x)) if subset else len(x)
-        print(f"{loaded['name']} on {data.name}: {args.suite} suite at {args.norm} ε={eps[0]:g} on {n} test examples "
-              f"({torch_threads()} torch threads, {device}"
-              + (f", {env.world_size} processes" if env.enabled else "") + f"); state in {state_dir}")
-    result = evaluate_standard(loaded["model"], x, y, settings, num_classes=data.num_classes, device=device,
-                               state_dir=state_dir, env=env, log=log)
-    if not env.is_main:
-        return 0
-    print()
-    print(standard_markdown(result, title=loaded["name"]))
-    extra = {"model": loaded["name"], "dataset": data.name, "epoch": loaded["epoch"], "device": str(device),
-             "amp": args.amp, "processes": env.world_size}
-    if "checkpoint" in loaded:
-        extra["checkpoint"] = str(loaded["checkpoint"])
-    files = write_standard_report(result, out_dir, stem=stem, title=loaded["name"], extra=extra)
-    print(f"wrote {files['json']} and {files['markdown'].name}")
-    return 1 if args.fail_on_check and any_failed(result.checks) else 0
-
-
-def _eval_fast(args: argparse.Namespace, loaded: dict, device) -> int:
-    """``eval --suite fast|quick``: every attack of the library / the run's [eval] attacks (robustlab/suite.py)."""
-    from robustlab.checks import any_failed, summary_line
-    from robustlab.experiment import config_from_dict
-    from robustlab.report import NOT_A_CLAIM, checks_table, markdown_table, suite_markdown, write_suite_report
-    from robustlab.suite import SuiteSettings, evaluate_suite
-
-    model, config, data, name = loaded["model"], loaded["config"], loaded["data"], loaded["name"]
-    overrides = config.to_dict()
-    if args.eps is not None:
-        overrides["eval"]["eps"] = args.eps
-    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()] if args.attacks else None
-    if attacks and args.suite == "quick":
-        overrides["eval"]["attacks"] = attacks
-    if args.subset is not None:
-        overrides["eval"]["subset"] = args.subset
-    if args.pgd_steps is not None:
-        overrides["eval"]["pgd_steps"] = args.pgd_steps
-    cfg = config_from_dict(overrides).eval
-    eps = [e for e in cfg.eps if e > 0]
+    elif args.suite == "quick":
+        eps = [e for e in cfg.eps if e > 0]
+    elif args.suite == "fast":  # a curve with the clean point: ε/2 and ε of the run's largest
+        eps = [round(max(cfg.eps) / 2, 6), max(cfg.eps)]
+    else:
+        eps = [max(cfg.eps)]
     if not eps:
         raise ConfigError("eval.eps holds no ε > 0 to attack at")
-    x, y = data.test_x, data.test_y
-    common = dict(eot=args.eot, seed=args.seed)
-    if args.eot_samples is not None:
-        common["eot_samples"] = args.eot_samples
+    options: dict = {"norm": args.norm, "eps": eps[0] if len(eps) == 1 else eps, "seed": args.seed, "eot": args.eot}
+    if cfg is not None:
+        options["batch_size"] = cfg.batch_size
     if args.suite == "quick":
-        settings = SuiteSettings(suite="quick", eps=eps, attacks=cfg.attacks, subset=cfg.subset or len(x),
-                                 batch_size=cfg.batch_size, pgd_steps=cfg.pgd_steps, pgd_step_size=cfg.pgd_step_size,
-                                 pgd_restarts=cfg.pgd_restarts, **common)
+        options.update(attacks=cfg.attacks, subset=cfg.subset, pgd_steps=cfg.pgd_steps,
+                       pgd_step_size=cfg.pgd_step_size, pgd_restarts=cfg.pgd_restarts)
+    elif args.suite == "fast":
+        options["subset"] = 500
     else:
-        fast = dict(eps=eps if args.eps is not None else _fast_suite_eps(eps), eps_l2=args.eps_l2, attacks=attacks,
-                    batch_size=cfg.batch_size, **common)
-        for key in ("subset", "minimal_subset", "few_pixel_subset", "pgd_steps"):
-            if getattr(args, key) is not None:
-                fast[key] = getattr(args, key)
-        if args.minimal_subset is not None:
-            fast["deepfool_subset"] = args.minimal_subset
-        try:
-            settings = SuiteSettings.paper(**fast) if args.paper else SuiteSettings(**fast)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-    out_dir, stem = _output_location(args.out, loaded["default_dir"], f"eval_{args.suite}")
+        options["subset"] = cfg.subset if cfg is not None else 500
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()] if args.attacks else None
+    if attacks:
+        if args.suite not in ("fast", "quick"):
+            raise ConfigError(f"--attacks chooses the rows of --suite fast or quick, not of {args.suite}")
+        options["attacks"] = attacks
+    flags = {"subset": args.subset, "pgd_steps": args.pgd_steps, "eot_samples": args.eot_samples,
+             "eps_l2": args.eps_l2, "minimal_subset": args.minimal_subset, "deepfool_subset": args.minimal_subset,
+             "few_pixel_subset": args.few_pixel_subset}
+    options.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return EvalSettings.paper(**options) if args.paper else EvalSettings(**options)
+    except ConfigError as exc:
+        raise ConfigError(f"eval: {exc}") from None
+
+
+def report_stem(suite: str, settings) -> str:
+    """``eval_<suite>_<norm>_<ε>``: each threat model of a checkpoint keeps its own report files."""
+    return f"eval_{suite}_{settings.norm}_" + "_".join(f"{e:g}" for e in settings.eps_list)
+
+
+def _run_eval(args: argparse.Namespace, loaded: dict, device, env) -> int:
+    """``robustlab eval``: any suite, through the one runner, then the one report."""
+    from robustlab.evaluation import evaluate
+    from robustlab.evaluation.checks import any_failed
+    from robustlab.evaluation.report import NOT_A_CLAIM, markdown, write_report
+
+    config, data = loaded["config"], loaded["data"]
+    x, y = data.test_x, data.test_y
+    settings = eval_settings(args, config)
+    if args.transfer_source and args.suite != "fast":
+        raise ConfigError("--transfer-source needs the transfer row: use --suite fast")
+    if args.transfer_source and settings.attacks and "transfer" not in settings.attacks:
+        raise ConfigError("--transfer-source needs the transfer row: add 'transfer' to --attacks")
+    stem = report_stem(args.suite, settings)
+    out_dir, stem = _output_location(args.out, loaded["default_dir"], stem)
     source = None
-    if args.transfer_source and (args.suite == "quick" or (attacks and "transfer" not in attacks)):
-        raise ConfigError("--transfer-source needs the transfer row: use --suite fast (with 'transfer' in "
-                          "--attacks if you list them)")
     if args.transfer_source:
         from robustlab.runs import load_source_model
 
         source = load_source_model(args.transfer_source, device)
-    print(f"{name} on {config.data.name}: {args.suite} suite on {min(settings.subset, len(x))} test examples "
-          f"({torch_threads()} torch threads, {device})")
-    print(NOT_A_CLAIM.format(suite=args.suite).replace("**", ""))
-    try:
-        result = evaluate_suite(model, x, y, settings, num_classes=data.num_classes, transfer_source=source,
-                                device=device, log=print)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
+    state_dir = out_dir / "eval_state"
+    n = min(settings.subset, len(x)) if settings.subset else len(x)
+    if env.is_main:
+        eps = ", ".join(f"{e:g}" for e in settings.eps_list)
+        print(f"{loaded['name']} on {data.name}: {args.suite} suite at {settings.norm} ε={eps} on {n} test examples "
+              f"({torch_threads()} torch threads, {device}"
+              + (f", {env.world_size} processes" if env.enabled else "") + f"); state under {state_dir}")
+        if args.suite in ("fast", "quick"):
+            print(NOT_A_CLAIM.format(suite=args.suite).replace("**", ""))
+    result = evaluate(loaded["model"], x, y, settings, suite=args.suite, num_classes=data.num_classes, device=device,
+                      state_dir=state_dir, env=env, log=print if env.is_main else None, transfer_source=source,
+                      fresh=args.fresh)
+    if not env.is_main:
+        return 0
     print()
-    if args.suite == "quick":
-        print(f"{result.n} test examples of {config.data.name}; PGD: {cfg.pgd_steps} steps, "
-              f"{cfg.pgd_restarts} restart(s)")
-        print(markdown_table({name: (result.clean, result.points)}))
-        for row in result.ensemble:
-            print(f"worst case over {', '.join(a.upper() for a in row['attacks'])} at ε={row['eps']:g}: "
-                  f"{100 * row['accuracy']:.1f}%")
-        print("\nMasking checks\n\n" + checks_table(result.checks) + summary_line(result.checks))
-    else:
-        print(suite_markdown(result, title=name))
-
-    extra = {"checkpoint": str(loaded["checkpoint"]), "model": config.model, "defense": config.defense,
-             "dataset": config.data.name, "epoch": loaded["epoch"], "device": str(device), "amp": args.amp,
-             "eval": cfg.model_dump()}
+    print(markdown(result, title=loaded["name"]))
+    extra = {"model": loaded["name"], "dataset": data.name, "epoch": loaded["epoch"], "device": str(device),
+             "amp": args.amp, "processes": env.world_size}
+    if "checkpoint" in loaded:
+        extra.update(checkpoint=str(loaded["checkpoint"]), defense=config.defense, eval=config.eval.model_dump())
     if args.metric:
-        extra["metric"] = metric_report(model, data, x, y, eps[0], cfg, out_dir / f"{stem}_roc.png", device)
-    files = write_suite_report(result, out_dir, stem=stem, title=name, extra=extra)
+        if config is None:
+            raise ConfigError("--metric needs a --checkpoint (it uses the run's training data and [eval] section)")
+        extra["metric"] = metric_report(loaded["model"], data, x, y, settings.eps_list[0], config.eval,
+                                        out_dir / f"{stem}_roc.png", device)
+    files = write_report(result, out_dir, stem=stem, title=loaded["name"], extra=extra,
+                         class_names=getattr(data, "class_names", None))
     print(f"wrote {files['json']} and {', '.join(p.name for k, p in files.items() if k != 'json')}")
     return 1 if args.fail_on_check and any_failed(result.checks) else 0
 
@@ -393,14 +351,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         from robustlab.defenses import available_defenses as names
     else:
         from robustlab.attacks import available_attacks
-        from robustlab.standard import AA_SUITES
-        from robustlab.suite import suite_row_names
+        from robustlab.evaluation.suites import available_suites, fast_row_names
 
         print("attacks (robustlab.attacks.build_attack; --suite quick --attacks):")
         print("\n".join(f"  {name}" for name in available_attacks()))
         print("rows of the fast suite (--suite fast --attacks):")
-        print("\n".join(f"  {name}" for name in suite_row_names()))
-        print(f"suites (--suite): {', '.join(AA_SUITES)}, fast, quick")
+        print("\n".join(f"  {name}" for name in fast_row_names()))
+        print(f"suites (--suite): {', '.join(available_suites())}")
         return 0
     print("\n".join(names()))
     return 0

@@ -1,6 +1,6 @@
 """The main job: standard training vs PGD-AT of LeNet-5 on MNIST-5k, evaluated under FGSM, PGD and the standard suite.
 
-The ``STANDARD`` column is the AutoAttack-strength ``standard`` suite (:mod:`robustlab.standard`) at the training
+The ``STANDARD`` column is the AutoAttack-strength ``standard`` suite (:mod:`robustlab.evaluation.suites`) at the training
 ε 0.3 on the first ``standard_subset`` test images: the robust-accuracy headline. FGSM and PGD give the curve over
 ε. Runs in a few minutes on 2 CPU cores with no download. Training resumes if interrupted, and a finished run is
 reused (delete the output directory to train again). Writes ``results.md``, ``results.csv``, ``results.json``
@@ -9,9 +9,8 @@ and ``accuracy_vs_eps.png`` to the output directory.
 
 from __future__ import annotations
 
-import functools
+import csv
 import json
-import shutil
 from importlib import resources
 from pathlib import Path
 
@@ -19,11 +18,11 @@ import torch
 
 from robustlab.checkpoint import atomic_write_text, find_latest_checkpoint
 from robustlab.engine import Trainer
-from robustlab.evaluate import CurvePoint, attack_factories, robustness_curve
+from robustlab.evaluation import EvalSettings, EvaluationResult, evaluate
+from robustlab.evaluation.plots import plot_models
+from robustlab.evaluation.report import comparison_table
 from robustlab.experiment import load_config
-from robustlab.report import markdown_table, plot_accuracy_vs_eps, write_csv
 from robustlab.runs import load_trained_model
-from robustlab.standard import OtherEvaluationState, StandardSettings, evaluate_standard
 
 DEMO_RECIPES = {"standard": "demo_standard.toml", "pgd_at": "demo_pgd_at.toml"}
 DEMO_EPS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
@@ -51,41 +50,45 @@ def run_demo(out_dir: str | Path = "runs/demo", *, epochs_scale: float = 1.0, ev
         else:
             Trainer(config, resume=ckpt is not None, log=log).fit()
         model, config, data, _ = load_trained_model(str(run_dir))
-        config.eval.pgd_steps = pgd_steps
-        config.eval.pgd_step_size = pgd_step_size  # 0: 2.5ε/steps
-        config.eval.attacks = ["fgsm", "pgd"]
         x, y = data.test_x[:eval_subset], data.test_y[:eval_subset]
         log(f"[{label}] evaluating on {len(x)} test images: FGSM and PGD-{pgd_steps} at ε in {DEMO_EPS}")
-        clean, points = robustness_curve(model, x, y, attack_factories(config.eval), DEMO_EPS, device="cpu")
+        curve = evaluate(model, x, y, EvalSettings(eps=DEMO_EPS, attacks=["fgsm", "pgd"], pgd_steps=pgd_steps,
+                                                   pgd_step_size=pgd_step_size, pgd_restarts=1),
+                         suite="quick", device="cpu", checks=False, log=log)
         n = min(standard_subset, len(data.test_x))
         log(f"[{label}] standard suite (AutoAttack-strength) at ε {STANDARD_EPS} on {n} test images")
-        # The state directory `robustlab eval --checkpoint RUN` uses: a finished evaluation is reused, one of
-        # other settings (or of an older robustlab) is replaced.
-        state_dir = run_dir / "eval_standard_state"
-        evaluate = functools.partial(evaluate_standard, model, data.test_x, data.test_y,
-                                     StandardSettings(eps=STANDARD_EPS, subset=n), num_classes=data.num_classes,
-                                     device="cpu", log=log, state_dir=state_dir)
-        try:
-            standard = evaluate()
-        except OtherEvaluationState:
-            log(f"[{label}] {state_dir} holds another evaluation: evaluating again")
-            shutil.rmtree(state_dir)
-            standard = evaluate()
-        points.append(CurvePoint("standard", STANDARD_EPS, standard.robust_accuracy, n=n))
-        results[label] = (clean, points)
-    table = markdown_table(results, eps_filter={0.1, 0.3})
-    full_table = markdown_table(results)
+        # Under the state folder `robustlab eval --checkpoint RUN` uses: a finished evaluation is reused.
+        standard = evaluate(model, data.test_x, data.test_y, EvalSettings(eps=STANDARD_EPS, subset=n),
+                            suite="standard", num_classes=data.num_classes, device="cpu", log=log,
+                            state_dir=run_dir / "eval_state")
+        results[label] = [curve, standard]
+    table = comparison_table(results, eps_filter={0.1, 0.3})
     atomic_write_text(out_dir / "results.md",
-                      "# robustlab demo: LeNet-5 on MNIST-5k, accuracy (%)\n\n" + full_table
+                      "# robustlab demo: LeNet-5 on MNIST-5k, accuracy (%)\n\n" + comparison_table(results)
                       + f"\nFGSM and PGD-{pgd_steps} on the first {eval_subset} test images; STANDARD: the standard suite "
                         f"(AutoAttack's attacks and settings) on the first {standard_subset}.\n")
-    write_csv(results, out_dir / "results.csv")
+    write_long_csv(results, out_dir / "results.csv")
     atomic_write_text(out_dir / "results.json", json.dumps(
-        {m: {"clean": c, "curve": [vars(p) for p in pts]} for m, (c, pts) in results.items()}, indent=2))
-    plot_accuracy_vs_eps(results, out_dir / "accuracy_vs_eps.png", title="LeNet-5 on MNIST-5k")
+        {m: [r.to_dict() | {"per_example": None} for r in rs] for m, rs in results.items()}, indent=2))
+    plot_models(results, out_dir / "accuracy_vs_eps.png", title="LeNet-5 on MNIST-5k")
     log("\n" + table)
     log(f"wrote {out_dir / 'results.md'}, results.csv, results.json and accuracy_vs_eps.png")
     return results
+
+
+def write_long_csv(results: dict[str, list[EvaluationResult]], path: Path) -> None:
+    """Long format: model, suite, attack, eps, accuracy, error (clean as attack ``none`` at ε 0; a claim suite as its
+    worst case, attack ``worst_case``)."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["model", "suite", "attack", "eps", "accuracy", "error"])
+        for model, rs in results.items():
+            writer.writerow([model, "", "none", 0.0, f"{rs[0].clean:.6f}", f"{1 - rs[0].clean:.6f}"])
+            for r in rs:
+                pairs = [("worst_case", e, a) for e, a in r.curve.items()] if r.claim else \
+                    [(row["attack"], row["eps"], row["accuracy"]) for row in r.bounded_rows()]
+                for attack, eps, acc in pairs:
+                    writer.writerow([model, r.suite, attack, eps, f"{acc:.6f}", f"{1 - acc:.6f}"])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -67,7 +67,7 @@ def plot_roc(curves: Mapping[str, DetectionResult], path: Path, title: str = "Mi
              styles: Mapping[str, dict] | None = None) -> None:
     """One ROC curve per entry (label shows the AUC; ``styles[name]``: extra matplotlib line options), the chance
     diagonal, saved as a small PNG."""
-    from robustlab.report import _pyplot
+    from robustlab.evaluation.plots import pyplot as _pyplot
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.8, 4.2), dpi=90)

@@ -33,7 +33,8 @@ from robustlab.defenses import Batch, Defense, TrainContext, build_defense
 from robustlab.distributed import (all_reduce_sum, average_gradients, barrier, broadcast_module, init_distributed,
                                    shard, synchronise_optimizer)
 from robustlab.errors import CheckpointError, ConfigError
-from robustlab.evaluate import accuracy, attack_factories, predictions_repeat
+from robustlab.evaluation import EvalSettings, evaluate
+from robustlab.evaluation.outcome import accuracy
 from robustlab.experiment import config_from_dict, upgrade_stored_config
 from robustlab.run_lock import RunLock
 from robustlab.runs import build_model_for
@@ -349,21 +350,21 @@ class Trainer:
         x, y = self.dataset.test_x, self.dataset.test_y
         row = {"test_acc": round(accuracy(self.model, x, y, batch_size=cfg.batch_size, device=self.device), 6)}
         last = epoch + 1 == self.config.run.epochs
-        if cfg.every and ((epoch + 1) % cfg.every == 0 or last):
-            xs, ys = (x[: cfg.subset], y[: cfg.subset]) if cfg.subset else (x, y)
-            eot = 1
-            if not predictions_repeat(self.model, xs[: cfg.batch_size], self.device):
-                eot = cfg.eot_samples
-                row["test_eot_samples"] = eot
-                if eot == 1 and not self._warned_one_draw:
+        if cfg.every and ((epoch + 1) % cfg.every == 0 or last) and any(e > 0 for e in cfg.eps):
+            # The run's [eval] attacks (the quick suite: each attack on every clean-correct example); a randomised
+            # model also gets EOT-PGD with eval.eot_samples draws per gradient.
+            settings = EvalSettings(eps=[e for e in cfg.eps if e > 0], subset=cfg.subset, batch_size=cfg.batch_size,
+                                    attacks=cfg.attacks, pgd_steps=cfg.pgd_steps, pgd_step_size=cfg.pgd_step_size,
+                                    pgd_restarts=cfg.pgd_restarts, eot_samples=cfg.eot_samples, gallery=0)
+            result = evaluate(self.model, x, y, settings, suite="quick", device=self.device, checks=False)
+            if result.randomised:
+                row["test_eot_samples"] = cfg.eot_samples
+                if cfg.eot_samples == 1 and not self._warned_one_draw:
                     self._warned_one_draw = True
                     self.log("randomised model: the per-epoch robust accuracy attacks it with one noise draw per "
                              "gradient (eval.eot_samples = 1) and overstates its robustness")
-            for name, factory in attack_factories(cfg, eot).items():
-                for eps in cfg.eps:
-                    acc = accuracy(self.model, xs, ys, attack=factory(eps), batch_size=cfg.batch_size,
-                                   device=self.device)
-                    row[f"test_{name}_{eps:g}_acc"] = round(acc, 6)
+            for r in result.bounded_rows():
+                row[f"test_{r['attack']}_{r['eps']:g}_acc"] = round(r["accuracy"], 6)
         row.update(self.defense.evaluate_all(self.model, self.ctx))
         return row
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from robustlab.attacks import PGD
-from robustlab.evaluate import accuracy
+from robustlab.evaluation.outcome import accuracy
 
 
 def test_pgd_under_bf16_autocast_matches_fp32(trained_digits_mlp, digits):

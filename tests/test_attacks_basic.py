@@ -8,7 +8,7 @@ from torch import nn
 
 from robustlab.attacks import FGSM, PGD, build_attack, model_mode
 from robustlab.errors import ConfigError
-from robustlab.evaluate import accuracy, attack_outcome
+from robustlab.evaluation.outcome import accuracy, attack_outcome
 
 
 @pytest.fixture

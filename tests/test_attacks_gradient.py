@@ -16,7 +16,7 @@ from robustlab.attacks import (APGDCE, APGDDLR, EOTPGD, FGSM, IFGSM, PGD, PGDL2,
                                LeastLikely, TransferAttack, available_attacks, build_attack, with_eot)
 from robustlab.attacks.apgd import apgd_checkpoints  # noqa: E402
 from robustlab.attacks.losses import cross_entropy, dlr_loss, loss_gradient, targeted_dlr_loss  # noqa: E402
-from robustlab.evaluate import accuracy, attack_outcome  # noqa: E402
+from robustlab.evaluation.outcome import accuracy, attack_outcome  # noqa: E402
 from robustlab.modes import model_mode  # noqa: E402
 
 

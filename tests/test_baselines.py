@@ -21,7 +21,7 @@ from robustlab.defenses.mart import mart_loss
 from robustlab.defenses.trades import trades_loss
 from robustlab.engine import Trainer
 from robustlab.errors import ConfigError
-from robustlab.evaluate import accuracy
+from robustlab.evaluation.outcome import accuracy
 from robustlab.experiment import config_from_dict
 from robustlab.schedule import lr_factor
 

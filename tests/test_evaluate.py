@@ -14,7 +14,7 @@ from torch import nn
 from robustlab.attacks import FGSM, IFGSM, PGD, Attack, DeepFool, MinimalAttack, MinimalResult
 from robustlab.checks import any_failed
 from robustlab.cli import main
-from robustlab.evaluate import accuracy, attack_outcome, minimal_attack_outcome, worst_case_ensemble
+from robustlab.evaluation.outcome import accuracy, attack_outcome, minimal_attack_outcome, worst_case_ensemble
 from robustlab.report import json_safe, write_suite_report
 from robustlab.suite import SuiteSettings, evaluate_suite
 from tiny_run import tiny_run_toml

@@ -16,9 +16,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("components", ("data", "models", "attacks", "schedule", "retrieval")),
     ("runs", ("checkpoint", "run_lock", "runs", "user_model")),
     ("defenses", ("defenses",)),
-    ("training and evaluation", ("experiment", "evaluate", "engine")),
-    ("analysis", ("checks", "suite", "standard", "report", "detection", "metric_analysis", "paired", "benchmarking",
-                  "demo")),
+    # The evaluation package sits beside the engine: the per-epoch robust accuracy calls its runner.
+    ("training and evaluation", ("experiment", "evaluation", "engine")),
+    ("analysis", ("detection", "metric_analysis", "paired", "demo")),
     ("interface", ("cli", "", "recipes")),  # "" is the package itself (robustlab/__init__.py)
 ]
 

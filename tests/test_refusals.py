@@ -257,7 +257,7 @@ def test_attack_inputs_give_a_correct_result_or_a_clear_error(small_model, n, dt
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(0, 5), dtype=DTYPES, special=SPECIALS, label=st.integers(-1, 6))
 def test_evaluation_inputs_give_a_correct_outcome_or_a_clear_error(small_model, n, dtype, special, label):
-    from robustlab.evaluate import attack_outcome
+    from robustlab.evaluation.outcome import attack_outcome
 
     x, y = _batch(n, dtype, special, label)
     valid = n > 0 and dtype == torch.float32 and special is None and 0 <= label < 5

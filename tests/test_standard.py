@@ -1,4 +1,4 @@
-"""The AutoAttack-strength suites (robustlab/standard.py), robustlab.benchmark and `robustlab eval` on them."""
+"""The AutoAttack-strength suites (standard, rand) through the one runner, robustlab.benchmark and `robustlab eval`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from torch import nn
 import robustlab
 from robustlab.attacks import APGDCE
 from robustlab.cli import main
-from robustlab.standard import OtherEvaluationState, StandardSettings, build_stages, evaluate_standard
+from robustlab.evaluation import EvalSettings, evaluate
+from robustlab.evaluation.runner import build_stage_attack, plan_units
+from robustlab.evaluation.suites import ModelFacts, resolve_suite
 
 from tiny_run import tiny_run_toml
 
@@ -26,22 +28,33 @@ def _acc(model, x, y):
         return float(model(x).argmax(1).eq(y).float().mean())
 
 
+def built_attacks(suite: str, settings: EvalSettings, num_classes: int = 10, randomised: bool = False):
+    spec = resolve_suite(suite, settings, ModelFacts(num_classes, (1, 28, 28), randomised=randomised))
+    return spec, [(u.name, build_stage_attack(u, num_classes=num_classes, seed=0, transfer_source=None))
+                  for u in plan_units(spec, settings)]
+
+
 def test_standard_composition_is_autoattacks():
-    stages = build_stages(StandardSettings(eps=8 / 255), num_classes=10)
-    assert [s.name for s in stages] == ["apgd_ce", "apgd_t", "fab_t", "square"]
-    apgd_ce, apgd_t, fab_t, square = (s.attack for s in stages)
+    spec, units = built_attacks("standard", EvalSettings(eps=8 / 255))
+    assert [name for name, _ in units] == ["apgd_ce", "apgd_t", "fab_t", "square"] and spec.claim and spec.cascade
+    apgd_ce, apgd_t, fab_t, square = (a for _, a in units)
     assert (apgd_ce.steps, apgd_ce.restarts, apgd_ce.loss, apgd_ce.top_targets) == (100, 1, "ce", 0)
     assert (apgd_t.steps, apgd_t.loss, apgd_t.top_targets) == (100, "dlr", 9)
     assert (fab_t.steps, fab_t.top_targets) == (100, 9)
-    assert square.queries == 5000
-    rand = build_stages(StandardSettings(suite="rand", eps=0.1), num_classes=10)
-    assert [(s.name, s.attack.eot_samples) for s in rand] == [("apgd_ce_eot", 20), ("apgd_dlr_eot", 20)]
+    assert square.queries == 5000 and square.eps == 8 / 255
+    rand, units = built_attacks("standard", EvalSettings(eps=0.1), randomised=True)  # a randomised model: rand
+    assert rand.name == "rand" and rand.final_draws == 10
+    assert [(name, a.eot_samples) for name, a in units] == [("apgd_ce_eot", 20), ("apgd_dlr_eot", 20)]
+    _, l2 = built_attacks("standard", EvalSettings(norm="L2", eps=0.5))
+    assert {a.norm for _, a in l2} == {"l2"}
+    _, three = built_attacks("standard", EvalSettings(eps=0.1), num_classes=3)  # the targeted DLR needs 4 classes
+    assert [name for name, _ in three] == ["apgd_ce", "fab_t", "square"] and three[1][1].top_targets == 2
 
 
 @pytest.fixture(scope="module")
 def standard_result(robust_digits_cnn, digits):
-    return evaluate_standard(robust_digits_cnn, digits.test_x, digits.test_y,
-                             StandardSettings(eps=0.15, subset=150), num_classes=10)
+    return evaluate(robust_digits_cnn, digits.test_x, digits.test_y, EvalSettings(eps=0.15, subset=150),
+                    num_classes=10)
 
 
 def test_standard_suite_is_a_worst_case_over_stages(standard_result, robust_digits_cnn, digits):
@@ -89,7 +102,7 @@ class StraightThrough(Quantised):
 def test_a_gradient_masked_model_is_caught_and_not_overstated(trained_digits_mlp, digits):
     x, y = digits.test_x[:120], digits.test_y[:120]
     masked, adaptive = Quantised(trained_digits_mlp), StraightThrough(trained_digits_mlp)
-    result = evaluate_standard(masked, x, y, StandardSettings(eps=0.15), num_classes=10)
+    result = evaluate(masked, x, y, EvalSettings(eps=0.15), num_classes=10)
     torch.manual_seed(0)
     gradient_only = _acc(masked, APGDCE(0.15)(masked, x, y), y)
     true_value = _acc(masked, APGDCE(0.15)(adaptive, x, y), y)  # BPDA points, judged on the masked model
@@ -104,8 +117,8 @@ def test_randomised_model_gets_the_rand_suite(digits):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     noisy = nn.Sequential(_Noise(0.3), net)
-    r = evaluate_standard(noisy, digits.test_x[:40], digits.test_y[:40],
-                          StandardSettings(eps=0.1, steps=5, eot_samples=2, final_draws=3), num_classes=10)
+    r = evaluate(noisy, digits.test_x[:40], digits.test_y[:40],
+                 EvalSettings(eps=0.1, steps=5, eot_samples=2, final_draws=3), num_classes=10)
     assert r.suite == "rand" and r.randomised and [row["attack"] for row in r.rows] == ["apgd_ce_eot",
                                                                                       "apgd_dlr_eot"]
     thirds = r.robust * 3  # fractions of the 3 final draws
@@ -124,30 +137,36 @@ class _Noise(nn.Module):
 
 def test_an_interrupted_evaluation_resumes_to_the_same_outcome(robust_digits_cnn, digits, tmp_path):
     x, y = digits.test_x[:80], digits.test_y[:80]
-    settings = StandardSettings(eps=0.15, batch_size=20, steps=10, square_queries=100)
-    whole = evaluate_standard(robust_digits_cnn, x, y, settings, num_classes=10)
+    settings = EvalSettings(eps=0.15, batch_size=20, steps=10, square_queries=100)
+    whole = evaluate(robust_digits_cnn, x, y, settings, num_classes=10)
 
     def stop_after_apgd_t(message):
-        if "apgd_t:" in message:
+        if message.lstrip().startswith("apgd_t ε=0.15: attacked"):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        evaluate_standard(robust_digits_cnn, x, y, settings, num_classes=10, state_dir=tmp_path, log=stop_after_apgd_t)
-    saved = json.loads((tmp_path / "rank0.json").read_text())
+        evaluate(robust_digits_cnn, x, y, settings, num_classes=10, state_dir=tmp_path, log=stop_after_apgd_t)
+    (folder,) = tmp_path.iterdir()  # one folder, named by the evaluation
+    saved = json.loads((folder / "rank0.json").read_text())
     assert saved["done"] == {"apgd_ce": 4, "apgd_t": len(range(0, whole.rows[1]["attacked"], 20))}
     lines = []
-    resumed = evaluate_standard(robust_digits_cnn, x, y, settings, num_classes=10, state_dir=tmp_path,
-                                log=lines.append)
+    resumed = evaluate(robust_digits_cnn, x, y, settings, num_classes=10, state_dir=tmp_path, log=lines.append)
     assert torch.equal(resumed.robust, whole.robust) and resumed.fooled_by == whole.fooled_by
     assert torch.equal(resumed.x_adv, whole.x_adv)  # the points found before the interruption come back too
     assert resumed.rows[0]["seconds"] == pytest.approx(saved["stats"]["apgd_ce"]["seconds"], abs=1e-3)
+    assert [r["resumed"] for r in resumed.rows] == [True, True, False, False]
     assert [r["attacked"] for r in resumed.rows] == [r["attacked"] for r in whole.rows]
     assert [r["robust_after"] for r in resumed.rows] == [r["robust_after"] for r in whole.rows]
-    assert f"apgd_ce: attacked {whole.rows[0]['attacked']}," in "\n".join(lines)
-    # Another experiment in the same directory is refused, naming what differs.
-    with pytest.raises(OtherEvaluationState, match="another evaluation .*settings"):
-        evaluate_standard(robust_digits_cnn, x, y, StandardSettings(eps=0.1, batch_size=20), num_classes=10,
-                          state_dir=tmp_path)
+    text = "\n".join(lines)
+    assert f"apgd_ce ε=0.15: attacked {whole.rows[0]['attacked']}," in text
+    assert "(resumed: 4 of 4 batches from the saved state, 0.0 s now)" in text  # not the old seconds as new
+    assert "batch 1/4 done" not in text and "fab_t ε=0.15: batch 1/" in text  # per-batch progress of new work
+    # Another threat model from the same place is another evaluation, in its own folder: no refusal, no mix-up.
+    other = evaluate(robust_digits_cnn, x, y, EvalSettings(norm="l2", eps=0.5, batch_size=20, steps=5,
+                                                            square_queries=50), num_classes=10, state_dir=tmp_path)
+    assert len(list(tmp_path.iterdir())) == 2 and other.norm == "l2" and other.state_dir != resumed.state_dir
+    again = evaluate(robust_digits_cnn, x, y, settings, num_classes=10, state_dir=tmp_path, log=lines.append)
+    assert all(r["resumed"] for r in again.rows) and torch.equal(again.robust, whole.robust)
 
 
 @pytest.mark.parametrize("x, y, match", [
@@ -166,7 +185,10 @@ def test_benchmark_refuses_bad_inputs_with_one_clear_error(trained_digits_mlp, x
 
 @pytest.mark.parametrize("options, match", [({"eps": 1.5}, "above 1"), ({"eps": float("nan")}, "finite"),
                                             ({"eps": 0.1, "norm": "L1"}, "norm"),
-                                            ({"eps": 0.1, "suite": "fast"}, "suite")])
+                                            ({"eps": 0.1, "suite": "fastest"}, "unknown suite 'fastest'"),
+                                            ({"eps": 0.1, "stepz": 3}, "no option 'stepz'.*did you mean 'steps'"),
+                                            ({"eps": 0.1, "suite": [("pgd", {"stepz": 3})]}, "has no option 'stepz'"),
+                                            ({"eps": 0.1, "norm": "l2", "suite": ["pgd"]}, "works in the linf norm")])
 def test_benchmark_refuses_bad_settings(trained_digits_mlp, digits, options, match):
     with pytest.raises(ValueError, match=match):
         robustlab.benchmark(trained_digits_mlp, digits.test_x[:4], digits.test_y[:4], **options)
@@ -193,15 +215,39 @@ def test_cli_eval_of_your_own_model(trained_digits_mlp, tmp_path, monkeypatch, c
                  "--eps", "0.1", "--subset", "40", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "standard suite at linf ε=0.1 on 40 test examples" in text and "robust accuracy" in text
-    data = json.loads((out / "eval_standard.json").read_text())
+    data = json.loads((out / "eval_standard_linf_0.1.json").read_text())
     assert data["examples"] == 40 and data["suite"] == "standard" and data["dataset"] == "digits"
-    assert data["robust_accuracy"] < data["clean"] and (out / "eval_standard.md").exists()
+    assert data["robust_accuracy"] < data["clean"] and (out / "eval_standard_linf_0.1.md").exists()
     # Weights of another architecture, or no --eps, are one error line each.
     save_file({"w": torch.zeros(3)}, str(tmp_path / "bad.safetensors"))
     for argv in (["--weights", "bad.safetensors", "--eps", "0.1"], ["--weights", "w.safetensors"]):
         assert main(["eval", "--model", "my_models:digits_mlp", "--dataset", "digits", *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("robustlab: error: ")
+
+
+def test_two_threat_models_on_one_model_need_no_out_and_each_resumes(trained_digits_mlp, tmp_path, monkeypatch,
+                                                                     capsys):
+    (tmp_path / "my_models.py").write_text(
+        "from robustlab.models import build_model\n\n\n"
+        "def digits_mlp():\n    return build_model('mlp_a3t', in_shape=(1, 8, 8), num_classes=10)\n")
+    save_file(trained_digits_mlp.state_dict(), str(tmp_path / "w.safetensors"))
+    monkeypatch.chdir(tmp_path)
+    base = ["eval", "--model", "my_models:digits_mlp", "--weights", "w.safetensors", "--dataset", "digits",
+            "--subset", "30"]
+    for argv in (["--eps", "0.1"], ["--norm", "l2", "--eps", "1.5"]):
+        assert main(base + argv) == 0
+    capsys.readouterr()
+    folder = tmp_path / "runs" / "eval" / "my_models.digits_mlp" / "w"
+    reports = sorted(p.name for p in folder.glob("eval_*.json"))
+    assert reports == ["eval_standard_l2_1.5.json", "eval_standard_linf_0.1.json"]
+    assert len(list((folder / "eval_state").iterdir())) == 2
+    first = json.loads((folder / "eval_standard_linf_0.1.json").read_text())
+    assert main(base + ["--eps", "0.1"]) == 0  # a rerun reuses every stage of its own state
+    text = capsys.readouterr().out
+    assert text.count("(resumed:") == 4 and "robustlab: error" not in text
+    rerun = json.loads((folder / "eval_standard_linf_0.1.json").read_text())
+    assert rerun["per_example"] == first["per_example"] and all(r["resumed"] for r in rerun["rows"])
 
 
 @pytest.mark.slow
@@ -222,9 +268,10 @@ def test_sharded_evaluation_under_torchrun_merges_every_example(tmp_path):
                              capture_output=True, text=True, env=env, timeout=600)
         assert res.returncode == 0, res.stderr[-3000:]
         assert res.stdout.count("wrote ") == 1  # rank 0 alone reports
-        outputs[nproc] = json.loads((out / "eval_standard.json").read_text())
+        (report,) = out.glob("eval_standard_linf_*.json")
+        outputs[nproc] = json.loads(report.read_text())
         if nproc == 2:
-            assert (out / "eval_standard_state" / "rank1.json").exists()
+            assert len(list((out / "eval_state").glob("*/rank1.json"))) == 1
     one, two = outputs[1], outputs[2]
     assert two["processes"] == 2 and len(two["per_example"]["robust"]) == 60 == two["examples"]
     assert two["clean"] == one["clean"]
@@ -243,10 +290,29 @@ def test_the_readme_example_runs():
 def test_channels_last_changes_the_speed_not_the_model_or_the_verdict(robust_digits_cnn, digits):
     x, y = digits.test_x[:80], digits.test_y[:80]
     before = {k: v.clone() for k, v in robust_digits_cnn.state_dict().items()}
-    fast = StandardSettings(eps=0.15, steps=10, square_queries=100)
-    nhwc = evaluate_standard(robust_digits_cnn, x, y, fast, num_classes=10)
-    nchw = evaluate_standard(robust_digits_cnn, x, y, StandardSettings(**{**fast.to_dict(), "channels_last": False}),
-                             num_classes=10)
+    fast = dict(eps=0.15, steps=10, square_queries=100)
+    nhwc = evaluate(robust_digits_cnn, x, y, EvalSettings(**fast), num_classes=10)
+    nchw = evaluate(robust_digits_cnn, x, y, EvalSettings(**fast, channels_last=False), num_classes=10)
     for key, value in robust_digits_cnn.state_dict().items():  # back in NCHW order, the same weights
         assert value.is_contiguous() and torch.equal(value, before[key])
     assert abs(nhwc.robust_accuracy - nchw.robust_accuracy) <= 2 / len(x)
+
+
+def test_every_preset_and_a_users_own_stages_run_through_benchmark(trained_digits_mlp, digits):
+    x, y = digits.test_x[:30], digits.test_y[:30]
+    tiny = dict(steps=3, square_queries=20, pgd_steps=2, apgd_steps=2, cw_iterations=2, cw_binary_steps=1,
+                deepfool_iterations=2, critic_iterations=2, few_pixel_population=4, few_pixel_iterations=1,
+                minimal_subset=4, deepfool_subset=4, few_pixel_subset=2, eot_samples=2, final_draws=2, check_subset=20)
+    claims = {}
+    for suite in robustlab.evaluation.available_suites():
+        r = robustlab.benchmark(trained_digits_mlp, x, y, eps=0.1, suite=suite, **tiny)
+        assert r.n == 30 and 0 <= r.robust_accuracy <= r.clean and r.checks, suite
+        claims[suite] = r.claim
+    assert claims == {"standard": True, "rand": True, "fast": False, "quick": False}
+    own = robustlab.benchmark(trained_digits_mlp, x, y, eps=0.1, suite=["fgsm", ("pgd", {"steps": 5})])
+    assert [row["attack"] for row in own.rows] == ["fgsm", "pgd"] and own.suite == "custom" and not own.claim
+    assert own.rows[1]["attacked"] == round(own.rows[0]["robust_after"] * 30)  # a cascade: only the robust ones
+    assert own.robust_accuracy <= robustlab.benchmark(trained_digits_mlp, x, y, eps=0.1, suite=["fgsm"]).robust_accuracy
+    curve = robustlab.benchmark(trained_digits_mlp, x, y, eps=[0.05, 0.1], suite=["pgd"])
+    assert sorted(curve.curve) == [0.05, 0.1] and curve.curve[0.1] <= curve.curve[0.05] + 1 / 30
+    assert curve.robust_accuracy == curve.curve[0.1] and curve.eps == 0.1

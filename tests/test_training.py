@@ -6,7 +6,7 @@ import pytest
 
 from robustlab.attacks import PGD
 from robustlab.engine import Trainer
-from robustlab.evaluate import accuracy
+from robustlab.evaluation.outcome import accuracy
 from robustlab.experiment import config_from_dict
 
 

@@ -35,7 +35,7 @@ from protocol import (  # noqa: E402
     ROOT, begin, Arm, arm_table, command_line, compare_arms, comparison_table, epoch_table, finished_epochs, history,
     load, machine_line, Measurements, plan, skip_missing, train, verdict_lines, write_document)
 from robustlab.attacks import build_attack  # noqa: E402
-from robustlab.evaluate import attack_outcome, minimal_attack_outcome  # noqa: E402
+from robustlab.evaluation.outcome import attack_outcome, minimal_attack_outcome  # noqa: E402
 
 BASELINES = [Arm("reference", "configs/critic/cpu/fc_reference.toml"), Arm("AT", "configs/critic/cpu/fc_at.toml"),
              Arm("VAT", "configs/critic/cpu/fc_vat.toml"), Arm("margin", "configs/critic/cpu/fc_margin.toml")]

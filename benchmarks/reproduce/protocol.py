@@ -35,11 +35,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import mean_std, train_or_reuse  # noqa: E402
-from robustlab.benchmarking import benchmark  # noqa: E402
+from robustlab.evaluation import benchmark  # noqa: E402
 from robustlab.checkpoint import (  # noqa: E402
     MANIFEST_FILE, MODEL_FILE, atomic_write_text, find_latest_checkpoint, load_checkpoint)
 from robustlab.config import parse_config  # noqa: E402
-from robustlab.evaluate import attack_outcome  # noqa: E402
+from robustlab.evaluation.outcome import attack_outcome  # noqa: E402
 from robustlab.paired import Comparison, compare, comparison_table  # noqa: E402
 from robustlab.runs import load_run_data, load_trained_model  # noqa: E402
 

@@ -38,7 +38,7 @@ from protocol import (  # noqa: E402
     finished_epochs, history, load, machine_line, Measurements, plan, skip_missing, standard_outcomes, train,
     verdict_lines, write_document)
 from robustlab.attacks import build_attack  # noqa: E402
-from robustlab.evaluate import attack_outcome  # noqa: E402
+from robustlab.evaluation.outcome import attack_outcome  # noqa: E402
 from robustlab.metric_analysis import analyse_metric  # noqa: E402
 
 EPS = 0.3

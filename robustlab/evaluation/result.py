@@ -15,11 +15,14 @@ import torch
 from robustlab.evaluation.checks import Check, any_failed
 from robustlab.evaluation.settings import EvalSettings
 
+NORM_NAMES = {"linf": "L∞", "l2": "L2", "l0": "L0"}
+NOT_ATTACKED = -2  # a gallery column's prediction where its stage did not attack the example
+
 
 @dataclass
 class GalleryColumn:
-    """The first examples under one stage: the points (the clean image where the stage did not attack one) and
-    the predictions on them."""
+    """The first examples under one stage (or clean): the points and the predictions on them (-2 where the stage
+    did not attack the example, -1 for non-finite logits)."""
 
     x: torch.Tensor
     pred: torch.Tensor
@@ -29,6 +32,7 @@ class GalleryColumn:
 class EvaluationResult:
     suite: str
     claim: bool
+    cascade: bool
     norm: str
     eps: float
     n: int
@@ -46,7 +50,8 @@ class EvaluationResult:
     seconds: float = 0.0
     passes: dict = field(default_factory=dict)
     x_adv: torch.Tensor | None = field(default=None, repr=False)
-    gallery: dict[str, GalleryColumn] = field(default_factory=dict, repr=False)
+    gallery: dict[tuple[str, float | None], GalleryColumn] = field(default_factory=dict, repr=False)
+    gallery_clean: GalleryColumn | None = field(default=None, repr=False)
     labels: torch.Tensor | None = field(default=None, repr=False)
     state_dir: str | None = None
 
@@ -65,7 +70,7 @@ class EvaluationResult:
         return {r["eps"]: r["accuracy"] for r in self.rows if r["attack"] == stage and r["kind"] == "bounded"}
 
     def to_dict(self) -> dict:
-        return {"suite": self.suite, "claim": self.claim, "norm": self.norm, "eps": self.eps, "examples": self.n,
+        return {"suite": self.suite, "claim": self.claim, "cascade": self.cascade, "norm": self.norm, "eps": self.eps, "examples": self.n,
                 "clean": self.clean, "clean_error": 1.0 - self.clean, "robust_accuracy": self.robust_accuracy,
                 "robust_error": 1.0 - self.robust_accuracy,
                 "curve": [{"eps": e, "robust_accuracy": a} for e, a in sorted(self.curve.items())],

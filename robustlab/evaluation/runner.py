@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from robustlab.errors import ConfigError
 from robustlab.evaluation import checks as masking
 from robustlab.evaluation.memory_format import channels_last, has_conv2d
 from robustlab.evaluation.outcome import correct_predictions, predicted_class
-from robustlab.evaluation.result import EvaluationResult, GalleryColumn, mean
+from robustlab.evaluation.result import NOT_ATTACKED, EvaluationResult, GalleryColumn, mean
 from robustlab.evaluation.settings import EvalSettings
 from robustlab.evaluation.state import EvaluationState, model_fingerprint, state_key, STATE_FORMAT
 from robustlab.evaluation.suite_checks import run_suite_checks
@@ -82,6 +83,19 @@ def plan_units(suite: Suite, settings: EvalSettings) -> list[Unit]:
     return units
 
 
+def takes_option(cls: type, name: str) -> bool:
+    """Whether ``cls(...)`` accepts the keyword ``name`` (following ``**options`` up to the base class)."""
+    for klass in cls.__mro__:
+        params = inspect.signature(klass.__init__).parameters if "__init__" in vars(klass) else None
+        if params is None:
+            continue
+        if name in params:
+            return True
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return False
+    return False
+
+
 def build_stage_attack(unit: Unit, *, num_classes: int, seed: int, transfer_source: nn.Module | None) -> Attack:
     """The attack of ``unit``: the stage's attack at the unit's radius, in its norm where the attack takes one."""
     st = unit.stage
@@ -92,8 +106,7 @@ def build_stage_attack(unit: Unit, *, num_classes: int, seed: int, transfer_sour
         if st.step_rule is not None:
             cap, fraction = st.step_rule
             options["step_size"] = min(cap, fraction * unit.eps)
-        takes_norm = "norm" in inspect.signature(attack_class(st.attack).__init__).parameters
-        if takes_norm and "norm" not in options:
+        if takes_option(attack_class(st.attack), "norm") and "norm" not in options:
             options["norm"] = unit.norm
         attack = build_attack(st.attack, unit.eps, **options)
         own = getattr(attack, "norm", "linf")
@@ -148,12 +161,13 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalS
              suite: str | Suite | Sequence[StageSpec] = "standard", num_classes: int | None = None,
              device: torch.device | str | None = None, state_dir: str | Path | None = None,
              env: DistributedEnv | None = None, log: Callable[[str], None] | None = None, progress: bool = False,
-             transfer_source: nn.Module | None = None, fingerprint: str | None = None, checks: bool = True
-             ) -> EvaluationResult:
+             transfer_source: nn.Module | None = None, fingerprint: str | None = None, checks: bool = True,
+             fresh: bool = False) -> EvaluationResult:
     """Run ``suite`` (a preset name, a :class:`Suite` or a list of stages) on the first ``settings.subset`` of
     ``(x, y)`` at each of ``settings.eps``, then the suite's masking checks (``checks=False``: none).
 
-    ``state_dir``: resume from (and save to) the per-example state in a folder under it named by the evaluation.
+    ``state_dir``: resume from (and save to) the per-example state in a folder under it named by the evaluation
+    (``fresh``: discard that folder's state first).
     ``env``: this process's place under ``torchrun``. ``log``: a line per stage and per batch (``print`` on a
     terminal); ``progress``: a tqdm bar per stage. ``fingerprint``: what identifies the model in the saved state
     (default: a hash of its weights).
@@ -180,15 +194,20 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalS
     lo, hi = shard_range(n, env)
     xs, ys = x[lo:hi], y[lo:hi]
     identity = {"format": STATE_FORMAT, "suite": spec.to_dict(), "settings": s.key_dict(), "n": n,
-                "model": fingerprint or model_fingerprint(model), "classes": num_classes,
+                "model": fingerprint or (model_fingerprint(model) if state_dir is not None else None),
+                "classes": num_classes,
                 "world_size": env.world_size}
     folder = Path(state_dir) / state_key(identity) if state_dir is not None else None
+    if fresh and folder is not None and folder.exists() and env.is_main:
+        shutil.rmtree(folder)
+    if env.enabled:
+        dist.barrier()
     state = EvaluationState(folder, env.rank, {**identity, "shard": [lo, hi]}, hi - lo, [u.name for u in units])
     draws = spec.final_draws
     bs = s.batch_size
     keep = min(s.gallery, hi - lo) if env.is_main else 0
     found: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {u.name: state.load_points(u.name) for u in units}
-    gallery: dict[str, GalleryColumn] = {}
+    gallery: dict[tuple[str, float | None], GalleryColumn] = {}
 
     nhwc = s.channels_last if s.channels_last is not None else x.dim() == 4 and has_conv2d(model)
     heartbeat = Heartbeat(model, say)
@@ -214,6 +233,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalS
         result.x_adv = _adversarial_points(xs, units, found, result.eps)
         result.gallery = gallery
         result.labels = ys[:keep].cpu()
+        if keep:
+            with torch.no_grad(), model_mode(model, "eval"):
+                result.gallery_clean = GalleryColumn(xs[:keep].cpu(), predicted_class(model(xs[:keep].to(dev))).cpu())
     result.state_dir = str(folder) if folder is not None else None
     if env.is_main and checks:
         t0 = time.perf_counter()
@@ -281,7 +303,8 @@ def _run_unit(k, unit, units, spec, s, state, model, xs, ys, lo, dev, draws, nhw
         if first.any():
             with torch.no_grad():
                 pred = predicted_class(model(adv[first])).cpu()
-            column = gallery.setdefault(unit.name, GalleryColumn(xs[:keep].clone(), torch.full((keep,), -2)))
+            column = gallery.setdefault((st.name, unit.eps), GalleryColumn(xs[:keep].clone(),
+                                                                           torch.full((keep,), NOT_ATTACKED)))
             column.x[idx[first]] = adv[first].detach().cpu().to(column.x.dtype)
             column.pred[idx[first]] = pred
         state.done[unit.name] = b + 1
@@ -328,8 +351,12 @@ def _gather(state: EvaluationState, env: DistributedEnv):
 
 
 def _unit_outcomes(units: list[Unit], clean: torch.Tensor, outcome: torch.Tensor) -> dict:
-    """(stage name, radius) → per example "still correct" (clean-wrong examples count as not correct)."""
-    return {(u.stage.name, u.eps): torch.minimum(clean, outcome[k]) > 0.5 for k, u in enumerate(units)}
+    """(stage name, radius) → per example of the stage's subset: "still correct" (clean-wrong counts as wrong)."""
+    found = {}
+    for k, u in enumerate(units):
+        m = min(u.stage.subset, len(clean)) if u.stage.subset else len(clean)
+        found[(u.stage.name, u.eps)] = torch.minimum(clean, outcome[k])[:m] > 0.5
+    return found
 
 
 def _assemble(spec: Suite, s: EvalSettings, units: list[Unit], n: int, clean, outcome, rho, l2, stats,
@@ -373,7 +400,7 @@ def _assemble(spec: Suite, s: EvalSettings, units: list[Unit], n: int, clean, ou
     fooled_by = [names[i] if i >= 0 else None for i in fooled_at[headline].tolist()]
     total = {"forward_per_image": sum(r["forward_per_image"] for r in rows),
              "backward_per_image": sum(r["backward_per_image"] for r in rows)}
-    return EvaluationResult(spec.name, spec.claim, s.norm, headline, n, mean(clean), curve[headline], rows, curve,
+    return EvaluationResult(spec.name, spec.claim, spec.cascade, s.norm, headline, n, mean(clean), curve[headline], rows, curve,
                             [], clean, robust_at[headline], fooled_by, s,
                             stages=[st.to_dict() for st in spec.stages], randomised=randomised, passes=total)
 

@@ -48,7 +48,8 @@ class EvaluationState:
 
     def __init__(self, folder: Path | None, rank: int, meta: dict, n: int, units: list[str]):
         self.path = folder / f"rank{rank}" if folder is not None else None
-        self.meta, self.units = meta, units
+        self.meta = json.loads(json.dumps(meta))  # as it reads back from the file (tuples as lists)
+        self.units = units
         self.clean: torch.Tensor | None = None
         self.outcome = torch.ones(len(units), n)
         self.rho = torch.full((len(units), n), float("nan"), dtype=torch.float64)

@@ -236,6 +236,13 @@ def fast(s: EvalSettings, m: ModelFacts) -> Suite:
                  checks=tuple(c for c in CHECK_NAMES if c != "blackbox_beats_whitebox"))
 
 
+def fast_row_names() -> list[str]:
+    """Every row of the fast suite (what ``--suite fast --attacks`` accepts), in the order they run: the transfer
+    row needs a transfer source and EOT-PGD a randomised model or ``eot``."""
+    facts = ModelFacts(10, (1, 28, 28), randomised=True, has_transfer_source=True)
+    return [st.name for st in fast(EvalSettings(), facts).stages]
+
+
 Preset = Callable[[EvalSettings, ModelFacts], Suite]
 PRESETS: dict[str, Preset] = {"standard": standard, "rand": rand, "fast": fast, "quick": quick}
 
