@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(needs --dataset)")
     ev.add_argument("--weights", help="--model: a safetensors file of weights to load into it")
     ev.add_argument("--dataset", help="--model: the dataset whose test split to evaluate on (robustlab list datasets)")
-    ev.add_argument("--suite", choices=["standard", "rand", "fast", "quick"],
-                    help="standard (default; fast with --paper), rand, fast or quick")
+    ev.add_argument("--suite", help="a preset of robustlab/evaluation/suites.py: standard (default; fast with --paper), "
+                                    "rand, fast or quick (robustlab list attacks lists them)")
     ev.add_argument("--norm", choices=["linf", "l2"], default="linf", help="the threat model (default linf)")
     ev.add_argument("--fresh", action="store_true",
                     help="discard the saved state of an interrupted evaluation of these settings")

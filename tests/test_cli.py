@@ -24,10 +24,11 @@ def test_train_then_eval(tmp_path, capsys):
     assert main(["train", "--config", str(config), "--set", "run.seed=1"]) == 0
     assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--suite", "quick", "--subset", "50"]) == 0
     out = capsys.readouterr().out
-    assert "| FGSM ε=0.05 |" in out.replace(" | ", " | ") or "FGSM ε=0.05" in out
-    result = json.loads((tmp_path / "run" / "eval_quick.json").read_text())
-    assert result["examples"] == 50 and {p["attack"] for p in result["curve"]} == {"fgsm", "pgd"}
-    accs = {(p["attack"], p["eps"]): p["accuracy"] for p in result["curve"]}
+    assert "| FGSM | 50 |" in out and "ε=0.05" in out and "not a robustness claim" in out
+    (report,) = (tmp_path / "run").glob("eval_quick_linf_*.json")
+    result = json.loads(report.read_text())
+    assert result["examples"] == 50 and {p["attack"] for p in result["rows"]} == {"fgsm", "pgd"}
+    accs = {(p["attack"], p["eps"]): p["accuracy"] for p in result["rows"]}
     assert accs[("pgd", 0.1)] <= accs[("pgd", 0.05)] <= result["clean"]
 
     # The same evaluation with the attacks under bf16 autocast agrees with fp32 within a few points.
@@ -35,7 +36,7 @@ def test_train_then_eval(tmp_path, capsys):
                  "--out", str(tmp_path / "bf16.json")]) == 0
     low = json.loads((tmp_path / "bf16.json").read_text())
     assert low["amp"] == "bf16"
-    for p in low["curve"]:
+    for p in low["rows"]:
         assert abs(p["accuracy"] - accs[(p["attack"], p["eps"])]) <= 0.06, (p, accs)
 
     # --metric adds the learned-metric analysis (detection AUC, kNN retrieval) and its ROC plot.

@@ -1,4 +1,5 @@
-"""Evaluation: the attack suites, the worst-case ensemble, ρ_adv, the masking checks and the report files."""
+"""Evaluation: the exploratory suites (fast, quick) through the runner, the worst case, ρ_adv, the masking checks and
+the report files."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab.attacks import FGSM, IFGSM, PGD, Attack, DeepFool, MinimalAttack, MinimalResult
-from robustlab.checks import any_failed
+from robustlab.attacks import Attack, DeepFool, MinimalAttack, MinimalResult
 from robustlab.cli import main
-from robustlab.evaluation.outcome import accuracy, attack_outcome, minimal_attack_outcome, worst_case_ensemble
-from robustlab.report import json_safe, write_suite_report
-from robustlab.suite import SuiteSettings, evaluate_suite
+from robustlab.evaluation import EvalSettings, evaluate
+from robustlab.evaluation.checks import any_failed
+from robustlab.evaluation.outcome import accuracy, attack_outcome, minimal_attack_outcome
+from robustlab.evaluation.report import json_safe, write_report
+from robustlab.evaluation.suites import ModelFacts, Stage, fast, fast_row_names
 from tiny_run import tiny_run_toml
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -27,19 +29,20 @@ CHECKS = {"stable_predictions", "input_gradients", "iterative_vs_single", "white
           "monotone_in_eps", "noise_weaker"}
 
 
-def tiny(**overrides) -> SuiteSettings:
+def tiny(**overrides) -> EvalSettings:
     """Suite settings small enough for a test on the 8×8 digits MLP (each attack a few milliseconds)."""
     base = dict(eps=[0.1, 0.2], subset=60, minimal_subset=8, deepfool_subset=8, few_pixel_subset=4, check_subset=40,
                 pgd_steps=3, pgd_restarts=2, ifgsm_steps=2, apgd_steps=3, apgd_targets=2, cw_iterations=10,
                 cw_binary_steps=2, deepfool_iterations=5, critic_iterations=5, few_pixel_population=8,
                 few_pixel_iterations=2, eot_samples=2, gallery=3)
-    return SuiteSettings(**{**base, **overrides})
+    return EvalSettings(**{**base, **overrides})
 
 
 @pytest.fixture(scope="module")
 def full_result(trained_digits_mlp, digits):
     source = copy.deepcopy(trained_digits_mlp)
-    return evaluate_suite(trained_digits_mlp, digits.test_x, digits.test_y, tiny(eot=True), transfer_source=source)
+    return evaluate(trained_digits_mlp, digits.test_x, digits.test_y, tiny(eot=True), suite="fast",
+                    transfer_source=source)
 
 
 def checks_by_name(result):
@@ -50,64 +53,69 @@ def checks_by_name(result):
 
 def test_full_suite_has_every_row_and_check(full_result):
     r = full_result
-    assert r.n == 60 and 0.8 < r.clean <= 1.0
+    assert r.n == 60 and 0.8 < r.clean <= 1.0 and not r.claim and not r.cascade
     rows = {}
-    for p in r.points:
-        rows.setdefault(p.attack, set()).add(p.eps)
-        assert 0.0 <= p.accuracy <= r.clean + 1e-9 and p.n == 60
+    for p in r.bounded_rows():
+        rows.setdefault(p["attack"], set()).add(p["eps"])
+        assert 0.0 <= p["accuracy"] <= r.clean + 1e-9 and p["examples"] == 60
     assert set(rows) == BOUNDED_ROWS
     assert all(eps == {0.1, 0.2} for name, eps in rows.items() if name != "pgd_l2")
     assert rows["pgd_l2"] == {0.2, 0.4}  # its own ε list: ε·√64/4
-    assert {m.attack: m.n for m in r.minimal} == {"cw_l2": 8, "deepfool": 8, "critic_hc": 8, "few_pixel_1": 4,
-                                                  "few_pixel_3": 4}
-    for m in r.minimal:
-        assert 0 <= m.success_rate <= 1 and m.rho_with_failures >= 0
-        assert math.isnan(m.rho) == (m.success_rate == 0)
+    assert {m["attack"]: m["examples"] for m in r.minimal_rows()} == {"cw_l2": 8, "deepfool": 8, "critic_hc": 8,
+                                                                      "few_pixel_1": 4, "few_pixel_3": 4}
+    for m in r.minimal_rows():
+        assert 0 <= m["success_rate"] <= 1 and m["rho_with_failures"] >= 0
+        assert math.isnan(m["rho"]) == (m["success_rate"] == 0)
     assert set(checks_by_name(r)) == CHECKS and len(r.checks) == len(CHECKS)
     for c in r.checks:
         assert isinstance(c.passed, bool) and c.detail
     assert not checks_by_name(r)["whitebox_vs_blackbox"].skipped  # transfer and few-pixel are both present
+    assert "few_pixel_1 on 4:" in checks_by_name(r)["whitebox_vs_blackbox"].detail  # compared on its own subset
     # An honest, deterministic, differentiable model passes the checks that measure the model itself.
     for name in ("stable_predictions", "input_gradients", "large_eps", "noise_weaker"):
         assert checks_by_name(r)[name].passed, checks_by_name(r)[name].detail
     assert not r.randomised
 
 
-def test_worst_case_rows_are_at_most_every_member(full_result):
+def test_worst_case_is_at_most_every_member_example_by_example(full_result, trained_digits_mlp, digits):
     r = full_result
-    assert [row["eps"] for row in r.ensemble] == [0.1, 0.2]
-    for row in r.ensemble:
-        assert set(row["attacks"]) == BOUNDED_ROWS - {"pgd_l2"}
-        members = [p.accuracy for p in r.points if p.eps == row["eps"] and p.attack in row["attacks"]]
-        assert row["accuracy"] <= min(members) + 1e-12
-        robust = r.masks[("worst_case", row["eps"])]
-        for name in row["attacks"]:
-            assert not (robust & ~r.masks[(name, row["eps"])]).any()
+    assert sorted(r.curve) == [0.1, 0.2] and r.eps == 0.2 and r.robust_accuracy == r.curve[0.2]
+    for e, worst in r.curve.items():
+        members = [p["accuracy"] for p in r.bounded_rows() if p["eps"] == e and p["norm"] == "linf"]
+        assert len(members) == len(BOUNDED_ROWS) - 1 and worst <= min(members) + 1e-12
+    # Per example at the headline ε: robust means no row fooled it; x_adv is a real adversarial point within ε.
+    x, y = digits.test_x[:60], digits.test_y[:60]
+    fooled = torch.tensor([f is not None for f in r.fooled_by])
+    assert torch.equal(fooled, (r.clean_correct > 0) & (r.robust == 0))
+    with torch.no_grad():
+        assert bool(trained_digits_mlp(r.x_adv[fooled]).argmax(1).ne(y[fooled]).all())
+    assert (r.x_adv - x).abs().max() <= 0.2 + 1e-6
 
 
 def test_suite_json_is_strict_and_complete(full_result):
     data = json.loads(json.dumps(json_safe(full_result.to_dict()), allow_nan=False))
-    assert {"examples", "clean", "curve", "ensemble", "minimal", "checks", "attacks", "settings"} <= set(data)
-    assert {p["attack"] for p in data["curve"]} == BOUNDED_ROWS
-    assert {"attack", "eps", "accuracy", "error", "n", "norm"} <= set(data["curve"][0])
-    assert {m["attack"] for m in data["minimal"]} == MINIMAL_ROWS
-    assert {"rho", "rho_with_failures", "success_rate", "accuracy", "error", "n"} <= set(data["minimal"][0])
+    assert {"examples", "clean", "curve", "rows", "checks", "stages", "settings", "per_example"} <= set(data)
+    assert {p["attack"] for p in data["rows"] if p["kind"] == "bounded"} == BOUNDED_ROWS
+    assert {"attack", "eps", "accuracy", "examples", "norm", "seconds", "resumed"} <= set(data["rows"][0])
+    minimal = [p for p in data["rows"] if p["kind"] == "minimal"]
+    assert {m["attack"] for m in minimal} == MINIMAL_ROWS
+    assert {"rho", "rho_with_failures", "success_rate", "accuracy", "examples"} <= set(minimal[0])
     assert {c["name"] for c in data["checks"]} == CHECKS
-    assert data["attacks"]["cw_l2"]["examples"] == 8 and "binary steps" in data["attacks"]["cw_l2"]["settings"]
+    cw = next(st for st in data["stages"] if st["name"] == "cw_l2")
+    assert cw["subset"] == 8 and "binary steps" in cw["settings"]
 
 
 def test_report_writes_pngs_markdown_and_csv(full_result, tmp_path):
-    files = write_suite_report(full_result, tmp_path, stem="eval_fast", title="digits MLP")
+    files = write_report(full_result, tmp_path, stem="eval_fast", title="digits MLP")
     for key in ("plot_accuracy", "plot_rho", "plot_gallery"):
         assert files[key].read_bytes()[:8] == PNG, key
     md = files["markdown"].read_text()
-    assert "Masking checks" in md and "worst case" in md and "ρ_adv" in md
+    assert "Masking checks" in md and "worst case" in md and "ρ_adv" in md and "not a robustness claim" in md
     for row in BOUNDED_ROWS | MINIMAL_ROWS | CHECKS:
         assert row.upper() in md or row in md, row
     csv_lines = files["csv"].read_text().splitlines()
-    assert csv_lines[0] == "attack,norm,eps,examples,accuracy,error"
-    assert len(csv_lines) == 1 + 1 + len(full_result.points) + len(full_result.ensemble)
-    assert len(files["csv_rho"].read_text().splitlines()) == 1 + len(MINIMAL_ROWS)
+    assert csv_lines[0].startswith("attack,kind,norm,eps,examples,accuracy,error")
+    assert len(csv_lines) == 1 + 1 + len(full_result.rows) + len(full_result.curve)
     assert len(files["csv_checks"].read_text().splitlines()) == 1 + len(CHECKS)
     assert json.loads(files["json"].read_text())["files"]["plot_gallery"].endswith("eval_fast_gallery.png")
 
@@ -158,13 +166,13 @@ class EvalDropout(nn.Module):
         return self.model(F.dropout(x, 0.2, training=True))
 
 
-QUICK = dict(suite="quick", eps=[0.1, 0.3], subset=100, pgd_steps=5, check_subset=100, eot_samples=2, gallery=0)
+QUICK = dict(eps=[0.1, 0.3], subset=100, pgd_steps=5, check_subset=100, eot_samples=2, gallery=0)
 
 
 @pytest.mark.parametrize("wrapper", [ZeroGradient, Quantised])
 def test_obfuscated_gradients_fail_the_checks(trained_digits_mlp, digits, wrapper):
     model = wrapper(trained_digits_mlp).eval()
-    r = evaluate_suite(model, digits.test_x, digits.test_y, SuiteSettings(**QUICK))
+    r = evaluate(model, digits.test_x, digits.test_y, EvalSettings(**QUICK), suite="quick")
     checks = checks_by_name(r)
     assert r.clean > 0.9  # the model still classifies well: only the attack is blinded
     assert not checks["input_gradients"].passed and "100/100" in checks["input_gradients"].detail
@@ -173,8 +181,9 @@ def test_obfuscated_gradients_fail_the_checks(trained_digits_mlp, digits, wrappe
 
 
 def test_honest_model_passes_quick_checks_without_eot(trained_digits_mlp, digits):
-    r = evaluate_suite(trained_digits_mlp, digits.test_x, digits.test_y, SuiteSettings(**{**QUICK, "pgd_steps": 10}))
-    assert {p.attack for p in r.points} == {"fgsm", "pgd"}
+    r = evaluate(trained_digits_mlp, digits.test_x, digits.test_y, EvalSettings(**{**QUICK, "pgd_steps": 10}),
+                 suite="quick")
+    assert {p["attack"] for p in r.rows} == {"fgsm", "pgd"}
     assert not any_failed(r.checks), [c.detail for c in r.checks if not c.passed]
     assert not r.randomised
 
@@ -182,16 +191,16 @@ def test_honest_model_passes_quick_checks_without_eot(trained_digits_mlp, digits
 @pytest.mark.parametrize("wrapper", [NoisyInput, EvalDropout])
 def test_randomised_model_fails_stability_and_gets_eot(trained_digits_mlp, digits, wrapper):
     model = wrapper(trained_digits_mlp).eval()
-    r = evaluate_suite(model, digits.test_x, digits.test_y, SuiteSettings(**QUICK))
+    r = evaluate(model, digits.test_x, digits.test_y, EvalSettings(**QUICK), suite="quick")
     stable = checks_by_name(r)["stable_predictions"]
     assert not stable.passed and "randomised" in stable.detail and "EOT" in stable.detail
     assert r.randomised
-    assert {p.attack for p in r.points} == {"fgsm", "pgd", "eot_pgd"}
-    assert r.attacks["eot_pgd"]["settings"].startswith("2 EOT samples")
-    assert "EOTPGD" in checks_by_name(r)["large_eps"].detail
+    assert {p["attack"] for p in r.rows} == {"fgsm", "pgd", "eot_pgd"}
+    assert next(p for p in r.rows if p["attack"] == "eot_pgd")["settings"].startswith("2 EOT samples")
+    assert "EOT" in checks_by_name(r)["large_eps"].detail
 
 
-# --- the worst-case ensemble -----------------------------------------------------------------------------------
+# --- the cascade -----------------------------------------------------------------------------------------------
 
 class Counting(Attack):
     """Wraps an attack and counts the examples it is asked to attack."""
@@ -206,42 +215,33 @@ class Counting(Attack):
         return self.inner(model, x, y)
 
 
-def test_ensemble_attacks_only_robust_examples_and_is_the_worst_case(trained_digits_mlp, digits):
+def test_a_cascade_attacks_only_robust_examples_and_is_the_worst_case(trained_digits_mlp, digits, monkeypatch):
+    import robustlab.evaluation.runner as runner
+
     model, x, y = trained_digits_mlp, digits.test_x[:120], digits.test_y[:120]
-    inner = {"fgsm": FGSM(0.1), "ifgsm": IFGSM(0.1, steps=3, step_size=0.04),
-             "pgd": PGD(0.1, steps=5, random_start=False)}
-    counting = {name: Counting(a) for name, a in inner.items()}
-    res = worst_case_ensemble(model, x, y, counting, batch_size=50)
+    seen: dict[str, Counting] = {}
+    build = runner.build_stage_attack
+
+    def counted(unit, **kw):
+        seen[unit.name] = Counting(build(unit, **kw))
+        return seen[unit.name]
+
+    monkeypatch.setattr(runner, "build_stage_attack", counted)
+    stages = ["fgsm", ("ifgsm", {"steps": 3, "step_size": 0.04}), ("pgd", {"steps": 5, "random_start": False})]
+    res = evaluate(model, x, y, EvalSettings(eps=0.1, batch_size=50), suite=stages, checks=False)
 
     clean = attack_outcome(model, x, y).correct
-    robust_before = [int(clean.sum())] + [s["robust_after"] for s in res.stages[1:-1]]
-    assert [counting[n].seen for n in inner] == robust_before  # each attack sees only what is still robust
-    assert [s["attacked"] for s in res.stages[1:]] == robust_before
-    assert res.stages[-1]["robust_after"] == int(res.robust.sum())
-    assert not (res.robust & ~clean).any()
-
-    individual = [accuracy(model, x, y, attack=a, batch_size=50) for a in inner.values()]
-    assert res.accuracy <= min(individual) + 1 / len(x)  # (+1 example: float rounding differs with the batch size)
-    assert res.accuracy < max(individual)
-    fooled = clean & ~res.robust
-    assert fooled.any()
-    assert model(res.x_adv[fooled]).argmax(1).ne(y[fooled]).all()
-    assert torch.equal(res.x_adv[res.robust], x[res.robust])
+    robust_before = [int(clean.sum())] + [round(r["robust_after"] * 120) for r in res.rows[:-1]]
+    assert [seen[name].seen for name in ("fgsm", "ifgsm", "pgd")] == robust_before  # only what is still robust
+    assert [r["attacked"] for r in res.rows] == robust_before
+    assert not (res.robust.bool() & ~clean).any()
+    individual = [accuracy(model, x, y, attack=a.inner, batch_size=50) for a in seen.values()]
+    assert res.robust_accuracy <= min(individual) + 1 / len(x)
+    assert res.robust_accuracy < max(individual)
+    fooled = clean & (res.robust == 0)
+    assert fooled.any() and model(res.x_adv[fooled]).argmax(1).ne(y[fooled]).all()
+    assert torch.equal(res.x_adv[res.robust.bool()], x[res.robust.bool()])
     assert (res.x_adv - x).abs().max() <= 0.1 + 1e-6
-
-
-def test_ensemble_reuses_known_outcomes(trained_digits_mlp, digits):
-    model, x, y = trained_digits_mlp, digits.test_x[:80], digits.test_y[:80]
-    pgd_mask = attack_outcome(model, x, y, PGD(0.1, steps=5)).correct
-    fgsm = Counting(FGSM(0.1))
-    res = worst_case_ensemble(model, x, y, {"pgd": None, "fgsm": fgsm}, known={"pgd": pgd_mask})
-    clean = attack_outcome(model, x, y).correct
-    assert res.stages[1] == {"attack": "pgd", "attacked": 0, "reused": True, "robust_after": int((clean & pgd_mask).sum())}
-    assert fgsm.seen == int((clean & pgd_mask).sum())
-    fgsm_mask = attack_outcome(model, x, y, FGSM(0.1)).correct
-    assert torch.equal(res.robust, clean & pgd_mask & fgsm_mask)
-    with pytest.raises(ValueError, match="not in known"):
-        worst_case_ensemble(model, x, y, {"pgd": None})
 
 
 # --- ρ_adv ----------------------------------------------------------------------------------------------------
@@ -328,16 +328,19 @@ def test_cli_fast_suite(tiny_run, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "Masking checks" in text and "ρ_adv" in text and "| **worst case** |" in text
     assert "The fast suite is not a robustness claim" in text
-    data = json.loads((out / "eval_fast.json").read_text())
+    stem = "eval_fast_linf_0.1_0.2"  # ε/2 and ε of the run's eps
+    data = json.loads((out / f"{stem}.json").read_text())
     assert data["suite"] == "fast" and data["examples"] == 40
-    assert {p["attack"] for p in data["curve"]} == {"fgsm", "pgd", "apgd_dlr_t", "pgd_l2", "transfer"}
-    assert {p["eps"] for p in data["curve"] if p["norm"] == "linf"} == {0.1, 0.2}  # ε/2 and ε of the run's eps
-    assert {m["attack"]: m["n"] for m in data["minimal"]} == {"deepfool": 4, "few_pixel_1": 2}
-    assert data["attacks"]["pgd"]["settings"].startswith("2 steps")
+    bounded = [p for p in data["rows"] if p["kind"] == "bounded"]
+    assert {p["attack"] for p in bounded} == {"fgsm", "pgd", "apgd_dlr_t", "pgd_l2", "transfer"}
+    assert {p["eps"] for p in bounded if p["norm"] == "linf"} == {0.1, 0.2}
+    assert {m["attack"]: m["examples"] for m in data["rows"] if m["kind"] == "minimal"} == {"deepfool": 4,
+                                                                                          "few_pixel_1": 2}
+    assert next(p for p in bounded if p["attack"] == "pgd")["settings"].startswith("2 steps")
     assert {c["name"] for c in data["checks"]} == CHECKS
-    for name in ("eval_fast_accuracy_vs_eps.png", "eval_fast_rho.png", "eval_fast_gallery.png"):
-        assert (out / name).read_bytes()[:8] == PNG
-    assert (out / "eval_fast.md").exists() and (out / "eval_fast_rho.csv").exists()
+    for name in ("accuracy_vs_eps.png", "rho.png", "gallery.png"):
+        assert (out / f"{stem}_{name}").read_bytes()[:8] == PNG
+    assert (out / f"{stem}.md").exists() and (out / f"{stem}.csv").exists()
 
 
 def test_cli_quick_suite_json_path_and_fail_on_check(tiny_run, tmp_path, capsys):
@@ -346,7 +349,7 @@ def test_cli_quick_suite_json_path_and_fail_on_check(tiny_run, tmp_path, capsys)
                "--fail-on-check"])
     data = json.loads(target.read_text())
     assert rc == (0 if data["checks_passed"] else 1)
-    assert data["examples"] == 30 and {p["attack"] for p in data["curve"]} == {"fgsm", "pgd"}
+    assert data["examples"] == 30 and {p["attack"] for p in data["rows"]} == {"fgsm", "pgd"}
     assert {c["name"] for c in data["checks"]} == CHECKS
     assert (target.parent / "mine.md").exists() and (target.parent / "mine_checks.csv").exists()
     assert "stable_predictions" in capsys.readouterr().out
@@ -360,28 +363,33 @@ def test_cli_fast_suite_unknown_row_is_one_error_line(tiny_run, capsys):
 
 
 def test_paper_settings_and_suite_rows():
-    from robustlab.suite import build_suite
-
-    paper = SuiteSettings.paper(eps=[0.3])
+    paper = EvalSettings.paper(eps=[0.3])
     assert (paper.cw_iterations, paper.cw_binary_steps, paper.cw_initial_const, paper.cw_lr) == (1000, 9, 1e-3, 1e-2)
     assert (paper.deepfool_iterations, paper.deepfool_max_step, paper.eot_samples) == (500, 0.1, 80)
-    rows = [e.label for e in build_suite(SuiteSettings(eps=[0.3]), num_classes=10, in_shape=(1, 28, 28))]
-    assert rows == ["fgsm", "ll", "ifgsm", "ill", "pgd", "pgd_targeted", "apgd_ce", "apgd_dlr_t", "pgd_l2", "cw_l2",
-                    "deepfool", "critic_hc", "few_pixel_1", "few_pixel_3"]
-    l2 = next(e for e in build_suite(SuiteSettings(eps=[0.3]), num_classes=10, in_shape=(1, 28, 28))
-              if e.label == "pgd_l2")
-    assert l2.eps == [2.1]  # 0.3·√784/4
-    three = [e.label for e in build_suite(SuiteSettings(eps=[0.3]), num_classes=3, in_shape=(1, 8, 8),
-                                          randomised=True)]
+    rows = fast(EvalSettings(eps=[0.3]), ModelFacts(10, (1, 28, 28))).stages
+    assert [st.name for st in rows] == ["fgsm", "ll", "ifgsm", "ill", "pgd", "pgd_targeted", "apgd_ce", "apgd_dlr_t",
+                                        "pgd_l2", "cw_l2", "deepfool", "critic_hc", "few_pixel_1", "few_pixel_3"]
+    assert next(st for st in rows if st.name == "pgd_l2").radii == (2.1,)  # 0.3·√784/4
+    three = [st.name for st in fast(EvalSettings(eps=[0.3]), ModelFacts(3, (1, 8, 8), randomised=True)).stages]
     assert "apgd_dlr_t" not in three and "eot_pgd" in three  # targeted DLR needs 4 classes
-    with pytest.raises(ValueError, match="suite must be one of"):
-        SuiteSettings(suite="everything")
+    assert fast_row_names()[-1] == "few_pixel_3" and "transfer" in fast_row_names()
+    with pytest.raises(ValueError, match="unknown suite 'everything'"):
+        evaluate(nn.Linear(2, 2), torch.rand(2, 2), torch.tensor([0, 1]), EvalSettings(eps=0.1), suite="everything")
 
 
-def test_minimal_subset_larger_than_subset_attacks_that_many_images(trained_digits_mlp, digits):
-    """--minimal-subset N > --subset: DeepFool and C&W run on the first N test images, not on the subset."""
-    r = evaluate_suite(trained_digits_mlp, digits.test_x, digits.test_y,
-                       tiny(subset=20, minimal_subset=50, deepfool_subset=70, attacks=["fgsm", "cw_l2", "deepfool"]))
-    sizes = {m.attack: m.n for m in r.minimal}
-    assert sizes == {"cw_l2": 50, "deepfool": 70}
-    assert r.n == 20 and {p.n for p in r.points} == {20}
+def test_subset_caps_every_row(trained_digits_mlp, digits):
+    """--subset N caps the minimal and few-pixel rows too (a smoke run stays small)."""
+    r = evaluate(trained_digits_mlp, digits.test_x, digits.test_y,
+                 tiny(subset=20, minimal_subset=50, deepfool_subset=70, attacks=["fgsm", "cw_l2", "deepfool"]),
+                 suite="fast")
+    assert {m["attack"]: m["examples"] for m in r.minimal_rows()} == {"cw_l2": 20, "deepfool": 20}
+    assert r.n == 20 and {p["examples"] for p in r.bounded_rows()} == {20}
+
+
+def test_a_stage_is_data_with_refusals():
+    with pytest.raises(ValueError, match="kind must be"):
+        Stage("x", "pgd", kind="other")
+    with pytest.raises(ValueError, match="stage names must be unique"):
+        from robustlab.evaluation.suites import custom_suite
+
+        custom_suite(["pgd", "pgd"])

@@ -160,12 +160,12 @@ def test_eval_refusals_are_one_line(trained, capsys, argv, match):
 def test_an_unwritable_eval_output_is_refused_before_any_attack(trained, tmp_path, capsys, monkeypatch):
     _, run = trained
     (tmp_path / "file").write_text("")
-    import robustlab.standard
+    import robustlab.evaluation
 
     def never(*args, **kwargs):
         raise AssertionError("the evaluation ran before the output location was checked")
 
-    monkeypatch.setattr(robustlab.standard, "evaluate_standard", never)
+    monkeypatch.setattr(robustlab.evaluation, "evaluate", never)
     assert main(["eval", "--checkpoint", str(run), "--out", str(tmp_path / "file" / "out")]) == 2
     assert "cannot write the evaluation's output" in error_line(capsys)
 
@@ -217,6 +217,40 @@ def test_a_transfer_source_of_another_shape_is_one_error(small_model):
 def test_linf_epsilons_outside_the_box_are_refused(eps):
     with pytest.raises(ValueError, match="epsilon"):
         PGD(eps)
+
+
+LINF_SPELLINGS = ["linf", "Linf", "LINF", "L∞", "l∞", "inf", "L_inf"]
+NORM_TAKING = ["apgd_ce", "apgd_dlr", "fab", "square"]
+
+
+@pytest.mark.parametrize("spelling", LINF_SPELLINGS)
+@pytest.mark.parametrize("name", NORM_TAKING)
+def test_every_attack_reads_every_linf_spelling_and_refuses_an_eps_above_1(name, spelling):
+    from robustlab.attacks import build_attack
+
+    assert build_attack(name, 0.3, norm=spelling).norm == "linf"
+    with pytest.raises(ValueError, match="L∞ epsilon above 1"):
+        build_attack(name, 5.0, norm=spelling)
+    assert build_attack(name, 5.0, norm="L2").norm == "l2"  # an L2 radius of 5 is a valid one
+
+
+@pytest.mark.parametrize("name", ["pgd", "ifgsm", "ill", "fgsm", "ll", "eot_pgd", "fgsm_rs", "trades_kl"])
+def test_every_linf_only_attack_refuses_an_eps_above_1(name):
+    from robustlab.attacks import build_attack
+
+    with pytest.raises(ValueError, match="L∞ epsilon above 1"):
+        build_attack(name, 5.0)
+
+
+@pytest.mark.parametrize("norm", ["L1", "l0", "", "2.0"])
+def test_an_unknown_norm_is_refused_naming_the_spellings(norm):
+    from robustlab.attacks import Square
+    from robustlab.attacks.base import parse_norm
+
+    with pytest.raises(ValueError, match="norm must be 'linf' or 'l2'"):
+        parse_norm(norm)
+    with pytest.raises(ValueError, match="norm must be"):
+        Square(0.1, norm=norm)
 
 
 DTYPES = st.sampled_from([torch.float32, torch.float64, torch.uint8, torch.int64])

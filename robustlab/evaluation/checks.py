@@ -134,8 +134,10 @@ def large_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack
     from robustlab.evaluation.outcome import attack_outcome
 
     acc = attack_outcome(model, x, y, attack, batch_size=batch_size).accuracy
+    draws = getattr(attack, "eot_samples", 1)
+    eot = f" with EOT over {draws} draws" if draws > 1 else ""
     return Check("large_eps", acc <= max_accuracy,
-                 f"{type(attack).__name__} at ε = {eps:g} on {len(x)} examples: accuracy {_pct(acc)} "
+                 f"{type(attack).__name__}{eot} at ε = {eps:g} on {len(x)} examples: accuracy {_pct(acc)} "
                  f"(expected ≤ {_pct(max_accuracy)})")
 
 

@@ -208,6 +208,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalS
     keep = min(s.gallery, hi - lo) if env.is_main else 0
     found: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {u.name: state.load_points(u.name) for u in units}
     gallery: dict[tuple[str, float | None], GalleryColumn] = {}
+    for u in units:
+        saved = state.load_gallery(u.name) if keep else None
+        if saved is not None:
+            gallery[(u.stage.name, u.eps)] = GalleryColumn(*saved)
 
     nhwc = s.channels_last if s.channels_last is not None else x.dim() == 4 and has_conv2d(model)
     heartbeat = Heartbeat(model, say)
@@ -221,9 +225,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalS
                 state.save()
             say(f"clean accuracy {100 * mean(state.clean):.1f}% on {hi - lo} examples"
                 + (f" (mean of {draws} draws)" if draws > 1 else ""))
+            run = _Run(spec, s, units, state, model, xs, ys, lo, dev, draws, nhwc, passes, heartbeat, found, gallery,
+                       keep, num_classes, transfer_source, say, progress)
             for k, unit in enumerate(units):
-                _run_unit(k, unit, units, spec, s, state, model, xs, ys, lo, dev, draws, nhwc, passes, heartbeat,
-                          found, gallery, keep, num_classes, transfer_source, say, progress)
+                _run_unit(run, k, unit)
     finally:
         heartbeat.close()
 
@@ -255,8 +260,37 @@ def _still_robust(k: int, unit: Unit, units: list[Unit], clean: torch.Tensor, ou
     return torch.minimum(clean, outcome[before].min(0).values)
 
 
-def _run_unit(k, unit, units, spec, s, state, model, xs, ys, lo, dev, draws, nhwc, passes, heartbeat, found,
-              gallery, keep, num_classes, transfer_source, say, progress) -> None:
+@dataclass
+class _Run:
+    """What every unit of one evaluation shares (this process's share of the examples, from ``lo``)."""
+
+    spec: Suite
+    s: EvalSettings
+    units: list[Unit]
+    state: EvaluationState
+    model: nn.Module
+    xs: torch.Tensor
+    ys: torch.Tensor
+    lo: int
+    dev: torch.device
+    draws: int
+    nhwc: bool
+    passes: object
+    heartbeat: Heartbeat
+    found: dict
+    gallery: dict
+    keep: int
+    num_classes: int
+    transfer_source: nn.Module | None
+    say: Callable[[str], None]
+    progress: bool
+
+
+def _run_unit(run: _Run, k: int, unit: Unit) -> None:
+    """Attack, batch by batch, the examples ``unit`` is to attack; save the state after every batch."""
+    spec, s, units, state, model, xs, ys = run.spec, run.s, run.units, run.state, run.model, run.xs, run.ys
+    lo, dev, draws, passes, heartbeat, say = run.lo, run.dev, run.draws, run.passes, run.heartbeat, run.say
+    found, gallery, keep = run.found, run.gallery, run.keep
     st = unit.stage
     limit = min(st.subset, len(state.clean) + lo) if st.subset else len(state.clean) + lo
     in_subset = torch.arange(len(state.clean)) + lo < limit
@@ -269,11 +303,11 @@ def _run_unit(k, unit, units, spec, s, state, model, xs, ys, lo, dev, draws, nhw
     stats = state.stats.setdefault(unit.name, {"seconds": 0.0, "forward": 0, "backward": 0})
     stats["attacked"] = len(todo)
     done_before = state.done.get(unit.name, 0)
-    attack = build_stage_attack(unit, num_classes=num_classes, seed=s.seed, transfer_source=transfer_source) \
-        if len(batches) > done_before else None
+    attack = build_stage_attack(unit, num_classes=run.num_classes, seed=s.seed,
+                                transfer_source=run.transfer_source) if len(batches) > done_before else None
     label = unit.name if unit.eps is None or "@" in unit.name else f"{unit.name} ε={unit.eps:g}"
     seconds_now = 0.0
-    bar = tqdm(total=len(todo), desc=label, disable=not progress, leave=False, unit="ex")
+    bar = tqdm(total=len(todo), desc=label, disable=not run.progress, leave=False, unit="ex")
     for b, idx in enumerate(batches):
         if b < done_before:
             bar.update(len(idx))
@@ -281,7 +315,7 @@ def _run_unit(k, unit, units, spec, s, state, model, xs, ys, lo, dev, draws, nhw
         t0, before = time.perf_counter(), passes.copy()
         heartbeat.start(f"{label} batch {b + 1}/{len(batches)}")
         xb, yb = xs[idx].to(dev), ys[idx].to(dev)
-        if nhwc:
+        if run.nhwc:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with seeded(derived_seed(s.seed, unit.name, b), dev):
             if st.kind == "minimal":
@@ -307,6 +341,7 @@ def _run_unit(k, unit, units, spec, s, state, model, xs, ys, lo, dev, draws, nhw
                                                                            torch.full((keep,), NOT_ATTACKED)))
             column.x[idx[first]] = adv[first].detach().cpu().to(column.x.dtype)
             column.pred[idx[first]] = pred
+            state.save_gallery(unit.name, column.x, column.pred)
         state.done[unit.name] = b + 1
         spent = time.perf_counter() - t0
         seconds_now += spent

@@ -97,6 +97,21 @@ class EvaluationState:
                 found.append((saved["index"], saved["x"]))
         return found
 
+    def _gallery_file(self, unit: str) -> Path:
+        return self.path.parent / f"{self.path.name}_gallery_{unit}.safetensors"
+
+    def save_gallery(self, unit: str, x: torch.Tensor, pred: torch.Tensor) -> None:
+        """A unit's gallery column (its points and predictions on the first examples), so a resume keeps it."""
+        if self.path is not None:
+            save_file({"x": x.contiguous(), "pred": pred.contiguous()}, str(self._gallery_file(unit)))
+
+    def load_gallery(self, unit: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        file = self._gallery_file(unit) if self.path is not None else None
+        if file is None or not file.exists():
+            return None
+        saved = load_file(str(file))
+        return saved["x"], saved["pred"]
+
     def save(self) -> None:
         if self.path is None:
             return

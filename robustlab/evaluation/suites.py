@@ -112,7 +112,8 @@ class Suite:
 
 @dataclass(frozen=True)
 class ModelFacts:
-    """What a preset may depend on besides the settings."""
+    """What a preset may depend on besides the settings: the model's classes and input shape, whether its
+    predictions are randomised (two passes differ), whether a transfer source model is given."""
 
     num_classes: int
     in_shape: tuple[int, ...]
