@@ -132,14 +132,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def metric_report(model, data, x, y, eps: float, cfg, roc_path: Path, device) -> dict:
+def metric_report(model, data, x, y, eps: float, cfg, roc_path: Path, device, subset: int = 0) -> dict:
     """``eval --metric``: :func:`robustlab.metric_analysis.analyse_metric` on clean and PGD inputs, printed and plotted."""
     from robustlab.attacks import PGD
     from robustlab.detection import plot_roc
     from robustlab.evaluation.outcome import attack_outcome
     from robustlab.metric_analysis import analyse_metric
 
-    n = min(len(x), cfg.subset or len(x), 1000)
+    n = min(len(x), subset or cfg.subset or len(x), 1000)
     xs, ys = x[:n], y[:n]
     attack = PGD(eps, steps=cfg.pgd_steps, step_size=cfg.pgd_step_size or None)
     x_adv = attack_outcome(model, xs, ys, attack, batch_size=cfg.batch_size, device=device, keep=n).x_adv
@@ -319,7 +319,7 @@ def _run_eval(args: argparse.Namespace, loaded: dict, device, env) -> int:
         if config is None:
             raise ConfigError("--metric needs a --checkpoint (it uses the run's training data and [eval] section)")
         extra["metric"] = metric_report(loaded["model"], data, x, y, settings.eps_list[0], config.eval,
-                                        out_dir / f"{stem}_roc.png", device)
+                                        out_dir / f"{stem}_roc.png", device, subset=settings.subset)
     files = write_report(result, out_dir, stem=stem, title=loaded["name"], extra=extra,
                          class_names=getattr(data, "class_names", None))
     print(f"wrote {files['json']} and {', '.join(p.name for k, p in files.items() if k != 'json')}")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from robustlab.attacks import APGDDLR, PGD
-from robustlab.attacks.active import ActiveSet, run_copies, success_mask, top_other_classes
+from robustlab.attacks.active import ActiveSet, run_copies, success_mask
+from robustlab.attacks.targets import top_other_classes
 
 
 def test_retire_keeps_the_first_fooling_row_and_drops_every_row_of_its_example():

@@ -30,7 +30,7 @@ def _acc(model, x, y):
 
 def built_attacks(suite: str, settings: EvalSettings, num_classes: int = 10, randomised: bool = False):
     spec = resolve_suite(suite, settings, ModelFacts(num_classes, (1, 28, 28), randomised=randomised))
-    return spec, [(u.name, build_stage_attack(u, num_classes=num_classes, seed=0, transfer_source=None))
+    return spec, [(u.name, build_stage_attack(u, transfer_source=None))
                   for u in plan_units(spec, settings)]
 
 

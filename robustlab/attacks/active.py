@@ -12,7 +12,7 @@ Conventions (the same for every attack, DESIGN.md):
 * ``y`` is what the caller passed: the true labels, or the target labels when the attack is ``targeted``;
   success is ``pred != y`` (untargeted) or ``pred == y`` (targeted) — :func:`success_mask`;
 * ``target`` is an optional per-row class that only *steers* the loss (APGD-T, FAB-T: the most likely other
-  classes, :func:`top_other_classes`); success stays ``pred != y``.
+  classes, :func:`robustlab.attacks.targets.top_other_classes`); success stays ``pred != y``.
 """
 
 from __future__ import annotations
@@ -27,17 +27,6 @@ def success_mask(logits: torch.Tensor, y: torch.Tensor, targeted: bool = False) 
     """Bool mask: the prediction differs from ``y`` (untargeted) or equals the target ``y`` (targeted)."""
     pred = logits.argmax(1)
     return pred.eq(y) if targeted else pred.ne(y)
-
-
-@torch.no_grad()
-def top_other_classes(logits: torch.Tensor, k: int) -> list[torch.Tensor]:
-    """The ``k`` most likely classes after the top one, per example: ``[(B,), ...]`` (AutoAttack's APGD-T/FAB-T).
-
-    ``k`` is capped at ``num_classes − 1``.
-    """
-    k = min(int(k), logits.shape[1] - 1)
-    order = logits.argsort(dim=1, descending=True)
-    return [order[:, i] for i in range(1, k + 1)]
 
 
 def deterministic_success(eot_samples: int, model_mode: str) -> bool:

@@ -32,7 +32,8 @@ import math
 import torch
 from torch import nn
 
-from robustlab.attacks.active import ActiveSet, deterministic_success, run_copies, success_mask, top_other_classes
+from robustlab.attacks.active import ActiveSet, deterministic_success, run_copies, success_mask
+from robustlab.attacks.targets import top_other_classes
 from robustlab.attacks.base import Attack, check_epsilon, parse_norm
 from robustlab.attacks.losses import (check_eot_samples, cross_entropy, dlr_loss, loss_gradient,
                                       targeted_cross_entropy, targeted_dlr_loss)

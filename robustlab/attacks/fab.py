@@ -36,7 +36,8 @@ import math
 import torch
 from torch import nn
 
-from robustlab.attacks.active import ActiveSet, run_copies, success_mask, top_other_classes
+from robustlab.attacks.active import ActiveSet, run_copies, success_mask
+from robustlab.attacks.targets import top_other_classes
 from robustlab.attacks.base import Attack, check_epsilon, parse_norm
 from robustlab.attacks.losses import loss_gradient
 from robustlab.attacks.perturbation import batch_view

@@ -62,12 +62,6 @@ def targeted_dlr_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tenso
     return -(z_y - z_t) / (z_sorted[:, 0] - 0.5 * (z_sorted[:, 2] + z_sorted[:, 3]) + 1e-12)
 
 
-@torch.no_grad()
-def least_likely_class(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """y_LL = argmin of the logits at the clean ``x`` (the target of the LL and I-LL attacks)."""
-    return model(x).argmin(1)
-
-
 def check_eot_samples(samples: int) -> int:
     if isinstance(samples, bool) or int(samples) != samples or samples < 1:
         raise ValueError(f"eot_samples must be an integer >= 1, got {samples!r}")

@@ -28,10 +28,11 @@ from torch import nn
 
 from robustlab.attacks.active import ActiveSet, deterministic_success, run_copies, success_mask
 from robustlab.attacks.base import Attack, check_epsilon, parse_norm
-from robustlab.attacks.losses import (PerExampleLoss, check_eot_samples, cross_entropy, least_likely_class,
-                                      loss_gradient, targeted_cross_entropy)
+from robustlab.attacks.losses import (PerExampleLoss, check_eot_samples, cross_entropy, loss_gradient,
+                                      targeted_cross_entropy)
 from robustlab.attacks.perturbation import batch_view
 from robustlab.attacks.registry import register_attack
+from robustlab.attacks.targets import check_target, chosen_targets
 
 
 def _norms(t: torch.Tensor) -> torch.Tensor:
@@ -178,18 +179,22 @@ def projected_ascent(model: nn.Module, active: ActiveSet, threat: ThreatModel, *
 class PGD(Attack):
     """L∞ PGD: ``steps`` sign steps of ``step_size`` (default 2.5·ε/steps), random start, restarts, targeted.
 
-    ``targeted=True``: pass the target labels as ``y``. ``eot_samples`` > 1: each gradient is the EOT average.
-    Subclasses change the ball with the ``threat_model`` class attribute and the loss labels with
-    :meth:`loss_labels`.
+    ``targeted=True``: pass the target labels as ``y``; ``target="least_likely"`` or ``"random"``: the attack
+    chooses them (:mod:`robustlab.attacks.targets`) and ``y`` stays the truth. ``eot_samples`` > 1: each gradient
+    is the EOT average. Subclasses change the ball with the ``threat_model`` class attribute.
     """
 
     threat_model: type[ThreatModel] = LinfBall
 
     def __init__(self, eps: float, *, steps: int = 40, step_size: float | None = None, random_start: bool = True,
-                 restarts: int = 1, targeted: bool = False, eot_samples: int = 1, early_stop: bool = True,
-                 model_mode: str = "eval"):
+                 restarts: int = 1, targeted: bool = False, target: str | None = None, eot_samples: int = 1,
+                 early_stop: bool = True, model_mode: str = "eval"):
         super().__init__(model_mode=model_mode)
         self.eps = check_epsilon(eps, self.threat_model.norm)
+        self.target = check_target(target)
+        if targeted and target is not None:
+            raise ValueError("targeted=True means y holds the targets, target=... has the attack choose them: "
+                             "give one of the two")
         for name, value in (("steps", steps), ("restarts", restarts)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -199,7 +204,7 @@ class PGD(Attack):
             raise ValueError(f"step_size must be a finite number >= 0, got {step_size}")
         self.random_start = bool(random_start)
         self.restarts = int(restarts)
-        self.targeted = bool(targeted)
+        self.targeted = bool(targeted) or self.target is not None
         self.eot_samples = check_eot_samples(eot_samples)
         self.early_stop = bool(early_stop)
 
@@ -208,8 +213,9 @@ class PGD(Attack):
         return self.threat_model.norm
 
     def loss_labels(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The labels the loss is computed against (``y``: true labels, or targets when targeted)."""
-        return y
+        """The labels the loss is computed against: the chosen targets, or ``y`` (true labels, or the caller's
+        targets when ``targeted``)."""
+        return chosen_targets(self.target, model, x, y) if self.target else y
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         threat = self.threat_model(self.eps)
@@ -240,14 +246,14 @@ class IFGSM(PGD):
     """
 
     def __init__(self, eps: float, *, steps: int = 10, step_size: float = 0.03, targeted: bool = False,
-                 eot_samples: int = 1, early_stop: bool = True, model_mode: str = "eval"):
+                 target: str | None = None, eot_samples: int = 1, early_stop: bool = True, model_mode: str = "eval"):
         super().__init__(eps, steps=steps, step_size=step_size, random_start=False, restarts=1, targeted=targeted,
-                         eot_samples=eot_samples, early_stop=early_stop, model_mode=model_mode)
+                         target=target, eot_samples=eot_samples, early_stop=early_stop, model_mode=model_mode)
 
 
 @register_attack("ill")
 class IterativeLeastLikely(IFGSM):
-    """Iterative least-likely class (I-LL, Kurakin et al. 2017): I-FGSM targeted at y_LL = argmin f(x).
+    """Iterative least-likely class (I-LL, Kurakin et al. 2017): I-FGSM with ``target="least_likely"``.
 
     y_LL is computed once at the clean x; the ``y`` passed in is not used for crafting. AT²L appendix defaults:
     10 iterations of 0.03, projected to the ε-ball and [0,1].
@@ -255,8 +261,5 @@ class IterativeLeastLikely(IFGSM):
 
     def __init__(self, eps: float, *, steps: int = 10, step_size: float = 0.03, eot_samples: int = 1,
                  early_stop: bool = True, model_mode: str = "eval"):
-        super().__init__(eps, steps=steps, step_size=step_size, targeted=True, eot_samples=eot_samples,
+        super().__init__(eps, steps=steps, step_size=step_size, target="least_likely", eot_samples=eot_samples,
                          early_stop=early_stop, model_mode=model_mode)
-
-    def loss_labels(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return least_likely_class(model, x)

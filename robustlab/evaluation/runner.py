@@ -37,7 +37,6 @@ from robustlab.attacks import Attack, build_attack
 from robustlab.attacks.base import check_batch, model_classes
 from robustlab.attacks.perturbation import example_ratios, flat_norm
 from robustlab.attacks.registry import attack_class
-from robustlab.attacks.targets import RandomTarget
 from robustlab.attacks.transfer import TransferAttack
 from robustlab.distributed import DistributedEnv
 from robustlab.errors import ConfigError
@@ -96,7 +95,7 @@ def takes_option(cls: type, name: str) -> bool:
     return False
 
 
-def build_stage_attack(unit: Unit, *, num_classes: int, seed: int, transfer_source: nn.Module | None) -> Attack:
+def build_stage_attack(unit: Unit, *, transfer_source: nn.Module | None) -> Attack:
     """The attack of ``unit``: the stage's attack at the unit's radius, in its norm where the attack takes one."""
     st = unit.stage
     options = dict(st.options)
@@ -113,8 +112,6 @@ def build_stage_attack(unit: Unit, *, num_classes: int, seed: int, transfer_sour
         if own != unit.norm:
             raise ConfigError(f"stage {st.name!r}: attack {st.attack!r} works in the {own} norm, the evaluation "
                               f"in {unit.norm}")
-    if st.target == "random":
-        attack = RandomTarget(attack, num_classes, seed)
     if st.transfer:
         if transfer_source is None:
             raise ConfigError(f"stage {st.name!r} is a transfer attack: give a transfer source model")
@@ -226,7 +223,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalS
             say(f"clean accuracy {100 * mean(state.clean):.1f}% on {hi - lo} examples"
                 + (f" (mean of {draws} draws)" if draws > 1 else ""))
             run = _Run(spec, s, units, state, model, xs, ys, lo, dev, draws, nhwc, passes, heartbeat, found, gallery,
-                       keep, num_classes, transfer_source, say, progress)
+                       keep, transfer_source, say, progress)
             for k, unit in enumerate(units):
                 _run_unit(run, k, unit)
     finally:
@@ -280,7 +277,6 @@ class _Run:
     found: dict
     gallery: dict
     keep: int
-    num_classes: int
     transfer_source: nn.Module | None
     say: Callable[[str], None]
     progress: bool
@@ -303,8 +299,7 @@ def _run_unit(run: _Run, k: int, unit: Unit) -> None:
     stats = state.stats.setdefault(unit.name, {"seconds": 0.0, "forward": 0, "backward": 0})
     stats["attacked"] = len(todo)
     done_before = state.done.get(unit.name, 0)
-    attack = build_stage_attack(unit, num_classes=run.num_classes, seed=s.seed,
-                                transfer_source=run.transfer_source) if len(batches) > done_before else None
+    attack = build_stage_attack(unit, transfer_source=run.transfer_source) if len(batches) > done_before else None
     label = unit.name if unit.eps is None or "@" in unit.name else f"{unit.name} ε={unit.eps:g}"
     seconds_now = 0.0
     bar = tqdm(total=len(todo), desc=label, disable=not run.progress, leave=False, unit="ex")

@@ -51,8 +51,9 @@ class Stage:
     norm where the attack takes one, are added by the runner). ``kind``: "bounded" (ε-ball) or "minimal" (no ε:
     accuracy, success and ρ_adv). ``radii``: a bounded stage in its own ``norm`` at these radii instead of the
     evaluation's (PGD-L2 in the fast suite); it is not part of the worst case. ``subset``: at most this many
-    examples (0: every example of the evaluation). ``target``: "random" attacks toward a random other class (the
-    attack runs targeted). ``transfer``: crafted on the transfer source model, judged on the evaluated one.
+    examples (0: every example of the evaluation). ``transfer``: crafted on the transfer source model, judged on
+    the evaluated one. Target classes are the attack's own options (``target``, ``top_targets``:
+    :mod:`robustlab.attacks.targets`).
     ``worst_case``: counts in the robust accuracy. ``step_rule``: a step size that follows ε along a curve.
     """
 
@@ -64,7 +65,6 @@ class Stage:
     radii: tuple[float, ...] = ()
     norm: str | None = None
     subset: int = 0
-    target: str | None = None
     transfer: bool = False
     worst_case: bool = True
     step_rule: tuple[float, float] | None = None  # (cap, fraction): step_size = min(cap, fraction × ε) at each ε
@@ -72,8 +72,6 @@ class Stage:
     def __post_init__(self):
         if self.kind not in ("bounded", "minimal"):
             raise ConfigError(f"stage {self.name!r}: kind must be 'bounded' or 'minimal', got {self.kind!r}")
-        if self.target not in (None, "random"):
-            raise ConfigError(f"stage {self.name!r}: target must be None or 'random', got {self.target!r}")
 
     @property
     def in_worst_case(self) -> bool:
@@ -193,7 +191,7 @@ def fast(s: EvalSettings, m: ModelFacts) -> Suite:
         Stage("ill", "ill", ifgsm, step_rule=(0.03, 0.25),
               settings=f"{s.ifgsm_steps} steps of min(0.03, ε/4) toward the least likely class"),
         Stage("pgd", "pgd", pgd, settings=pgd_text),
-        Stage("pgd_targeted", "pgd", {**pgd1, "targeted": True}, target="random",
+        Stage("pgd_targeted", "pgd", {**pgd1, "target": "random"},
               settings=f"toward a random other class, {pgd1_text}"),
         Stage("apgd_ce", "apgd_ce", {"steps": s.apgd_steps}, settings=f"{s.apgd_steps} steps"),
     ]
