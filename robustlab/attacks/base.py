@@ -9,26 +9,44 @@ parameters' ``requires_grad`` off for the call, so nothing accumulates on parame
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from robustlab.modes import MODEL_MODES, model_mode, parameters_frozen
+from robustlab.rng import seeded
 
 class Attack(ABC):
-    """Base class: subclasses implement :meth:`perturb`; ``__call__`` owns the model mode and detaching."""
+    """Base class: subclasses implement :meth:`perturb`; ``__call__`` owns the model mode and detaching.
+
+    Randomness has one mechanism: every attack draws from the global RNG. ``seed`` (an attack that takes one sets
+    it): each call runs under :func:`robustlab.rng.seeded` (reproducible, and the caller's RNG is left as it
+    was), as the evaluation runner does for every (stage, batch).
+    """
+
+    seed: int | None = None
 
     def __init__(self, *, model_mode: str = "eval"):
         if model_mode not in MODEL_MODES:
             raise ValueError(f"model_mode must be one of {MODEL_MODES}, got {model_mode!r}")
         self.model_mode = model_mode
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    @contextlib.contextmanager
+    def calling(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Iterator[None]:
+        """What every entry point of an attack does around its work: the inputs checked once, the model in the
+        attack's mode with frozen parameters, the RNG seeded when the attack has a seed."""
         with model_mode(model, self.model_mode), parameters_frozen(model):
             check_batch(model, x, y)
+            with seeded(self.seed, x.device) if self.seed is not None else contextlib.nullcontext():
+                yield
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with self.calling(model, x, y):
             x_adv = self.perturb(model, x.detach(), y.detach())
         return x_adv.detach()
 
@@ -66,6 +84,12 @@ def check_epsilon(eps: float, norm: str = "linf") -> float:
     if norm == "linf" and eps > 1:
         raise ValueError(f"an L∞ epsilon above 1 exceeds the [0,1] image range, got {eps} (did you mean {eps}/255?)")
     return eps
+
+
+def check_seed(seed: int | None) -> int | None:
+    if seed is not None and (isinstance(seed, bool) or int(seed) != seed):
+        raise ValueError(f"seed must be an integer or None, got {seed!r}")
+    return None if seed is None else int(seed)
 
 
 # model -> {input shape: number of classes}, learned by one side-effect-free forward pass of one example.

@@ -38,7 +38,7 @@ from torch import nn
 
 from robustlab.attacks.active import ActiveSet, run_copies, success_mask
 from robustlab.attacks.targets import top_other_classes
-from robustlab.attacks.base import Attack, check_epsilon, parse_norm
+from robustlab.attacks.base import Attack, check_epsilon, check_seed, parse_norm
 from robustlab.attacks.losses import loss_gradient
 from robustlab.attacks.perturbation import batch_view
 from robustlab.attacks.registry import register_attack
@@ -103,16 +103,15 @@ def _norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
     return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
 
 
-def random_start(x: torch.Tensor, radius: torch.Tensor, norm: str, generator: torch.Generator | None
-                 ) -> torch.Tensor:
+def random_start(x: torch.Tensor, radius: torch.Tensor, norm: str) -> torch.Tensor:
     """A random point on the sphere of ``radius`` (per row) around ``x``, clipped to [0,1] (FAB's restarts).
 
     L∞: a uniform draw in [−1,1]ᵈ scaled to ‖·‖∞ = radius; L2: a Gaussian direction scaled to ‖·‖₂ = radius.
     """
     if norm == "linf":
-        t = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype).mul_(2).sub_(1)
+        t = torch.rand(x.shape, device=x.device, dtype=x.dtype).mul_(2).sub_(1)
     else:
-        t = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        t = torch.randn(x.shape, device=x.device, dtype=x.dtype)
     t = t / batch_view(_norm(t, norm).clamp_min(1e-12), t)
     return (x + batch_view(radius, x) * t).clamp(0.0, 1.0)
 
@@ -123,8 +122,8 @@ class FAB(Attack):
 
     ``norm`` "linf" or "l2"; ``steps`` FAB iterations per run; ``restarts`` runs per target (the first from the
     clean x, the others from random points); ``top_targets`` the number of target classes (AutoAttack: 9);
-    ``eta`` the extrapolation η, ``beta`` the backward step β, ``alpha_max`` the cap on α. ``seed``: random starts
-    draw from a ``torch.Generator`` seeded with it (reproducible whatever the global RNG); None: the global RNG.
+    ``eta`` the extrapolation η, ``beta`` the backward step β, ``alpha_max`` the cap on α. ``seed``: each call runs
+    under ``rng.seeded(seed)`` (reproducible, the caller's RNG left as it was); None: the global RNG.
     ``batched``: all targets × restarts as copies of the batch in one call (True), one after another on the
     examples still robust (False), or batched on a GPU and sequential on a CPU (None), as APGD.
     """
@@ -144,12 +143,10 @@ class FAB(Attack):
             raise ValueError(f"beta must be in (0, 1], got {beta!r}")
         if not 0 <= alpha_max <= 1:
             raise ValueError(f"alpha_max must be in [0, 1], got {alpha_max!r}")
-        if seed is not None and (isinstance(seed, bool) or int(seed) != seed):
-            raise ValueError(f"seed must be an integer or None, got {seed!r}")
         self.norm, self.batched = key, batched
         self.steps, self.restarts, self.top_targets = int(steps), int(restarts), int(top_targets)
         self.eta, self.beta, self.alpha_max = float(eta), float(beta), float(alpha_max)
-        self.seed = None if seed is None else int(seed)
+        self.seed = check_seed(seed)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.eps == 0:
@@ -157,11 +154,8 @@ class FAB(Attack):
         with torch.no_grad():
             clean_logits = model(x)
         targets = top_other_classes(clean_logits, self.top_targets)
-        generator = None
-        if self.seed is not None:
-            generator = torch.Generator(device=x.device).manual_seed(self.seed)
         batched = self.batched if self.batched is not None else x.device.type == "cuda"
-        return run_copies(model, x, y, lambda m, active: self._run(m, active, generator), restarts=self.restarts,
+        return run_copies(model, x, y, self._run, restarts=self.restarts,
                           targets=targets, batched=batched, skip=success_mask(clean_logits, y))[0]
 
     @staticmethod
@@ -174,7 +168,7 @@ class FAB(Attack):
         out = loss_gradient(model, x, y, diff)
         return out.loss, out.grad.flatten(1), out.logits
 
-    def _run(self, model: nn.Module, active: ActiveSet, generator: torch.Generator | None) -> None:
+    def _run(self, model: nn.Module, active: ActiveSet) -> None:
         """FAB runs on the rows of ``active`` (a row of run r is restart r mod ``restarts``); a row's
         example leaves at the first misclassified iterate within ε; the rest end at their clean point.
 
@@ -187,7 +181,7 @@ class FAB(Attack):
         rand = restart > 0
         if bool(rand.any()):
             radius = torch.full((int(rand.sum()),), self.eps / 2, dtype=x_cur.dtype, device=x_cur.device)
-            x_cur[rand] = random_start(active.x[rand], radius, self.norm, generator)
+            x_cur[rand] = random_start(active.x[rand], radius, self.norm)
         for _ in range(self.steps):
             g, w, logits = self._linearise(model, x_cur, active.y, active.target)
             x_cur, g, w = active.retire(self._fooled(logits, x_cur, active), x_cur, x_cur, g, w)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustlab.attacks.base import check_seed
 from robustlab.attacks.active import success_mask
 from robustlab.attacks.perturbation import MinimalAttack, MinimalResult, finalize
 from robustlab.attacks.registry import register_attack
@@ -39,13 +40,12 @@ def apply_pixels(x: torch.Tensor, cand: torch.Tensor, pixels: int) -> torch.Tens
     return imgs.view(n * num, c, h, w)
 
 
-def distinct_others(n: int, size: int, device: torch.device, generator: torch.Generator | None
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def distinct_others(n: int, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Three ``(n, size)`` index tensors r1, r2, r3 into a population of ``size``: distinct and ≠ own index."""
     m = size - 1  # offsets 1..size-1 from the member's own index, three distinct ones
-    u1 = torch.randint(m, (n, size), device=device, generator=generator)
-    u2 = torch.randint(m - 1, (n, size), device=device, generator=generator)
-    u3 = torch.randint(m - 2, (n, size), device=device, generator=generator)
+    u1 = torch.randint(m, (n, size), device=device)
+    u2 = torch.randint(m - 1, (n, size), device=device)
+    u3 = torch.randint(m - 2, (n, size), device=device)
     u2 = u2 + (u2 >= u1).long()
     lo, hi = torch.minimum(u1, u2), torch.maximum(u1, u2)
     u3 = u3 + (u3 >= lo).long()
@@ -70,7 +70,7 @@ class FewPixel(MinimalAttack):
         self.mutation = float(mutation)
         self.targeted = bool(targeted)
         self.max_images = int(max_images)
-        self.seed = seed
+        self.seed = check_seed(seed)
 
     def _fitness(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, cand: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,17 +92,13 @@ class FewPixel(MinimalAttack):
         if x.dim() != 4:
             raise ValueError(f"few-pixel attack needs images (B, C, H, W), got shape {tuple(x.shape)}")
         n, c, h, w = x.shape
-        gen = None
-        if self.seed is not None:
-            gen = torch.Generator(device=x.device)
-            gen.manual_seed(self.seed)
         per_pixel_hi = [float(h), float(w)] + [1.0] * c
         hi = torch.tensor(per_pixel_hi * self.pixels, device=x.device)
         is_coord = torch.tensor([True, True] + [False] * c, device=x.device).repeat(self.pixels)
         num, dim = self.population, hi.numel()
 
         def uniform(shape: tuple[int, ...]) -> torch.Tensor:
-            return torch.rand(shape, device=x.device, generator=gen) * hi
+            return torch.rand(shape, device=x.device) * hi
 
         pop = uniform((n, num, dim))
         fit, fool = self._fitness(model, x, y, pop)
@@ -123,7 +119,7 @@ class FewPixel(MinimalAttack):
             if idx.numel() == 0:
                 break
             p = pop[idx]
-            r1, r2, r3 = distinct_others(len(idx), num, x.device, gen)
+            r1, r2, r3 = distinct_others(len(idx), num, x.device)
 
             def pick(r: torch.Tensor) -> torch.Tensor:
                 return p.gather(1, r[:, :, None].expand(-1, -1, dim))

@@ -87,8 +87,7 @@ class MinimalAttack(Attack):
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MinimalResult:
         """Like ``__call__`` (checks, model mode, detaching) but returns the whole :class:`MinimalResult`."""
-        with model_mode(model, self.model_mode), parameters_frozen(model):
-            check_batch(model, x, y)
+        with self.calling(model, x, y):
             return self.search(model, x.detach(), y.detach())
 
     def perturb_with_success(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor

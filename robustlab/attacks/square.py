@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks.active import ActiveSet, run_copies, success_mask
-from robustlab.attacks.base import Attack, check_epsilon, parse_norm
+from robustlab.attacks.base import Attack, check_epsilon, check_seed, parse_norm
 from robustlab.attacks.registry import register_attack
 
 SQUARE_NORMS = ("linf", "l2")
@@ -56,20 +56,20 @@ def _margin(logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tens
     return others - z_y if targeted else z_y - others
 
 
-def _signs(shape: tuple[int, ...], like: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-    return torch.randint(0, 2, shape, device=like.device, generator=gen).to(like.dtype).mul_(2).sub_(1)
+def _signs(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    return torch.randint(0, 2, shape, device=like.device).to(like.dtype).mul_(2).sub_(1)
 
 
-def _window_mask(n: int, h: int, w: int, s: int, device: torch.device, gen: torch.Generator | None,
-                 reference_offsets: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _window_mask(n: int, h: int, w: int, s: int, device: torch.device, reference_offsets: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A random s×s window per example: (mask (n, 1, h, w), top rows (n,), left columns (n,)).
 
     Offsets are uniform in {0, …, h − s} (the paper's Algorithms 2 and 3); ``reference_offsets``: in
     {0, …, h − s − 1}, as the reference code's ``randint(0, h − s)`` (never the last row or column of windows).
     """
     hi_h, hi_w = (max(h - s, 1), max(w - s, 1)) if reference_offsets else (h - s + 1, w - s + 1)
-    top = torch.randint(0, hi_h, (n,), device=device, generator=gen)
-    left = torch.randint(0, hi_w, (n,), device=device, generator=gen)
+    top = torch.randint(0, hi_h, (n,), device=device)
+    left = torch.randint(0, hi_w, (n,), device=device)
     r = torch.arange(h, device=device)[None, :] - top[:, None]
     c = torch.arange(w, device=device)[None, :] - left[:, None]
     rows, cols = (r >= 0) & (r < s), (c >= 0) & (c < s)
@@ -94,10 +94,10 @@ def meta_pattern(s: int) -> torch.Tensor:
     return eta / eta.norm().clamp_min(1e-12)
 
 
-def _oriented(eta: torch.Tensor, n: int, like: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+def _oriented(eta: torch.Tensor, n: int, like: torch.Tensor) -> torch.Tensor:
     """η (s, s) per example, transposed with probability 1/2: (n, s, s)."""
     eta = eta.to(device=like.device, dtype=like.dtype)
-    flip = torch.rand(n, device=like.device, generator=gen) < 0.5
+    flip = torch.rand(n, device=like.device) < 0.5
     return torch.where(flip[:, None, None], eta.t(), eta)
 
 
@@ -111,8 +111,8 @@ class Square(Attack):
 
     ``queries``: forward passes per example and restart (including the initial point); ``p_init``: the initial
     fraction of pixels per window (default 0.8 for L∞, 0.3 for L2); ``restarts`` run as batch copies;
-    ``targeted``: ``y`` holds the target labels. ``seed``: draw from a ``torch.Generator`` seeded with it (on the
-    input's device), independent of the global RNG; None uses the global RNG.
+    ``targeted``: ``y`` holds the target labels. ``seed``: each call runs under ``rng.seeded(seed)`` (reproducible,
+    the caller's RNG left as it was); None draws from the global RNG.
 
     ``reference_offsets`` (class attribute, False): draw window offsets as the reference code (paper's repository,
     AutoAttack, torchattacks) does, excluding the last offset h − s; on 8×8 images this leaves the last row and
@@ -134,30 +134,24 @@ class Square(Attack):
         p = DEFAULT_P_INIT[key] if p_init is None else float(p_init)
         if not 0 < p <= 1:
             raise ValueError(f"p_init must be in (0, 1], got {p_init!r}")
-        if seed is not None and (isinstance(seed, bool) or int(seed) != seed):
-            raise ValueError(f"seed must be an integer or None, got {seed!r}")
         self.norm = key
         self.queries = int(queries)
         self.p_init = p
         self.restarts = int(restarts)
         self.targeted = bool(targeted)
-        self.seed = None if seed is None else int(seed)
+        self.seed = check_seed(seed)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[2] < 2 or x.shape[3] < 2:
             raise ValueError(f"square attack needs images (B, C, H, W) with H, W >= 2, got shape {tuple(x.shape)}")
         if self.eps == 0 or len(x) == 0:
             return x.clone()
-        gen = None
-        if self.seed is not None:
-            gen = torch.Generator(device=x.device)
-            gen.manual_seed(self.seed)
         with torch.no_grad():
             skip = success_mask(model(x), y, self.targeted)
             init, step = (self._linf_init, self._linf_step) if self.norm == "linf" else (self._l2_init, self._l2_step)
 
             def core(model_: nn.Module, active: ActiveSet) -> None:
-                x_best = init(active.x, gen)
+                x_best = init(active.x)
                 logits = model_(x_best)
                 margin = _margin(logits, active.y, self.targeted)
                 x_best, margin = active.retire(success_mask(logits, active.y, self.targeted), x_best, x_best, margin)
@@ -165,7 +159,7 @@ class Square(Attack):
                     if active.empty:
                         return
                     p = p_schedule(self.p_init, it, self.queries)
-                    x_new = step(active.x, x_best, p, gen)
+                    x_new = step(active.x, x_best, p)
                     logits = model_(x_new)
                     m_new = _margin(logits, active.y, self.targeted)
                     fooled = success_mask(logits, active.y, self.targeted)
@@ -179,19 +173,19 @@ class Square(Attack):
         return out
 
     # --- L∞ (Algorithm 2) ------------------------------------------------------------------------------------
-    def _linf_init(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    def _linf_init(self, x: torch.Tensor) -> torch.Tensor:
         """Vertical stripes: x + ε·(±1 per example, channel and column), clipped to [0,1]."""
         n, c, _, w = x.shape
-        return (x + self.eps * _signs((n, c, 1, w), x, gen)).clamp_(0.0, 1.0)
+        return (x + self.eps * _signs((n, c, 1, w), x)).clamp_(0.0, 1.0)
 
-    def _linf_step(self, x: torch.Tensor, x_best: torch.Tensor, p: float, gen: torch.Generator | None
+    def _linf_step(self, x: torch.Tensor, x_best: torch.Tensor, p: float
                    ) -> torch.Tensor:
         """A window of side s gets a new ±ε per channel, redrawn (per example) until the point changes."""
         n, c, h, w = x.shape
         s = min(max(round(math.sqrt(p * h * w)), 1), min(h, w) - 1)
-        mask, _, _ = _window_mask(n, h, w, s, x.device, gen, self.reference_offsets)
+        mask, _, _ = _window_mask(n, h, w, s, x.device, self.reference_offsets)
         delta = x_best - x
-        value = self.eps * _signs((n, c, 1, 1), x, gen)
+        value = self.eps * _signs((n, c, 1, 1), x)
         x_new = (x + torch.where(mask, value, delta)).clamp_(0.0, 1.0)
         # The paper redraws the signs while the window stays unchanged. For ε > 0 the two signs of a channel
         # give different values at every pixel, so at most one sign combination leaves the window unchanged;
@@ -199,14 +193,14 @@ class Square(Attack):
         # channels of a nonzero random bit pattern (loop-free, same distribution).
         same = ((x_new - x_best).abs().lt(1e-7) | ~mask).flatten(1).all(1)
         bits = min(c, 62)
-        pattern = torch.randint(1, 2 ** bits, (n, 1), device=x.device, generator=gen)
+        pattern = torch.randint(1, 2 ** bits, (n, 1), device=x.device)
         flip = (pattern >> torch.arange(c, device=x.device).clamp_max(bits - 1)) & 1
         flip = flip.bool() & torch.arange(c, device=x.device).lt(bits)
         value = torch.where((flip & same[:, None]).view(n, c, 1, 1), -value, value)
         return (x + torch.where(mask, value, delta)).clamp_(0.0, 1.0)
 
     # --- L2 (Algorithm 3) ------------------------------------------------------------------------------------
-    def _l2_init(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    def _l2_init(self, x: torch.Tensor) -> torch.Tensor:
         """Meta-squares: a grid of side-(h // 5) squares, each ±η per example and channel; ‖δ‖₂ = ε, clipped."""
         n, c, h, w = x.shape
         s = max(h // 5, 1)
@@ -218,31 +212,31 @@ class Square(Attack):
         for top in tops:
             for left in lefts:
                 bh, bw = min(s, h - top), min(s, w - left)
-                pattern = _oriented(eta, n, x, gen)[:, None, :bh, :bw]
-                delta[:, :, top:top + bh, left:left + bw] += pattern * _signs((n, c, 1, 1), x, gen)
+                pattern = _oriented(eta, n, x)[:, None, :bh, :bw]
+                delta[:, :, top:top + bh, left:left + bw] += pattern * _signs((n, c, 1, 1), x)
         delta = delta / _l2_norm(delta, (1, 2, 3)).clamp_min(1e-12) * self.eps
         return (x + delta).clamp_(0.0, 1.0)
 
-    def _l2_step(self, x: torch.Tensor, x_best: torch.Tensor, p: float, gen: torch.Generator | None
+    def _l2_step(self, x: torch.Tensor, x_best: torch.Tensor, p: float
                  ) -> torch.Tensor:
         """Move the mass of window 2 into window 1 (new ±η plus the normalised old content), keep ‖δ‖₂ = ε."""
         n, c, h, w = x.shape
         s = max(round(math.sqrt(p * h * w)), 3)
         s = min(s + 1 if s % 2 == 0 else s, h, w)
-        mask1, top, left = _window_mask(n, h, w, s, x.device, gen, self.reference_offsets)
-        mask2, _, _ = _window_mask(n, h, w, s, x.device, gen, self.reference_offsets)
+        mask1, top, left = _window_mask(n, h, w, s, x.device, self.reference_offsets)
+        mask2, _, _ = _window_mask(n, h, w, s, x.device, self.reference_offsets)
         delta = x_best - x
         norm_image = _l2_norm(delta, (1, 2, 3))
         old = delta * mask1
         norm_w1 = _l2_norm(old, (2, 3))
         norm_windows = _l2_norm(delta * (mask1 | mask2), (2, 3))
         # η placed at each example's window 1: pattern[i − top, j − left] inside the window.
-        eta = _oriented(meta_pattern(s), n, x, gen)
+        eta = _oriented(meta_pattern(s), n, x)
         r = (torch.arange(h, device=x.device)[None, :] - top[:, None]).clamp_(0, s - 1)
         col = (torch.arange(w, device=x.device)[None, :] - left[:, None]).clamp_(0, s - 1)
         rows = torch.arange(n, device=x.device)[:, None, None]
         eta_full = eta[rows, r[:, :, None], col[:, None, :]][:, None] * mask1
-        new = eta_full * _signs((n, c, 1, 1), x, gen) + old / (norm_w1 + 1e-12)
+        new = eta_full * _signs((n, c, 1, 1), x) + old / (norm_w1 + 1e-12)
         budget = ((self.eps ** 2 - norm_image.square()).clamp_min(0.0) / c + norm_windows.square()).sqrt()
         new = new / _l2_norm(new, (2, 3)).clamp_min(1e-12) * budget
         delta = torch.where(mask1, new, torch.where(mask2, torch.zeros_like(delta), delta))
