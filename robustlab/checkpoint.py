@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from robustlab.errors import CheckpointError
+from robustlab.errors import CheckpointError, ConfigError
 
 MODEL_FILE = "model.safetensors"
 STATE_TENSORS_FILE = "state.safetensors"
@@ -82,6 +82,15 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def refuse_dangling_link(path: Path, what: str) -> None:
+    """A directory path that is a symbolic link to nothing is refused by name (``mkdir`` would say "File exists")."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.is_symlink() and not p.exists():
+            raise ConfigError(f"{what} {path}: {p} is a symbolic link to {os.readlink(p)}, which does not exist "
+                              f"(create the target, or choose another path)")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
     path = Path(path)
@@ -115,6 +124,10 @@ def save_checkpoint(run_dir: Path, epoch: int, model_state: dict[str, torch.Tens
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+    except (OSError, SafetensorError) as exc:  # a full disk, a read-only mount: the last checkpoint is untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"cannot write checkpoint {final.name} in {ckpt_root}: {exc} (is the disk full or "
+                              f"read-only?); the previous checkpoint is intact, --resume continues from it") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -158,6 +158,9 @@ def _output_location(out: str | None, default_dir: Path, stem: str) -> tuple[Pat
         out_dir, stem = Path(out).parent, Path(out).stem
     else:
         out_dir = Path(out) if out else default_dir
+    from robustlab.checkpoint import refuse_dangling_link
+
+    refuse_dangling_link(out_dir, "--out")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = out_dir / f".{stem}.write-test"

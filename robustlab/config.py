@@ -105,21 +105,35 @@ class DataConfig(Options):
 class OptimConfig(Options):
     name: Literal["sgd", "adam"] = "sgd"
     lr: float = Field(0.1, gt=0)
-    momentum: float = 0.9
+    momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0)
     # "weights": decay only the weight matrices and kernels (tensors of two or more dimensions), not biases or
     # normalisation parameters, as the TLA authors' code does; "all": every trainable parameter.
     weight_decay_on: Literal["all", "weights"] = "all"
-    betas: list[float] = Field(default_factory=lambda: [0.9, 0.999])
+    betas: list[float] = Field(default_factory=lambda: [0.9, 0.999], min_length=2, max_length=2)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: list[float]) -> list[float]:
+        if any(not 0 <= b < 1 for b in betas):
+            raise ValueError(f"each of Adam's betas must be in [0, 1), got {betas}")
+        return betas
 
 
 class ScheduleConfig(Options):
     name: Literal["constant", "multistep", "cosine", "one_cycle"] = "constant"
     milestones: list[int] = Field(default_factory=list)
-    gamma: float = 0.1
+    gamma: float = Field(0.1, gt=0, le=1)  # multistep: the factor at each milestone (a decay)
     warmup_epochs: int = Field(0, ge=0)
-    peak: float = 0.4  # one_cycle: the fraction of training at which the learning rate peaks (Wong et al.: 2/5)
+    peak: float = Field(0.4, gt=0, lt=1)  # one_cycle: the fraction of training at which the learning rate peaks
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestones_increasing(cls, milestones: list[int]) -> list[int]:
+        if any(m < 1 for m in milestones) or milestones != sorted(set(milestones)):
+            raise ValueError(f"milestones must be increasing epochs >= 1, got {milestones}")
+        return milestones
 
 
 class EvalConfig(Options):
@@ -128,7 +142,7 @@ class EvalConfig(Options):
     attacks: list[str] = Field(default_factory=lambda: ["fgsm", "pgd"])
     eps: list[float] = Field(default_factory=lambda: [0.3])
     pgd_steps: int = Field(40, gt=0)
-    pgd_step_size: float = 0.01
+    pgd_step_size: float = Field(0.01, ge=0)  # 0: 2.5·ε/steps
     pgd_restarts: int = Field(1, gt=0)
     subset: int = Field(1000, ge=0)  # test examples attacked (0 = all)
     batch_size: int = Field(500, gt=0)

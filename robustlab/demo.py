@@ -23,6 +23,7 @@ from robustlab.evaluation.plots import plot_models
 from robustlab.evaluation.report import comparison_table
 from robustlab.experiment import load_config
 from robustlab.runs import load_trained_model
+from robustlab.strict_json import strict_dumps
 
 DEMO_RECIPES = {"standard": "demo_standard.toml", "pgd_at": "demo_pgd_at.toml"}
 DEMO_EPS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
@@ -68,7 +69,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, epochs_scale: float = 1.0, ev
                       + f"\nFGSM and PGD-{pgd_steps} on the first {eval_subset} test images; STANDARD: the standard suite "
                         f"(AutoAttack's attacks and settings) on the first {standard_subset}.\n")
     write_long_csv(results, out_dir / "results.csv")
-    atomic_write_text(out_dir / "results.json", json.dumps(
+    atomic_write_text(out_dir / "results.json", strict_dumps(
         {m: [r.to_dict() | {"per_example": None} for r in rs] for m, rs in results.items()}, indent=2))
     plot_models(results, out_dir / "accuracy_vs_eps.png", title="LeNet-5 on MNIST-5k")
     log("\n" + table)

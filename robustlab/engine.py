@@ -24,21 +24,22 @@ import torch
 
 from tqdm.auto import tqdm
 
-from robustlab.checkpoint import (CONFIG_FILE, atomic_write_text, find_latest_checkpoint, load_checkpoint,
-                                  remove_stale_temporaries, save_checkpoint)
+from robustlab.checkpoint import (CONFIG_FILE, STATE_FILE, atomic_write_text, find_latest_checkpoint, load_checkpoint,
+                                  refuse_dangling_link, remove_stale_temporaries, save_checkpoint)
 from robustlab.config import Config, config_differences
 from robustlab.data import ImageDataset, load_dataset
 from robustlab.data.augment import random_crop_flip
 from robustlab.defenses import Batch, Defense, TrainContext, build_defense
 from robustlab.distributed import (all_reduce_sum, average_gradients, barrier, broadcast_module, init_distributed,
                                    shard, synchronise_optimizer)
-from robustlab.errors import CheckpointError, ConfigError
+from robustlab.errors import BrokenModel, CheckpointError, ConfigError, TrainingDiverged
 from robustlab.evaluation import EvalSettings, evaluate
 from robustlab.evaluation.outcome import accuracy
 from robustlab.experiment import config_from_dict, upgrade_stored_config
 from robustlab.run_lock import RunLock
 from robustlab.runs import build_model_for
 from robustlab.schedule import STEPWISE, lr_factor
+from robustlab.strict_json import strict_dumps
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -200,6 +201,7 @@ class Trainer:
 
     # --- run directory ----------------------------------------------------------------------------------------
     def _check_run_dir(self) -> None:
+        refuse_dangling_link(self.run_dir, "run.out_dir")
         latest = self.run_dir / "checkpoints" / "latest"
         if latest.exists() and not self.resume:
             raise ConfigError(f"{self.run_dir} already holds a run; pass --resume to continue it, or set "
@@ -228,8 +230,12 @@ class Trainer:
         if "scaler" in state and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
-        self.start_epoch = int(state["epoch"])
-        self.ctx.global_step = int(state["global_step"])
+        try:
+            self.start_epoch = int(state["epoch"])
+            self.ctx.global_step = int(state["global_step"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{ckpt / STATE_FILE} is corrupt: its epoch or global_step is not an integer "
+                                  f"(epoch {state.get('epoch')!r}, global_step {state.get('global_step')!r})") from None
         self.history = self._read_history()[: self.start_epoch]
         self.log(f"resumed {self.run_dir} from {ckpt.name} (epoch {self.start_epoch}/{self.config.run.epochs})")
 
@@ -247,7 +253,7 @@ class Trainer:
         return rows
 
     def _write_history(self) -> None:
-        atomic_write_text(self.run_dir / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in self.history))
+        atomic_write_text(self.run_dir / METRICS_FILE, "".join(strict_dumps(row) + "\n" for row in self.history))
 
     def _save(self, epoch: int) -> Path:
         state = {
@@ -274,17 +280,33 @@ class Trainer:
         self.log(f"training {cfg.model['name']} with {cfg.defense['name']} on {cfg.data.name} "
                  f"({len(self.dataset.train_x)} train / {len(self.dataset.test_x)} test) on {self.device}{procs} "
                  f"for {cfg.run.epochs} epochs -> {self.run_dir}")
-        for epoch in range(self.start_epoch, cfg.run.epochs):
-            row = self.train_epoch(epoch)
-            self.history.append(row)
-            if self.dist.is_main:  # rank 0 alone writes metrics and checkpoints
-                self._write_history()
-                self._save(epoch + 1)
-            barrier(self.dist)
-            self.log(format_epoch(row))
-        if self.lock is not None:
-            self.lock.release()
+        try:
+            for epoch in range(self.start_epoch, cfg.run.epochs):
+                row = self.train_epoch(epoch)
+                self.history.append(row)
+                if self.dist.is_main:  # rank 0 alone writes metrics and checkpoints
+                    self._write_history()
+                    self._save(epoch + 1)
+                barrier(self.dist)
+                self.log(format_epoch(row))
+        finally:
+            if self.lock is not None:
+                self.lock.release()
         return TrainResult(self.run_dir, cfg.run.epochs, self.history)
+
+    def _diverged(self, what: str, epoch: int) -> TrainingDiverged:
+        latest = find_latest_checkpoint(self.run_dir) if (self.run_dir / "checkpoints").exists() else None
+        kept = f"the last good checkpoint, {latest.name}, stays the latest" if latest else "no checkpoint was written"
+        lr = self.optimizer.param_groups[0]["lr"]
+        return TrainingDiverged(f"training diverged: {what} in epoch {epoch + 1}; {kept}. Lower optim.lr (now "
+                                f"{lr:g}), or check the data and the defense's options")
+
+    def _check_finite_weights(self, epoch: int) -> None:
+        """Refuse to checkpoint an epoch whose weights went NaN or infinite (its loss may still have looked finite)."""
+        bad = [name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise self._diverged(f"the weights became NaN or infinite ({', '.join(bad[:3])}"
+                                 + (", ..." if len(bad) > 3 else "") + ")", epoch)
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         cfg, model, defense, ctx = self.config, self.train_model, self.defense, self.ctx
@@ -312,6 +334,11 @@ class Trainer:
             if cfg.run.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             out = defense.step(model, Batch(x, y, idx), ctx)
+            finite = torch.isfinite(out.loss.detach()).float()
+            if self.dist.enabled:  # every process stops together
+                finite = all_reduce_sum(finite, self.dist) / self.dist.world_size
+            if float(finite) < 1:
+                raise self._diverged(f"the loss is {float(out.loss.detach()):g} at step {batch_number + 1} of {n_batches}", epoch)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(out.loss).backward()
             if self.dist.enabled:  # before the scaler's inf check, so every process takes the same decision
@@ -333,6 +360,7 @@ class Trainer:
         row.update(defense.on_epoch_end_all(model, ctx))
         row["train_time_s"] = round(time.perf_counter() - started, 3)
         row["train_cpu_time_s"] = round(time.process_time() - cpu_started, 3)  # this process's CPU time, all threads
+        self._check_finite_weights(epoch)
         if self.dist.is_main:
             row.update(self.evaluate_epoch(epoch))
         row["time_s"] = round(time.perf_counter() - started, 3)
@@ -356,15 +384,20 @@ class Trainer:
             settings = EvalSettings(eps=[e for e in cfg.eps if e > 0], subset=cfg.subset, batch_size=cfg.batch_size,
                                     attacks=cfg.attacks, pgd_steps=cfg.pgd_steps, pgd_step_size=cfg.pgd_step_size,
                                     pgd_restarts=cfg.pgd_restarts, eot_samples=cfg.eot_samples, gallery=0)
-            result = evaluate(self.model, x, y, settings, suite="quick", device=self.device, checks=False)
-            if result.randomised:
-                row["test_eot_samples"] = cfg.eot_samples
-                if cfg.eot_samples == 1 and not self._warned_one_draw:
-                    self._warned_one_draw = True
-                    self.log("randomised model: the per-epoch robust accuracy attacks it with one noise draw per "
-                             "gradient (eval.eot_samples = 1) and overstates its robustness")
-            for r in result.bounded_rows():
-                row[f"test_{r['attack']}_{r['eps']:g}_acc"] = round(r["accuracy"], 6)
+            try:
+                result = evaluate(self.model, x, y, settings, suite="quick", device=self.device, checks=False)
+            except BrokenModel as exc:  # no robustness number: every attack's accuracy counts as 0
+                self.log(f"epoch {epoch + 1}: {exc}")
+                row.update({f"test_{name}_{e:g}_acc": 0.0 for name in cfg.attacks for e in cfg.eps if e > 0})
+            else:
+                if result.randomised:
+                    row["test_eot_samples"] = cfg.eot_samples
+                    if cfg.eot_samples == 1 and not self._warned_one_draw:
+                        self._warned_one_draw = True
+                        self.log("randomised model: the per-epoch robust accuracy attacks it with one noise draw "
+                                 "per gradient (eval.eot_samples = 1) and overstates its robustness")
+                for r in result.bounded_rows():
+                    row[f"test_{r['attack']}_{r['eps']:g}_acc"] = round(r["accuracy"], 6)
         row.update(self.defense.evaluate_all(self.model, self.ctx))
         return row
 

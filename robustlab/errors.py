@@ -17,6 +17,14 @@ class DatasetError(RobustlabError):
     """A dataset file is missing, corrupt or in the wrong format."""
 
 
+class BrokenModel(RobustlabError, ValueError):
+    """The model outputs NaN or infinite logits on clean inputs: it gets no robustness number."""
+
+
+class TrainingDiverged(RobustlabError):
+    """The training loss (or the weights) became NaN or infinite: the run stops, its last good checkpoint kept."""
+
+
 class CheckpointError(RobustlabError):
     """A checkpoint is missing, incomplete or corrupt."""
 

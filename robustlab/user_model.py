@@ -7,6 +7,7 @@ safetensors file (tensors only: nothing is unpickled); the model is put in eval 
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from pathlib import Path
 
@@ -29,7 +30,17 @@ def load_user_model(spec: str, weights: str | None = None) -> nn.Module:
     func = getattr(module, func_name, None)
     if not callable(func):
         raise ConfigError(f"--model: {module_name!r} has no function {func_name!r}")
-    model = func()
+    try:
+        inspect.signature(func).bind()
+    except TypeError:
+        raise ConfigError(f"--model: {spec} must be callable with no arguments, its signature is "
+                          f"{func_name}{inspect.signature(func)}") from None
+    except ValueError:  # a builtin without a signature: let the call say
+        pass
+    try:
+        model = func()
+    except Exception as exc:  # the user's code: any error it raises is theirs to fix, said in one line
+        raise ConfigError(f"--model: {spec}() raised {type(exc).__name__}: {exc}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"--model: {spec}() returned {type(model).__name__}, not a torch.nn.Module")
     if weights:
@@ -43,5 +54,7 @@ def load_user_model(spec: str, weights: str | None = None) -> nn.Module:
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
-            raise ConfigError(f"--weights {weights} do not fit {spec}(): {str(exc).splitlines()[0]}") from None
+            details = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+            raise ConfigError(f"--weights {weights} do not fit {spec}(): " + ("; ".join(details[:2]) or str(exc))
+                              ) from None
     return model.eval()

@@ -17,7 +17,8 @@ from robustlab.cli import main
 from robustlab.evaluation import EvalSettings, evaluate
 from robustlab.evaluation.checks import any_failed
 from robustlab.evaluation.outcome import accuracy, attack_outcome, minimal_attack_outcome
-from robustlab.evaluation.report import json_safe, write_report
+from robustlab.evaluation.report import write_report
+from robustlab.strict_json import json_safe
 from robustlab.evaluation.suites import ModelFacts, Stage, fast, fast_row_names
 from tiny_run import tiny_run_toml
 

@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "robustlab"
 
 # Lowest first. A module belongs to the first entry whose name is the module or a package above it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("errors", "registry", "rng", "passes", "distributed", "modes", "config")),
+    ("foundation", ("errors", "registry", "rng", "passes", "distributed", "modes", "config", "predictions",
+                    "strict_json")),
     ("components", ("data", "models", "attacks", "schedule", "retrieval")),
     ("runs", ("checkpoint", "run_lock", "runs", "user_model")),
     ("defenses", ("defenses",)),

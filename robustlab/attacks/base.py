@@ -30,6 +30,7 @@ class Attack(ABC):
     """
 
     seed: int | None = None
+    needs_images = False  # works on (N, C, H, W) images with H, W >= 2 (windows, pixels), not any tensor
 
     def __init__(self, *, model_mode: str = "eval"):
         if model_mode not in MODEL_MODES:
@@ -47,7 +48,7 @@ class Attack(ABC):
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with self.calling(model, x, y):
-            x_adv = self.perturb(model, x.detach(), y.detach())
+            x_adv = self.perturb(model, x.detach(), y.detach().long())  # any integer labels: int64 inside
         return x_adv.detach()
 
     @abstractmethod
@@ -92,21 +93,24 @@ def check_seed(seed: int | None) -> int | None:
     return None if seed is None else int(seed)
 
 
-# model -> {input shape: number of classes}, learned by one side-effect-free forward pass of one example.
+# model -> {input shape: number of classes}, learned by one side-effect-free forward pass of two examples.
 _MODEL_CLASSES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
 def model_classes(model: nn.Module, x: torch.Tensor) -> int:
     """The number of classes ``model`` outputs for inputs shaped like ``x`` (cached per model and shape).
 
-    The probe runs in eval mode without gradients and restores the global RNG, so it changes nothing: no
-    batch-norm statistics, no noise draws. An input the model cannot take is a ValueError naming the shape.
+    The probe (two examples, so that a model which takes one example but not a batch is caught here, not in the
+    middle of an attack) runs in eval mode without gradients and restores the global RNG, so it changes nothing:
+    no batch-norm statistics, no noise draws. An input the model cannot take, or logits that are not one row per
+    example over at least two classes, is a ValueError naming the shapes.
     """
     key = (tuple(x.shape[1:]), x.dtype)
     known = _MODEL_CLASSES.setdefault(model, {})
     if key not in known:
         param = next(model.parameters(), None)
-        probe = x[:1].to(param.device) if param is not None else x[:1]
+        probe = (x[:2] if len(x) >= 2 else torch.cat([x[:1], x[:1]])).detach()
+        probe = probe.to(param.device) if param is not None else probe
         devices = [probe.device.index or 0] if probe.device.type == "cuda" else []
         with torch.no_grad(), model_mode(model, "eval"), torch.random.fork_rng(devices=devices):
             try:
@@ -114,8 +118,13 @@ def model_classes(model: nn.Module, x: torch.Tensor) -> int:
             except RuntimeError as exc:
                 raise ValueError(f"the model does not accept inputs of shape {tuple(x.shape[1:])} and dtype "
                                  f"{x.dtype}: {str(exc).splitlines()[0]}") from None
-        if logits.dim() != 2:
-            raise ValueError(f"the model must return logits of shape (batch, classes), got {tuple(logits.shape)}")
+        if logits.dim() != 2 or logits.shape[0] != len(probe):
+            raise ValueError(f"the model must return logits of shape (batch, classes), one row per example: for a "
+                             f"batch of {len(probe)} inputs of shape {tuple(x.shape[1:])} it returned "
+                             f"{tuple(logits.shape)}")
+        if logits.shape[1] < 2:
+            raise ValueError(f"the model returns {logits.shape[1]} logit per example: a classifier needs at least "
+                             f"2 classes (one logit per class, not a probability or a score)")
         known[key] = int(logits.shape[1])
     return known[key]
 
@@ -125,7 +134,8 @@ def check_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
     entry calls this once per call (never inside an attack's loop).
 
     ``x``: a non-empty floating-point batch of images in [0,1] (a hint when it looks like 0–255), finite, in a
-    shape the model takes; ``y``: integer labels, one per example, in [0, classes).
+    shape the model takes; ``y``: integer labels (any integer dtype: the attacks use them as int64), one per
+    example, in [0, classes).
     """
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise ValueError("x and y must be torch tensors")

@@ -58,6 +58,8 @@ def distinct_others(n: int, size: int, device: torch.device) -> tuple[torch.Tens
 class FewPixel(MinimalAttack):
     """Change at most ``pixels`` pixels (all channels) to fool the model, found by differential evolution."""
 
+    needs_images = True
+
     def __init__(self, *, pixels: int = 1, population: int = 400, iterations: int = 75, mutation: float = 0.5,
                  targeted: bool = False, max_images: int = 16384, seed: int | None = None,
                  model_mode: str = "eval"):

@@ -88,7 +88,7 @@ class MinimalAttack(Attack):
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MinimalResult:
         """Like ``__call__`` (checks, model mode, detaching) but returns the whole :class:`MinimalResult`."""
         with self.calling(model, x, y):
-            return self.search(model, x.detach(), y.detach())
+            return self.search(model, x.detach(), y.detach().long())
 
     def perturb_with_success(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
                              ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -121,6 +121,7 @@ class Square(Attack):
     """
 
     reference_offsets = False
+    needs_images = True
 
     def __init__(self, eps: float, *, norm: str = "linf", queries: int = 5000, p_init: float | None = None,
                  restarts: int = 1, targeted: bool = False, seed: int | None = None, model_mode: str = "eval"):

@@ -64,6 +64,7 @@ from robustlab.defenses.base import Batch, Defense, LossOutput, LossTerm, regist
 from robustlab.defenses.feature_discriminator import (DiscriminatorSettings, FeatureDiscriminatorOptions,
                                                       FeatureDiscriminatorTerm)
 from robustlab.models.split import FeatureSplit
+from robustlab.predictions import batch_accuracy
 
 
 # --- the defense ------------------------------------------------------------------------------------------------
@@ -106,7 +107,7 @@ class A3T(Defense):
         else:
             loss = o.alpha * ce_clean + (1 - o.alpha) * ce_adv
         metrics = {"ce_clean": ce_clean.detach(), "ce_adv": ce_adv.detach(), "loss": loss.detach(),
-                   "acc": logits.detach().argmax(1).eq(y).float().mean(),
-                   "acc_adv": logits_adv.detach().argmax(1).eq(y).float().mean()}
+                   "acc": batch_accuracy(logits, y),
+                   "acc_adv": batch_accuracy(logits_adv, y)}
         return LossOutput(loss, metrics, x_adv=x_adv, logits_clean=logits, logits_adv=logits_adv,
                           split_features=(o.layer, z, z_adv))

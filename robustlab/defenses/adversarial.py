@@ -37,6 +37,7 @@ from robustlab.config import AttackOptions, AttackTable, attack_table
 from robustlab.defenses.base import Batch, Defense, LossOutput, register_defense
 from robustlab.defenses.standard import clean_loss
 from robustlab.errors import ConfigError
+from robustlab.predictions import batch_accuracy
 
 
 def scheduled_eps(eps: float, epoch: int, clean_epochs: int, ramp_epochs: int) -> float:
@@ -56,14 +57,14 @@ def mixed_adversarial_loss(model: nn.Module, x: torch.Tensor, x_adv: torch.Tenso
     logits_adv = model(x_adv)
     ce_adv = F.cross_entropy(logits_adv, y)
     loss = w_adv * ce_adv
-    metrics = {"ce_adv": ce_adv.detach(), "acc_adv": logits_adv.detach().argmax(1).eq(y).float().mean()}
+    metrics = {"ce_adv": ce_adv.detach(), "acc_adv": batch_accuracy(logits_adv, y)}
     logits_clean = None
     if w_clean > 0:
         logits_clean = model(x)
         ce_clean = F.cross_entropy(logits_clean, y)
         loss = loss + w_clean * ce_clean
         metrics["ce_clean"] = ce_clean.detach()
-        metrics["acc"] = logits_clean.detach().argmax(1).eq(y).float().mean()
+        metrics["acc"] = batch_accuracy(logits_clean, y)
     metrics["loss"] = loss.detach()
     return LossOutput(loss, metrics, x_adv=x_adv, logits_clean=logits_clean, logits_adv=logits_adv)
 
@@ -182,6 +183,6 @@ class PairedLogitsTraining(AdversarialTraining):
         logits_clean, logits_adv = model(batch.x), model(batch.x_adv)
         loss, parts = self.paired_loss(logits_clean, logits_adv, batch.y)
         metrics = {"loss": loss.detach(), **{k: v.detach() for k, v in parts.items()},
-                   "acc": logits_clean.detach().argmax(1).eq(batch.y).float().mean(),
-                   "acc_adv": logits_adv.detach().argmax(1).eq(batch.y).float().mean()}
+                   "acc": batch_accuracy(logits_clean, batch.y),
+                   "acc_adv": batch_accuracy(logits_adv, batch.y)}
         return LossOutput(loss, metrics, x_adv=batch.x_adv, logits_clean=logits_clean, logits_adv=logits_adv)

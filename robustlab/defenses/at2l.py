@@ -57,6 +57,7 @@ from robustlab.defenses.standard import clean_loss
 from robustlab.defenses.triplet import TripletLoss
 from robustlab.defenses.triplet_mining import EMBEDDINGS, MINERS, embed, get_distance
 from robustlab.errors import ConfigError
+from robustlab.predictions import batch_accuracy
 
 
 class AT2LOptions(Options):
@@ -151,8 +152,8 @@ class AT2L(Defense):
                                       anchor_logits=logits_adv.detach(), ctx=ctx)
         metrics: dict[str, Any] = {
             "loss": loss.detach(), "ce_clean": ce_clean.detach() / k, "ce_adv": ce_adv.detach() / k,
-            "acc": logits_clean.detach().argmax(1).eq(y).float().mean(),
-            "acc_adv": logits_adv.detach().argmax(1).eq(y).float().mean(),
+            "acc": batch_accuracy(logits_clean, y),
+            "acc_adv": batch_accuracy(logits_adv, y),
         }
         metrics.update({f"triplet_{key}": value for key, value in result.metrics().items()})
         return LossOutput(loss, metrics, x_adv=x_adv, logits_clean=logits_clean, logits_adv=logits_adv)

@@ -47,6 +47,7 @@ from robustlab.defenses.base import Batch, Defense, LossOutput, register_defense
 from robustlab.defenses.critic_losses import critic_loss, cycle_distance, hidden_weight_decay, output_layer
 from robustlab.distributed import sum_over_processes
 from robustlab.models.critic import INITS, AdversaryCritic
+from robustlab.predictions import batch_accuracy
 
 
 class AdversaryCriticOptions(Options):
@@ -172,7 +173,7 @@ class AdversaryCriticDefense(Defense):
         o, x, y = self.options, batch.x, batch.y
         logits = model(x)
         ce = F.cross_entropy(logits, y)
-        metrics = {"ce": ce.detach(), "acc": logits.detach().argmax(1).eq(y).float().mean()}
+        metrics = {"ce": ce.detach(), "acc": batch_accuracy(logits, y)}
         if batch.x_adv is None:
             loss = ce + o.pretrain_weight_decay * hidden_weight_decay(model)
             metrics["loss"] = loss.detach()

@@ -24,6 +24,7 @@ from torch import nn
 from robustlab.attacks.deepfool import closest_boundary_target
 from robustlab.config import Options
 from robustlab.defenses.base import Batch, Defense, LossOutput, register_defense
+from robustlab.predictions import batch_accuracy
 
 
 def margin_normal_penalty(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor
@@ -56,7 +57,7 @@ class MarginMaximization(Defense):
         ce = F.cross_entropy(logits, y)
         loss = ce + self.options.lam * penalty
         metrics = {"ce": ce.detach(), "margin_penalty": penalty.detach(), "loss": loss.detach(),
-                   "acc": logits.detach().argmax(1).eq(y).float().mean()}
+                   "acc": batch_accuracy(logits, y)}
         return LossOutput(loss, metrics, logits_clean=logits)
 
 

@@ -8,6 +8,7 @@ from torch import nn
 
 from robustlab.config import Fraction, Options
 from robustlab.defenses.base import Batch, Defense, LossOutput, register_defense
+from robustlab.predictions import batch_accuracy
 
 
 class StandardOptions(Options):
@@ -18,7 +19,7 @@ def clean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, label_smoothi
     """Mean cross-entropy on the clean batch, with its accuracy as a metric."""
     logits = model(x)
     loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-    acc = logits.detach().argmax(1).eq(y).float().mean()
+    acc = batch_accuracy(logits, y)
     return LossOutput(loss, {"loss": loss.detach(), "acc": acc}, logits_clean=logits)
 
 

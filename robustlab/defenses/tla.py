@@ -40,6 +40,7 @@ from robustlab.defenses.pool_mining import POOL_CHOICES, PoolMiner, sample_posit
 from robustlab.defenses.standard import clean_loss
 from robustlab.defenses.triplet import TripletLoss, triplet_hinge
 from robustlab.defenses.triplet_mining import EMBEDDINGS, embed, get_distance
+from robustlab.predictions import batch_accuracy
 
 
 def norm_penalty(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
@@ -120,9 +121,9 @@ class TLA(PGDAdversarialTraining):
         h_adv, logits_adv = embed(model, x_adv, o.embedding)
         w_clean, w_adv = self.weights()
         logits_clean = model(x) if w_clean > 0 else None
-        metrics: dict[str, Any] = {"acc_adv": logits_adv.detach().argmax(1).eq(y).float().mean()}
+        metrics: dict[str, Any] = {"acc_adv": batch_accuracy(logits_adv, y)}
         if logits_clean is not None:
-            metrics["acc"] = logits_clean.detach().argmax(1).eq(y).float().mean()
+            metrics["acc"] = batch_accuracy(logits_clean, y)
         common = dict(label_smoothing=o.label_smoothing, logits_clean=logits_clean, w_clean=w_clean, w_adv=w_adv)
         if o.lam_trip == 0:  # plain PGD-AT with the same CE; the triplets are only measured (no gradient)
             loss = weighted_cross_entropy(logits_adv, y, **common)

@@ -17,6 +17,7 @@ from torch import nn
 from robustlab.attacks.perturbation import batch_view, flat_norm
 from robustlab.config import Options
 from robustlab.defenses.base import Batch, Defense, LossOutput, register_defense
+from robustlab.predictions import batch_accuracy
 
 
 def unit_l2(d: torch.Tensor) -> torch.Tensor:
@@ -66,7 +67,7 @@ class VirtualAdversarialTraining(Defense):
         kl = kl_from_logits(logits.detach(), logits_adv)
         loss = ce + o.alpha * kl
         metrics = {"ce": ce.detach(), "kl": kl.detach(), "loss": loss.detach(),
-                   "acc": logits.detach().argmax(1).eq(y).float().mean()}
+                   "acc": batch_accuracy(logits, y)}
         return LossOutput(loss, metrics, x_adv=x_adv.detach(), logits_clean=logits, logits_adv=logits_adv)
 
 

@@ -4,8 +4,8 @@
 * :func:`attack_outcome`: the per-example outcome (correct after the attack or not);
 * :func:`minimal_attack_outcome`: accuracy, success rate and ρ_adv = mean ‖r‖₂/‖x‖₂ of a minimal-perturbation
   attack (C&W, DeepFool, ...), with and without its failures;
-* :func:`correct_predictions`: the one definition of "classified correctly": a prediction from a row of logits that
-  is not all finite is wrong, whatever its argmax.
+* "classified correctly" is :func:`robustlab.predictions.correct_predictions`: a prediction from a row of logits
+  that is not all finite is wrong, whatever its argmax.
 
 Which attacks with which settings is a suite (:mod:`robustlab.evaluation.suites`); the worst case over a suite's
 attacks is the runner's (:mod:`robustlab.evaluation.runner`).
@@ -24,21 +24,7 @@ from tqdm.auto import tqdm
 from robustlab.attacks import Attack
 from robustlab.attacks.base import check_batch
 from robustlab.modes import model_mode
-
-NO_PREDICTION = -1  # the predicted class of a row of logits that is not all finite: never a label
-
-
-def predicted_class(logits: torch.Tensor) -> torch.Tensor:
-    """The argmax class per row, or :data:`NO_PREDICTION` where the row holds a NaN or an infinity (the argmax of a
-    NaN row is 0, which would count a broken model correct on every label-0 example)."""
-    pred = logits.argmax(1)
-    return torch.where(torch.isfinite(logits).all(1), pred, torch.full_like(pred, NO_PREDICTION))
-
-
-def correct_predictions(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per example: classified correctly by finite logits."""
-    return predicted_class(logits).eq(y)
-
+from robustlab.predictions import predicted_class
 
 @torch.no_grad()
 def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -61,6 +47,16 @@ def predictions_repeat(model: nn.Module, x: torch.Tensor, device: torch.device |
     with torch.no_grad(), model_mode(model, "eval"):
         xb = x.to(dev)
         return torch.allclose(model(xb), model(xb), rtol=1e-4, atol=1e-5, equal_nan=True)
+
+
+@torch.no_grad()
+def nonfinite_outputs(model: nn.Module, x: torch.Tensor, *, batch_size: int = 500,
+                      device: torch.device | str | None = None) -> int:
+    """How many examples of ``x`` get a row of logits with a NaN or an infinity (eval mode)."""
+    dev = _device_of(model, device)
+    with model_mode(model, "eval"):
+        return sum(int((~torch.isfinite(model(x[i:i + batch_size].to(dev))).all(1)).sum())
+                   for i in range(0, len(x), batch_size))
 
 
 def _device_of(model: nn.Module, device: torch.device | str | None) -> torch.device:
@@ -104,7 +100,7 @@ def attack_outcome(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: A
     with model_mode(model, "eval"):
         for start in tqdm(range(0, len(x), batch_size), desc=desc, disable=not progress, leave=False):
             xb = x[start:start + batch_size].to(device, non_blocking=True)
-            yb = y[start:start + batch_size].to(device, non_blocking=True)
+            yb = y[start:start + batch_size].to(device, non_blocking=True).long()
             if attack is not None:
                 xb = attack(model, xb, yb)
             pred = _predict(model, xb)
@@ -161,7 +157,7 @@ def minimal_attack_outcome(model: nn.Module, x: torch.Tensor, y: torch.Tensor, a
     with model_mode(model, "eval"):
         for start in tqdm(range(0, len(x), batch_size), desc=name, disable=not progress, leave=False):
             xb = x[start:start + batch_size].to(device, non_blocking=True)
-            yb = y[start:start + batch_size].to(device, non_blocking=True)
+            yb = y[start:start + batch_size].to(device, non_blocking=True).long()
             res = attack.run(model, xb, yb)
             pred = _predict(model, res.x_adv)
             correct.append(pred.eq(yb).cpu())

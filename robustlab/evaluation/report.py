@@ -8,7 +8,6 @@ per-example outcomes), ``.csv`` (one line per stage and ε), ``_checks.csv`` and
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 from robustlab.checkpoint import atomic_write_text
 from robustlab.evaluation.checks import Check, summary_line
 from robustlab.evaluation.result import NORM_NAMES, EvaluationResult
+from robustlab.strict_json import strict_dumps
 
 NOT_A_CLAIM = ("**The {suite} suite is not a robustness claim**: its attacks run with cut budgets and overstate "
                "robust accuracy; the headline number comes from `--suite standard` (AutoAttack's attacks and "
@@ -172,7 +172,7 @@ def write_report(result: EvaluationResult, out_dir: Path, *, stem: str = "eval",
         files["plot_gallery"] = gallery
     files["json"] = out_dir / f"{stem}.json"
     payload = {**(extra or {}), **result.to_dict(), "files": {k: str(v) for k, v in files.items()}}
-    atomic_write_text(files["json"], json.dumps(json_safe(payload), indent=2, allow_nan=False))
+    atomic_write_text(files["json"], strict_dumps(payload, indent=2))
     return files
 
 
@@ -200,14 +200,3 @@ def comparison_table(models: Mapping[str, Sequence[EvaluationResult]], *,
         row = [pct(cells[model][c]) if c in cells[model] else "–" for c in columns]
         lines.append(f"| {model} | {pct(clean.get(model))} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
-
-
-def json_safe(obj):
-    """``obj`` with every NaN/inf float replaced by ``None`` (strict JSON has no NaN)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj

@@ -39,10 +39,10 @@ from robustlab.attacks.perturbation import example_ratios, flat_norm
 from robustlab.attacks.registry import attack_class
 from robustlab.attacks.transfer import TransferAttack
 from robustlab.distributed import DistributedEnv
-from robustlab.errors import ConfigError
+from robustlab.errors import BrokenModel, ConfigError
 from robustlab.evaluation import checks as masking
 from robustlab.evaluation.memory_format import channels_last, has_conv2d
-from robustlab.evaluation.outcome import correct_predictions, predicted_class
+from robustlab.evaluation.outcome import nonfinite_outputs
 from robustlab.evaluation.result import NOT_ATTACKED, EvaluationResult, GalleryColumn, mean
 from robustlab.evaluation.settings import EvalSettings
 from robustlab.evaluation.state import EvaluationState, model_fingerprint, state_key, STATE_FORMAT
@@ -50,6 +50,7 @@ from robustlab.evaluation.suite_checks import run_suite_checks
 from robustlab.evaluation.suites import ModelFacts, Stage, StageSpec, Suite, resolve_suite
 from robustlab.modes import model_mode
 from robustlab.passes import count_passes
+from robustlab.predictions import correct_predictions, predicted_class
 from robustlab.rng import derived_seed, seeded
 
 HEARTBEAT_S = 30.0  # a line from inside a long batch at most this often
@@ -119,6 +120,15 @@ def build_stage_attack(unit: Unit, *, transfer_source: nn.Module | None) -> Atta
     return attack
 
 
+def check_image_shape(suite: Suite, x: torch.Tensor) -> None:
+    """Refuse, before any attack, inputs a stage of the suite cannot take (Square and few-pixel need images)."""
+    for st in suite.stages:
+        if attack_class(st.attack).needs_images and (x.dim() != 4 or x.shape[2] < 2 or x.shape[3] < 2):
+            hint = " (channels last? use x.permute(0, 3, 1, 2))" if x.dim() == 4 and x.shape[-1] in (1, 3) else ""
+            raise ValueError(f"stage {st.name!r} ({st.attack}) needs images (N, C, H, W) with H, W >= 2, got x of "
+                             f"shape {tuple(x.shape)}{hint}")
+
+
 @torch.no_grad()
 def correct_fraction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
     """Fraction of ``draws`` predictions that are correct, per example (1 draw: 0 or 1; non-finite: wrong)."""
@@ -177,6 +187,12 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalS
     model = model.to(dev)
     n = min(s.subset, len(x)) if s.subset else len(x)
     check_batch(model, x[:n], y[:n])  # once, here: the attacks check their own batches once per call
+    y = y.long()  # any integer labels
+    lo, hi = shard_range(n, env)
+    broken = nonfinite_outputs(model, x[lo:hi], batch_size=s.batch_size, device=dev)
+    if broken:
+        raise BrokenModel(f"the model outputs NaN or infinite logits on {broken} of {hi - lo} clean examples: a broken "
+                         f"model gets no robustness number (check its weights and its forward pass)")
     if num_classes is None:
         num_classes = model_classes(model, x)
     with model_mode(model, "eval"):
@@ -187,8 +203,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalS
     if facts.randomised and isinstance(suite, str) and spec.name != suite:
         say(f"the model's predictions are not repeatable: a randomised model, evaluated with the {spec.name} "
             f"suite (EOT)")
+    elif facts.randomised and any(st.attack == "eot_pgd" for st in spec.stages):
+        say("the model's predictions are not repeatable: a randomised model, adding EOT-PGD")
     units = plan_units(spec, s)
-    lo, hi = shard_range(n, env)
+    check_image_shape(spec, x)
     xs, ys = x[lo:hi], y[lo:hi]
     identity = {"format": STATE_FORMAT, "suite": spec.to_dict(), "settings": s.key_dict(), "n": n,
                 "model": fingerprint or (model_fingerprint(model) if state_dir is not None else None),
