@@ -85,7 +85,8 @@ def main() -> None:
              f"(the demo's PGD-AT LeNet-5 unless `--checkpoint`), the first {args.n} MNIST-5k test images, L∞ ε 0.3, "
              f"each evaluation in its own process with one torch thread; after = `{head}` (with any uncommitted "
              "changes of the checkout).", "",
-             "| code | robust accuracy (%) | clean (%) | CPU s | per stage: attacked / fooled |", "|---|---|---|---|---|"]
+             "| code | robust accuracy (%) | clean (%) | CPU s | per stage: attacked / fooled |",
+             "|---|---|---|---|---|"]
     for label, r in (("before", before), ("after", after)):
         stages = ", ".join(f"{name} {att}/{fooled}" for name, att, fooled in r["rows"])
         lines.append(f"| {label} | {100 * r['robust_accuracy']:.1f} | {100 * r['clean']:.1f} | {r['cpu_s']:.0f} | "

@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(needs --dataset)")
     ev.add_argument("--weights", help="--model: a safetensors file of weights to load into it")
     ev.add_argument("--dataset", help="--model: the dataset whose test split to evaluate on (robustlab list datasets)")
-    ev.add_argument("--suite", help="a preset of robustlab/evaluation/suites.py: standard (default; fast with --paper), "
-                                    "rand, fast or quick (robustlab list attacks lists them)")
+    ev.add_argument("--suite", help="a preset of robustlab/evaluation/suites.py: standard (default; fast with "
+                                    "--paper), rand, fast or quick (robustlab list attacks lists them)")
     ev.add_argument("--norm", choices=["linf", "l2"], default="linf", help="the threat model (default linf)")
     ev.add_argument("--fresh", action="store_true",
                     help="discard the saved state of an interrupted evaluation of these settings")
@@ -82,9 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "fp32, the reference for published numbers)")
     ev.add_argument("--threads", type=int,
                     help="torch CPU threads (default: torch's, one per core; 1 is faster on a busy machine)")
-    ev.add_argument("--out", help="output directory (default: the run directory, or runs/eval/MODULE.FUNCTION[/WEIGHTS] "
-                                  "with --model); a path ending in .json names the JSON file, the other files go "
-                                  "beside it")
+    ev.add_argument("--out", help="output directory (default: the run directory, or "
+                                  "runs/eval/MODULE.FUNCTION[/WEIGHTS] with --model); a path ending in .json names the "
+                                  "JSON file, the other files go beside it")
     ev.add_argument("--metric", action="store_true",
                     help="also analyse the learned metric (TLA): misclassification-detection ROC-AUC from the max "
                          "softmax and from the distance to class centroids, and kNN retrieval precision, on clean and "

@@ -1,7 +1,7 @@
 """The main job: standard training vs PGD-AT of LeNet-5 on MNIST-5k, evaluated under FGSM, PGD and the standard suite.
 
-The ``STANDARD`` column is the AutoAttack-strength ``standard`` suite (:mod:`robustlab.evaluation.suites`) at the training
-ε 0.3 on the first ``standard_subset`` test images: the robust-accuracy headline. FGSM and PGD give the curve over
+The ``STANDARD`` column is the AutoAttack-strength ``standard`` suite (:mod:`robustlab.evaluation.suites`) at the
+training ε 0.3 on the first ``standard_subset`` test images: the robust-accuracy headline. FGSM and PGD give the curve over
 ε. Runs in a few minutes on 2 CPU cores with no download. Training resumes if interrupted, and a finished run is
 reused (delete the output directory to train again). Writes ``results.md``, ``results.csv``, ``results.json``
 and ``accuracy_vs_eps.png`` to the output directory.
@@ -66,8 +66,8 @@ def run_demo(out_dir: str | Path = "runs/demo", *, epochs_scale: float = 1.0, ev
     table = comparison_table(results, eps_filter={0.1, 0.3})
     atomic_write_text(out_dir / "results.md",
                       "# robustlab demo: LeNet-5 on MNIST-5k, accuracy (%)\n\n" + comparison_table(results)
-                      + f"\nFGSM and PGD-{pgd_steps} on the first {eval_subset} test images; STANDARD: the standard suite "
-                        f"(AutoAttack's attacks and settings) on the first {standard_subset}.\n")
+                      + f"\nFGSM and PGD-{pgd_steps} on the first {eval_subset} test images; STANDARD: the standard "
+                        f"suite (AutoAttack's attacks and settings) on the first {standard_subset}.\n")
     write_long_csv(results, out_dir / "results.csv")
     atomic_write_text(out_dir / "results.json", strict_dumps(
         {m: [r.to_dict() | {"per_example": None} for r in rs] for m, rs in results.items()}, indent=2))

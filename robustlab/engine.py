@@ -338,7 +338,8 @@ class Trainer:
             if self.dist.enabled:  # every process stops together
                 finite = all_reduce_sum(finite, self.dist) / self.dist.world_size
             if float(finite) < 1:
-                raise self._diverged(f"the loss is {float(out.loss.detach()):g} at step {batch_number + 1} of {n_batches}", epoch)
+                loss = float(out.loss.detach())
+                raise self._diverged(f"the loss is {loss:g} at step {batch_number + 1} of {n_batches}", epoch)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(out.loss).backward()
             if self.dist.enabled:  # before the scaler's inf check, so every process takes the same decision

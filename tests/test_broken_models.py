@@ -53,7 +53,8 @@ def test_a_nan_model_gets_no_number_from_benchmark_and_zero_accuracy(digits):
 
 def test_the_cli_refuses_a_nan_model_before_any_attack(tmp_path, monkeypatch, capsys):
     (tmp_path / "my_models.py").write_text(
-        "import torch\n\n\ndef mlp():\n    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))\n\n\n"
+        "import torch\n\n\ndef mlp():\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))\n\n\n"
         "def needs(width):\n    return mlp()\n\n\ndef fails():\n    raise RuntimeError('no such layer')\n")
     save_file(nan_mlp().state_dict(), str(tmp_path / "nan.safetensors"))
     monkeypatch.chdir(tmp_path)

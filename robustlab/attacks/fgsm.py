@@ -21,7 +21,8 @@ class FGSM(Attack):
     """Fast gradient sign method (Goodfellow et al. 2015): x + ε·sign ∇ₓ CE(f(x), y), clipped to [0,1].
 
     ``targeted=True``: ``y`` holds target labels and the step is x − ε·sign ∇ₓ CE(f(x), y); ``target=
-    "least_likely"`` or ``"random"``: the same step toward a class the attack chooses (:mod:`robustlab.attacks.targets`).
+    "least_likely"`` or ``"random"``: the same step toward a class the attack chooses
+    (:mod:`robustlab.attacks.targets`).
     """
 
     def __init__(self, eps: float, *, targeted: bool = False, target: str | None = None, eot_samples: int = 1,

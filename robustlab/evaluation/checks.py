@@ -270,6 +270,7 @@ def any_failed(checks: Iterable[Check]) -> bool:
     return any(not c.passed for c in checks)
 
 
-__all__ = ["Check", "DEFAULT_TOL", "any_failed", "blackbox_beats_whitebox", "input_gradients", "iterative_vs_single", "large_eps",
+__all__ = ["Check", "DEFAULT_TOL", "any_failed", "blackbox_beats_whitebox", "input_gradients", "iterative_vs_single",
+           "large_eps",
            "monotone_in_eps", "noise_weaker", "stable_predictions", "summary_line", "whitebox_vs_blackbox"]
 

@@ -70,7 +70,8 @@ class EvaluationResult:
         return {r["eps"]: r["accuracy"] for r in self.rows if r["attack"] == stage and r["kind"] == "bounded"}
 
     def to_dict(self) -> dict:
-        return {"suite": self.suite, "claim": self.claim, "cascade": self.cascade, "norm": self.norm, "eps": self.eps, "examples": self.n,
+        return {"suite": self.suite, "claim": self.claim, "cascade": self.cascade, "norm": self.norm, "eps": self.eps,
+                "examples": self.n,
                 "clean": self.clean, "clean_error": 1.0 - self.clean, "robust_accuracy": self.robust_accuracy,
                 "robust_error": 1.0 - self.robust_accuracy,
                 "curve": [{"eps": e, "robust_accuracy": a} for e, a in sorted(self.curve.items())],

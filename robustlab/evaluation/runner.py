@@ -448,8 +448,8 @@ def _assemble(spec: Suite, s: EvalSettings, units: list[Unit], n: int, clean, ou
     fooled_by = [names[i] if i >= 0 else None for i in fooled_at[headline].tolist()]
     total = {"forward_per_image": sum(r["forward_per_image"] for r in rows),
              "backward_per_image": sum(r["backward_per_image"] for r in rows)}
-    return EvaluationResult(spec.name, spec.claim, spec.cascade, s.norm, headline, n, mean(clean), curve[headline], rows, curve,
-                            [], clean, robust_at[headline], fooled_by, s,
+    return EvaluationResult(spec.name, spec.claim, spec.cascade, s.norm, headline, n, mean(clean), curve[headline],
+                            rows, curve, [], clean, robust_at[headline], fooled_by, s,
                             stages=[st.to_dict() for st in spec.stages], randomised=randomised, passes=total)
 
 
