@@ -81,7 +81,8 @@ def main() -> None:
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True).stdout.strip()
     lines = ["# The standard suite before and after the one evaluation runner", "",
-             f"`python benchmarks/runner_equivalence.py --before {args.before} --n {args.n}` on `{run_dir.name}` "
+             f"`python benchmarks/runner_equivalence.py --before {args.before} --n {args.n}"
+             + (f" --checkpoint {args.checkpoint}" if args.checkpoint else "") + f"` on `{run_dir}` "
              f"(the demo's PGD-AT LeNet-5 unless `--checkpoint`), the first {args.n} MNIST-5k test images, L∞ ε 0.3, "
              f"each evaluation in its own process with one torch thread; after = `{head}` (with any uncommitted "
              "changes of the checkout).", "",

@@ -106,18 +106,26 @@ def test_a_diverging_run_stops_with_one_line_naming_the_epoch_and_step(tmp_path,
     assert "Lower optim.lr (now 1e+308)" in line
 
 
-def test_divergence_keeps_the_last_good_checkpoint_as_latest(tmp_path, monkeypatch):
-    config = load_config_text(tmp_path, epochs=3)
-    trainer = Trainer(config, log=lambda _m: None)
+def trainer_with_a_changed_step(tmp_path, monkeypatch, epochs: int, change) -> Trainer:
+    """A tiny run whose defense's step output is passed through ``change(out, ctx)``."""
+    trainer = Trainer(load_config_text(tmp_path, epochs=epochs), log=lambda _m: None)
     step = trainer.defense.step
 
-    def nan_in_the_third_epoch(model, batch, ctx):
+    def changed(model, batch, ctx):
         out = step(model, batch, ctx)
-        if ctx.epoch == 2:
-            out.loss = out.loss * float("nan")
+        change(out, ctx)
         return out
 
-    monkeypatch.setattr(trainer.defense, "step", nan_in_the_third_epoch)
+    monkeypatch.setattr(trainer.defense, "step", changed)
+    return trainer
+
+
+def test_divergence_keeps_the_last_good_checkpoint_as_latest(tmp_path, monkeypatch):
+    def nan_in_the_third_epoch(out, ctx):
+        if ctx.epoch == 2:
+            out.loss = out.loss * float("nan")
+
+    trainer = trainer_with_a_changed_step(tmp_path, monkeypatch, 3, nan_in_the_third_epoch)
     with pytest.raises(TrainingDiverged, match=r"in epoch 3; the last good checkpoint, epoch-0002, stays the latest"):
         trainer.fit()
     run = tmp_path / "run"
@@ -135,17 +143,10 @@ def load_config_text(tmp_path, epochs: int):
 
 
 def test_metrics_are_strict_json_even_with_a_nan_metric(tmp_path, monkeypatch):
-    config = load_config_text(tmp_path, epochs=1)
-    trainer = Trainer(config, log=lambda _m: None)
-    step = trainer.defense.step
-
-    def nan_metric(model, batch, ctx):
-        out = step(model, batch, ctx)
+    def nan_metric(out, ctx):
         out.metrics["odd"] = torch.tensor(float("nan"))
-        return out
 
-    monkeypatch.setattr(trainer.defense, "step", nan_metric)
-    trainer.fit()
+    trainer_with_a_changed_step(tmp_path, monkeypatch, 1, nan_metric).fit()
     text = (tmp_path / "run" / "metrics.jsonl").read_text()
     assert "NaN" not in text and json.loads(text.splitlines()[0])["train_odd"] is None
 

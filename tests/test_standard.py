@@ -316,3 +316,15 @@ def test_every_preset_and_a_users_own_stages_run_through_benchmark(trained_digit
     curve = robustlab.benchmark(trained_digits_mlp, x, y, eps=[0.05, 0.1], suite=["pgd"])
     assert sorted(curve.curve) == [0.05, 0.1] and curve.curve[0.1] <= curve.curve[0.05] + 1 / 30
     assert curve.robust_accuracy == curve.curve[0.1] and curve.eps == 0.1
+
+
+def test_a_long_batch_says_it_is_still_running(trained_digits_mlp, digits, monkeypatch):
+    import robustlab.evaluation.runner as runner
+
+    monkeypatch.setattr(runner, "HEARTBEAT_S", 0.0)  # every forward pass is "long" here
+    lines: list[str] = []
+    robustlab.benchmark(trained_digits_mlp, digits.test_x[:20], digits.test_y[:20], eps=0.1, suite=["apgd_ce"],
+                        log=lines.append)
+    beats = [line for line in lines if "running for" in line]
+    assert beats and all("apgd_ce ε=0.1 batch 1/1: running for" in line for line in beats)
+    assert "forward passes" in beats[-1]
