@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--transfer-source", metavar="CKPT",
                     help="also attack with PGD transferred from this checkpoint's model (white-box vs transfer check)")
     ev.add_argument("--eot", action="store_true", help="add EOT-PGD even if the model's predictions are repeatable")
-    ev.add_argument("--eot-samples", type=int, help="gradients averaged per EOT-PGD step (default 10; --paper 80)")
+    ev.add_argument("--eot-samples", type=int, help="gradients averaged per EOT step (rand and fast: 20, --paper 80; "
+                                                     "quick: the run's eval.eot_samples)")
     ev.add_argument("--seed", type=int, default=0, help="seed of random starts and targets (default 0)")
     ev.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ev.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off",
@@ -237,7 +238,7 @@ def eval_settings(args: argparse.Namespace, config):
 
     cfg = config.eval if config is not None else None
     if args.eps is not None:
-        eps = args.eps
+        eps = [e for e in args.eps if e != 0]  # ε = 0 is the clean accuracy, measured anyway
     elif cfg is None:
         raise ConfigError("--model needs --eps (the radius of the threat model)")
     elif args.suite == "quick":
@@ -247,13 +248,13 @@ def eval_settings(args: argparse.Namespace, config):
     else:
         eps = [max(cfg.eps)]
     if not eps:
-        raise ConfigError("eval.eps holds no ε > 0 to attack at")
+        raise ConfigError("no ε > 0 to attack at (eval.eps or --eps)")
     options: dict = {"norm": args.norm, "eps": eps[0] if len(eps) == 1 else eps, "seed": args.seed, "eot": args.eot}
     if cfg is not None:
         options["batch_size"] = cfg.batch_size
     if args.suite == "quick":
         options.update(attacks=cfg.attacks, subset=cfg.subset, pgd_steps=cfg.pgd_steps,
-                       pgd_step_size=cfg.pgd_step_size, pgd_restarts=cfg.pgd_restarts)
+                       pgd_step_size=cfg.pgd_step_size, pgd_restarts=cfg.pgd_restarts, eot_samples=cfg.eot_samples)
     elif args.suite == "fast":
         options["subset"] = 500
     else:
@@ -321,8 +322,9 @@ def _run_eval(args: argparse.Namespace, loaded: dict, device, env) -> int:
     if args.metric:
         if config is None:
             raise ConfigError("--metric needs a --checkpoint (it uses the run's training data and [eval] section)")
-        extra["metric"] = metric_report(loaded["model"], data, x, y, settings.eps_list[0], config.eval,
-                                        out_dir / f"{stem}_roc.png", device, subset=settings.subset)
+        first = next(e for e in (args.eps or config.eval.eps) if e > 0)  # the first ε asked for
+        extra["metric"] = metric_report(loaded["model"], data, x, y, first, config.eval, out_dir / f"{stem}_roc.png",
+                                        device, subset=settings.subset)
     files = write_report(result, out_dir, stem=stem, title=loaded["name"], extra=extra,
                          class_names=getattr(data, "class_names", None))
     print(f"wrote {files['json']} and {', '.join(p.name for k, p in files.items() if k != 'json')}")

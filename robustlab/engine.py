@@ -391,6 +391,7 @@ class Trainer:
                 self.log(f"epoch {epoch + 1}: {exc}")
                 row.update({f"test_{name}_{e:g}_acc": 0.0 for name in cfg.attacks for e in cfg.eps if e > 0})
             else:
+                row.update({f"test_{name}_0_acc": row["test_acc"] for name in cfg.attacks if 0 in cfg.eps})
                 if result.randomised:
                     row["test_eot_samples"] = cfg.eot_samples
                     if cfg.eot_samples == 1 and not self._warned_one_draw:

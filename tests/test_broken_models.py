@@ -52,21 +52,21 @@ def test_a_nan_model_gets_no_number_from_benchmark_and_zero_accuracy(digits):
 
 
 def test_the_cli_refuses_a_nan_model_before_any_attack(tmp_path, monkeypatch, capsys):
-    (tmp_path / "my_models.py").write_text(
+    (tmp_path / "user_nets.py").write_text(
         "import torch\n\n\ndef mlp():\n"
         "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))\n\n\n"
         "def needs(width):\n    return mlp()\n\n\ndef fails():\n    raise RuntimeError('no such layer')\n")
     save_file(nan_mlp().state_dict(), str(tmp_path / "nan.safetensors"))
     monkeypatch.chdir(tmp_path)
     base = ["eval", "--dataset", "digits", "--eps", "0.1", "--subset", "20"]
-    assert main(base + ["--model", "my_models:mlp", "--weights", "nan.safetensors"]) == 2
+    assert main(base + ["--model", "user_nets:mlp", "--weights", "nan.safetensors"]) == 2
     assert "NaN or infinite logits" in error_line(capsys) and not list(tmp_path.glob("runs/**/eval_*.json"))
-    assert main(base + ["--model", "my_models:needs"]) == 2
+    assert main(base + ["--model", "user_nets:needs"]) == 2
     assert "must be callable with no arguments, its signature is needs(width)" in error_line(capsys)
-    assert main(base + ["--model", "my_models:fails"]) == 2
-    assert "my_models:fails() raised RuntimeError: no such layer" in error_line(capsys)
+    assert main(base + ["--model", "user_nets:fails"]) == 2
+    assert "user_nets:fails() raised RuntimeError: no such layer" in error_line(capsys)
     save_file({"1.weight": torch.zeros(5, 64), "1.bias": torch.zeros(5)}, str(tmp_path / "small.safetensors"))
-    assert main(base + ["--model", "my_models:mlp", "--weights", "small.safetensors"]) == 2
+    assert main(base + ["--model", "user_nets:mlp", "--weights", "small.safetensors"]) == 2
     assert "size mismatch for 1.weight" in error_line(capsys)
 
 

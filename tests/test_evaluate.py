@@ -394,3 +394,66 @@ def test_a_stage_is_data_with_refusals():
         from robustlab.evaluation.suites import custom_suite
 
         custom_suite(["pgd", "pgd"])
+
+
+# --- the runner's bookkeeping ---------------------------------------------------------------------------------
+def test_a_minimal_stage_over_several_batches_gives_the_same_rho(trained_digits_mlp, digits):
+    settings = dict(subset=12, attacks=["fgsm", "deepfool"], deepfool_subset=12, deepfool_iterations=10, eps=0.1)
+    one = evaluate(trained_digits_mlp, digits.test_x, digits.test_y, EvalSettings(**settings), suite="fast",
+                   checks=False)
+    four = evaluate(trained_digits_mlp, digits.test_x, digits.test_y, EvalSettings(**settings, batch_size=4),
+                    suite="fast", checks=False)
+    (a,), (b,) = one.minimal_rows(), four.minimal_rows()
+    assert b["attacked"] == a["attacked"] > 4 and b["rho"] == pytest.approx(a["rho"], rel=1e-6)
+
+
+def test_only_minimal_rows_give_no_robust_accuracy_but_a_report(trained_digits_mlp, digits, tmp_path):
+    r = evaluate(trained_digits_mlp, digits.test_x, digits.test_y,
+                 tiny(attacks=["deepfool"], eps=[0.1], subset=10), suite="fast")
+    assert math.isnan(r.robust_accuracy) and not r.curve and r.minimal_rows()[0]["examples"] == 8
+    files = write_report(r, tmp_path, stem="df")
+    assert json.loads(files["json"].read_text())["robust_accuracy"] is None
+    assert "no robust accuracy" in files["markdown"].read_text()
+
+
+def test_a_cascade_row_reports_the_accuracy_after_it_and_the_checks_use_only_what_ran_alone(trained_digits_mlp,
+                                                                                          digits):
+    r = evaluate(trained_digits_mlp, digits.test_x[:80], digits.test_y[:80], EvalSettings(eps=0.1),
+                 suite=["fgsm", ("pgd", {"steps": 10})])
+    fgsm, pgd = r.rows
+    assert fgsm["alone"] and not pgd["alone"] and pgd["accuracy"] == pgd["robust_after"] <= fgsm["accuracy"]
+    assert r.accuracy_of("pgd") == {} and r.accuracy_of("fgsm") == {0.1: fgsm["accuracy"]}
+    check = checks_by_name(r)["iterative_vs_single"]
+    assert check.skipped and check.passed  # no iterative attack ran on every example: nothing to compare
+
+
+def test_randomised_outcomes_repeat_in_one_process(trained_digits_mlp, digits):
+    model = NoisyInput(trained_digits_mlp).eval()
+    x, y = digits.test_x[:40], digits.test_y[:40]
+    settings = EvalSettings(eps=0.1, steps=3, eot_samples=2, final_draws=3)
+    first = evaluate(model, x, y, settings, checks=False)
+    torch.rand(7)  # whatever the global RNG did in between
+    second = evaluate(model, x, y, settings, checks=False)
+    assert first.suite == "rand" and torch.equal(first.robust, second.robust)
+
+
+def test_a_curve_point_is_the_single_radius_result(trained_digits_mlp, digits):
+    x, y = digits.test_x[:60], digits.test_y[:60]
+    stages = [("pgd", {"steps": 5}), "fgsm"]
+    curve = evaluate(trained_digits_mlp, x, y, EvalSettings(eps=[0.05, 0.1]), suite=stages, checks=False)
+    single = evaluate(trained_digits_mlp, x, y, EvalSettings(eps=0.1), suite=stages, checks=False)
+    assert curve.curve[0.1] == single.robust_accuracy and torch.equal(curve.robust, single.robust)
+
+
+def test_the_state_is_keyed_by_the_examples_and_ignores_check_settings(trained_digits_mlp, digits, tmp_path):
+    import numpy as np
+
+    stages = [("pgd", {"steps": np.int64(3)})]  # numpy numbers in options are fine too
+    a, b = digits.test_x[:30], digits.test_x[30:60]
+    ya, yb = digits.test_y[:30], digits.test_y[30:60]
+    first = evaluate(trained_digits_mlp, a, ya, EvalSettings(eps=0.1), suite=stages, state_dir=tmp_path)
+    other = evaluate(trained_digits_mlp, b, yb, EvalSettings(eps=0.1), suite=stages, state_dir=tmp_path)
+    assert first.state_dir != other.state_dir and len(list(tmp_path.iterdir())) == 2  # same size, other data
+    again = evaluate(trained_digits_mlp, a, ya, EvalSettings(eps=0.1, tol=0.05, check_subset=10), suite=stages,
+                     state_dir=tmp_path)
+    assert again.state_dir == first.state_dir and all(r["resumed"] for r in again.rows)

@@ -193,9 +193,9 @@ def test_fooled_examples_are_misclassified_and_leave_early(trained_digits_mlp, d
     assert success.sum() > 20 and (~success).sum() > 5
     assert adv_wrong[success].all()          # reported fooled: the returned point is misclassified
     assert not adv_wrong[~success].any()     # the others keep their best (still classified) point
-    # Queries: the boundary's one-example probe (classes and input shape), one clean pass, then one pass per
+    # Queries: the boundary's two-example probe (classes and input shape), one clean pass, then one pass per
     # iteration over the examples still being attacked.
-    assert model.calls[0] == 1
+    assert model.calls[0] == 2
     calls = model.calls[1:]
     assert calls[0] == len(x) and calls[1] == int((~clean_wrong).sum())
     assert all(a >= b for a, b in zip(calls[1:], calls[2:]))
@@ -212,7 +212,7 @@ def test_misclassified_example_is_returned_unchanged(trained_digits_mlp, digits)
     # A batch of only misclassified examples costs the clean pass and nothing else.
     model = CountingModel(trained_digits_mlp)
     x_wrong = Square(0.1, queries=50, seed=0)(model, x[wrong], y[wrong])
-    assert torch.equal(x_wrong, x[wrong]) and model.calls == [1, int(wrong.sum())]  # the probe, the clean pass
+    assert torch.equal(x_wrong, x[wrong]) and model.calls == [2, int(wrong.sum())]  # the probe, the clean pass
 
 
 # --- (4) targeted ------------------------------------------------------------------------------------------------
@@ -283,9 +283,9 @@ def test_invalid_options_raise(kwargs, message):
         Square(eps, **kwargs)
 
 
-def test_non_image_input_raises(trained_digits_mlp):
+def test_non_image_input_raises():
     with pytest.raises(ValueError, match=r"square attack needs images \(B, C, H, W\)"):
-        Square(0.1, queries=5)(trained_digits_mlp, torch.rand(4, 64), torch.zeros(4, dtype=torch.long))
+        Square(0.1, queries=5)(torch.nn.Linear(64, 10), torch.rand(4, 64), torch.zeros(4, dtype=torch.long))
 
 
 def test_model_mode_is_restored(trained_digits_mlp, digits):

@@ -25,8 +25,10 @@ def pyplot():
 
 
 def _series(ax, label: str, clean: float, points: list[tuple[float, float]], **style) -> None:
-    """A line from (0, clean) through ``points`` when there are several ε, else a single marker."""
+    """A line from (0, clean) through ``points`` when there are several ε, else a single marker (none: nothing)."""
     points = sorted(points)
+    if not points:
+        return
     if len(points) > 1:
         pts = [(0.0, clean)] + points
         ax.plot([e for e, _ in pts], [100 * a for _, a in pts], label=label, **style)

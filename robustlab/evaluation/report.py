@@ -52,8 +52,12 @@ def headline(result: EvaluationResult) -> str:
     draws = f", each final point predicted {result.settings.final_draws} times" if result.suite == "rand" else ""
     kind = "AutoAttack-strength" if result.claim else "not a robustness claim"
     eps = ", ".join(f"{e:g}" for e in result.eps_list)
-    robust = (f"**robust accuracy {_pair(result.robust_accuracy)}**" if len(result.curve) == 1 else
-              "**worst case " + ", ".join(f"{_pair(a)} at ε={e:g}" for e, a in sorted(result.curve.items())) + "**")
+    if not result.curve:
+        robust = "no ε-bounded attack at this threat model, so no robust accuracy"
+    elif len(result.curve) == 1:
+        robust = f"**robust accuracy {_pair(result.robust_accuracy)}**"
+    else:
+        robust = "**worst case " + ", ".join(f"{_pair(a)} at ε={e:g}" for e, a in sorted(result.curve.items())) + "**"
     return (f"Suite `{result.suite}` ({kind}{draws}) at {norm} ε = {eps} on {result.n} test examples: clean accuracy "
             f"{_pair(result.clean)}, {robust}" + (" — randomised model: EOT attacks" if result.randomised else "")
             + f"; {result.seconds:.0f} s, {result.passes.get('forward_per_image', 0):.0f} forward and "
@@ -162,8 +166,9 @@ def write_report(result: EvaluationResult, out_dir: Path, *, stem: str = "eval",
     files: dict[str, Path] = {"markdown": out_dir / f"{stem}.md"}
     atomic_write_text(files["markdown"], markdown(result, title))
     files["csv"], files["csv_checks"] = write_rows_csv(result, out_dir / f"{stem}.csv")
-    files["plot_accuracy"] = out_dir / f"{stem}_accuracy_vs_eps.png"
-    plots.plot_result(result, files["plot_accuracy"], title=title)
+    if result.bounded_rows():
+        files["plot_accuracy"] = out_dir / f"{stem}_accuracy_vs_eps.png"
+        plots.plot_result(result, files["plot_accuracy"], title=title)
     if result.minimal_rows():
         files["plot_rho"] = out_dir / f"{stem}_rho.png"
         plots.plot_rho(result.minimal_rows(), files["plot_rho"], title=title)

@@ -66,8 +66,10 @@ class EvaluationResult:
         return [r for r in self.rows if r["kind"] == "minimal"]
 
     def accuracy_of(self, stage: str) -> dict[float, float]:
-        """ε → the accuracy under ``stage`` alone (a suite that is not a cascade), or after it (a cascade)."""
-        return {r["eps"]: r["accuracy"] for r in self.rows if r["attack"] == stage and r["kind"] == "bounded"}
+        """ε → the accuracy under ``stage`` alone, at each ε where that is known (every row of a suite that is not
+        a cascade; only the first stage of a cascade, the others attacked what the ones before them left)."""
+        return {r["eps"]: r["accuracy"] for r in self.rows
+                if r["attack"] == stage and r["kind"] == "bounded" and r["alone"]}
 
     def to_dict(self) -> dict:
         return {"suite": self.suite, "claim": self.claim, "cascade": self.cascade, "norm": self.norm, "eps": self.eps,

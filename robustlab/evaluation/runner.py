@@ -45,7 +45,7 @@ from robustlab.evaluation.memory_format import channels_last, has_conv2d
 from robustlab.evaluation.outcome import nonfinite_outputs
 from robustlab.evaluation.result import NOT_ATTACKED, EvaluationResult, GalleryColumn, mean
 from robustlab.evaluation.settings import EvalSettings
-from robustlab.evaluation.state import EvaluationState, model_fingerprint, state_key, STATE_FORMAT
+from robustlab.evaluation.state import EvaluationState, evaluation_identity, state_key
 from robustlab.evaluation.suite_checks import run_suite_checks
 from robustlab.evaluation.suites import ModelFacts, Stage, StageSpec, Suite, resolve_suite
 from robustlab.modes import model_mode
@@ -68,17 +68,21 @@ class Unit:
 
 
 def plan_units(suite: Suite, settings: EvalSettings) -> list[Unit]:
-    """The units of work in the order they run: each ε's stages, then stages at their own radii, then minimal."""
+    """The units of work in the order they run: each ε's stages, then stages at their own radii, then minimal.
+
+    A unit's randomness is seeded by its stage and batch, not its ε (:func:`_run_unit`): a point of a curve is the
+    same whether or not other radii were asked for, and a single-ε run keeps the seeds it always had.
+    """
     radii = settings.eps_list
     units = []
     for e in radii:
         for st in suite.stages:
             if st.kind == "bounded" and not st.radii:
-                name = st.name if len(radii) == 1 else f"{st.name}@{e:g}"
+                name = st.name if len(radii) == 1 else f"{st.name}@{e!r}"
                 units.append(Unit(name, st, e, settings.norm, e if st.worst_case else None))
     for st in suite.stages:
         if st.kind == "bounded" and st.radii:
-            units += [Unit(f"{st.name}@{r:g}", st, float(r), st.norm or settings.norm, None) for r in st.radii]
+            units += [Unit(f"{st.name}@{float(r)!r}", st, float(r), st.norm or settings.norm, None) for r in st.radii]
     units += [Unit(st.name, st, None, st.norm, None) for st in suite.stages if st.kind == "minimal"]
     return units
 
@@ -189,9 +193,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalS
     check_batch(model, x[:n], y[:n])  # once, here: the attacks check their own batches once per call
     y = y.long()  # any integer labels
     lo, hi = shard_range(n, env)
-    broken = nonfinite_outputs(model, x[lo:hi], batch_size=s.batch_size, device=dev)
+    broken = nonfinite_outputs(model, x[:n], batch_size=s.batch_size, device=dev)  # every rank: all stop together
     if broken:
-        raise BrokenModel(f"the model outputs NaN or infinite logits on {broken} of {hi - lo} clean examples: a broken "
+        raise BrokenModel(f"the model outputs NaN or infinite logits on {broken} of {n} clean examples: a broken "
                          f"model gets no robustness number (check its weights and its forward pass)")
     if num_classes is None:
         num_classes = model_classes(model, x)
@@ -207,12 +211,16 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalS
         say("the model's predictions are not repeatable: a randomised model, adding EOT-PGD")
     units = plan_units(spec, s)
     check_image_shape(spec, x)
+    attacks = {u.name: build_stage_attack(u, transfer_source=transfer_source) for u in units}  # refused up front
     xs, ys = x[lo:hi], y[lo:hi]
-    identity = {"format": STATE_FORMAT, "suite": spec.to_dict(), "settings": s.key_dict(), "n": n,
-                "model": fingerprint or (model_fingerprint(model) if state_dir is not None else None),
-                "classes": num_classes,
-                "world_size": env.world_size}
-    folder = Path(state_dir) / state_key(identity) if state_dir is not None else None
+    folder = None
+    if state_dir is not None:
+        identity = evaluation_identity(spec, s, model, x[:n], y[:n], num_classes=num_classes,
+                                       world_size=env.world_size, fingerprint=fingerprint,
+                                       transfer_source=transfer_source)
+        folder = Path(state_dir) / state_key(identity)
+    else:
+        identity = {}
     if fresh and folder is not None and folder.exists() and env.is_main:
         shutil.rmtree(folder)
     if env.enabled:
@@ -240,8 +248,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalS
                 state.save()
             say(f"clean accuracy {100 * mean(state.clean):.1f}% on {hi - lo} examples"
                 + (f" (mean of {draws} draws)" if draws > 1 else ""))
-            run = _Run(spec, s, units, state, model, xs, ys, lo, dev, draws, nhwc, passes, heartbeat, found, gallery,
-                       keep, transfer_source, say, progress)
+            run = _Run(spec, s, units, attacks, state, model, xs, ys, lo, dev, draws, nhwc, passes, heartbeat,
+                       found, gallery, keep, say, progress)
             for k, unit in enumerate(units):
                 _run_unit(run, k, unit)
     finally:
@@ -282,6 +290,7 @@ class _Run:
     spec: Suite
     s: EvalSettings
     units: list[Unit]
+    attacks: dict[str, Attack]
     state: EvaluationState
     model: nn.Module
     xs: torch.Tensor
@@ -295,7 +304,6 @@ class _Run:
     found: dict
     gallery: dict
     keep: int
-    transfer_source: nn.Module | None
     say: Callable[[str], None]
     progress: bool
 
@@ -317,7 +325,7 @@ def _run_unit(run: _Run, k: int, unit: Unit) -> None:
     stats = state.stats.setdefault(unit.name, {"seconds": 0.0, "forward": 0, "backward": 0})
     stats["attacked"] = len(todo)
     done_before = state.done.get(unit.name, 0)
-    attack = build_stage_attack(unit, transfer_source=run.transfer_source) if len(batches) > done_before else None
+    attack = run.attacks[unit.name]
     label = unit.name if unit.eps is None or "@" in unit.name else f"{unit.name} ε={unit.eps:g}"
     seconds_now = 0.0
     bar = tqdm(total=len(todo), desc=label, disable=not run.progress, leave=False, unit="ex")
@@ -330,26 +338,27 @@ def _run_unit(run: _Run, k: int, unit: Unit) -> None:
         xb, yb = xs[idx].to(dev), ys[idx].to(dev)
         if run.nhwc:
             xb = xb.contiguous(memory_format=torch.channels_last)
-        with seeded(derived_seed(s.seed, unit.name, b), dev):
+        first = idx < keep
+        with seeded(derived_seed(s.seed, st.name, b), dev):  # the final draws too: a resume draws the same
             if st.kind == "minimal":
-                run = attack.run(model, xb, yb)
-                adv = run.x_adv
-                state.rho[k, idx] = example_ratios(xb.cpu(), run.x_last.cpu())
-                moved = flat_norm((run.x_adv - xb).double()).cpu()
-                state.l2[k, idx] = torch.where(run.success.cpu().bool(), moved,
+                res = attack.run(model, xb, yb)
+                adv = res.x_adv
+                state.rho[k, idx] = example_ratios(xb.cpu(), res.x_last.cpu())
+                moved = flat_norm((res.x_adv - xb).double()).cpu()
+                state.l2[k, idx] = torch.where(res.success.cpu().bool(), moved,
                                                torch.full_like(moved, float("nan")))
             else:
                 adv = attack(model, xb, yb)
-        frac = correct_fraction(model, adv, yb, draws)
+            frac = correct_fraction(model, adv, yb, draws)
+            if first.any():
+                with torch.no_grad():
+                    pred = predicted_class(model(adv[first])).cpu()
         state.outcome[k, idx] = frac
         if unit.group is not None:
             worse = frac < robust_before[idx]
             state.save_points(unit.name, b, idx[worse], adv[worse].cpu())
             found[unit.name].append((idx[worse], adv[worse].detach().cpu()))
-        first = idx < keep
         if first.any():
-            with torch.no_grad():
-                pred = predicted_class(model(adv[first])).cpu()
             column = gallery.setdefault((st.name, unit.eps), GalleryColumn(xs[:keep].clone(),
                                                                            torch.full((keep,), NOT_ATTACKED)))
             column.x[idx[first]] = adv[first].detach().cpu().to(column.x.dtype)
@@ -409,6 +418,10 @@ def _unit_outcomes(units: list[Unit], clean: torch.Tensor, outcome: torch.Tensor
 
 def _assemble(spec: Suite, s: EvalSettings, units: list[Unit], n: int, clean, outcome, rho, l2, stats,
               resumed: set[str], randomised: bool) -> EvaluationResult:
+    """Rows, curve and per-example outcome from the units' outcomes. A row's ``accuracy`` is the accuracy under
+    its attack alone (``alone`` True) where the attack ran on every clean-correct example of its subset: not a
+    cascade, or the first stage of one; a later stage of a cascade only attacked what the ones before it left, so
+    its ``accuracy`` is the robust accuracy after it (``alone`` False)."""
     rows, curve = [], {}
     robust_at: dict[float, torch.Tensor] = {}
     fooled_at: dict[float, torch.Tensor] = {}
@@ -420,6 +433,7 @@ def _assemble(spec: Suite, s: EvalSettings, units: list[Unit], n: int, clean, ou
                "examples": m, "attacked": int(sts.get("attacked", 0)), "accuracy": mean(alone),
                "seconds": round(sts.get("seconds", 0.0), 3), "forward_per_image": sts.get("forward", 0) / n,
                "backward_per_image": sts.get("backward", 0) / n, "resumed": unit.name in resumed}
+        row["alone"] = not spec.cascade or unit.group is None or unit.group not in robust_at
         if unit.group is not None:
             prev = robust_at.get(unit.group, clean.clone())
             now = torch.minimum(prev, outcome[k])
@@ -428,6 +442,8 @@ def _assemble(spec: Suite, s: EvalSettings, units: list[Unit], n: int, clean, ou
             robust_at[unit.group] = now
             row["robust_after"] = mean(now)
             row["fooled"] = int((now < prev).sum())
+            if not row["alone"]:
+                row["accuracy"] = row["robust_after"]
         else:
             row["fooled"] = int(((clean[:m] > 0) & (alone < clean[:m])).sum())
         if st.kind == "minimal":
@@ -441,15 +457,15 @@ def _assemble(spec: Suite, s: EvalSettings, units: list[Unit], n: int, clean, ou
         rows.append(row)
     for group, robust in robust_at.items():
         curve[group] = mean(robust)
-    if not curve:
-        raise ConfigError(f"suite {spec.name!r} has no stage that counts in the worst case at the evaluation's ε")
-    headline = max(curve)
+    # Only minimal attacks (or radii of another norm): no worst case at the evaluation's ε, no robust accuracy.
+    headline = max(curve) if curve else max(s.eps_list)
+    robust = robust_at.get(headline, torch.full((n,), math.nan))
     names = [u.stage.name for u in units]
-    fooled_by = [names[i] if i >= 0 else None for i in fooled_at[headline].tolist()]
+    fooled_by = [names[i] if i >= 0 else None for i in fooled_at[headline].tolist()] if curve else [None] * n
     total = {"forward_per_image": sum(r["forward_per_image"] for r in rows),
              "backward_per_image": sum(r["backward_per_image"] for r in rows)}
-    return EvaluationResult(spec.name, spec.claim, spec.cascade, s.norm, headline, n, mean(clean), curve[headline],
-                            rows, curve, [], clean, robust_at[headline], fooled_by, s,
+    return EvaluationResult(spec.name, spec.claim, spec.cascade, s.norm, headline, n, mean(clean),
+                            curve.get(headline, math.nan), rows, curve, [], clean, robust, fooled_by, s,
                             stages=[st.to_dict() for st in spec.stages], randomised=randomised, passes=total)
 
 

@@ -18,9 +18,6 @@ from robustlab.errors import ConfigError
 
 DEFAULT_TOL = 0.01  # masking checks: allowed accuracy difference (+ one example)
 
-# Settings that change how fast the evaluation runs, never what it computes: not part of the state's key.
-SPEED_ONLY = ("batched_targets", "channels_last")
-
 # The papers' budgets for the exploratory suites (slow on a CPU): ``EvalSettings.paper()``.
 PAPER_BUDGETS = dict(pgd_steps=40, pgd_restarts=1, apgd_steps=100, apgd_targets=9, cw_iterations=1000,
                      cw_binary_steps=9, cw_initial_const=1e-3, cw_lr=1e-2, deepfool_iterations=500,
@@ -124,7 +121,3 @@ class EvalSettings:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    def key_dict(self) -> dict:
-        """What identifies the evaluation's result: every field but the speed-only ones."""
-        return {k: v for k, v in self.to_dict().items() if k not in SPEED_ONLY}

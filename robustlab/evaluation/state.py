@@ -1,7 +1,7 @@
 """The resumable per-example state of an evaluation, kept in a folder named by what the evaluation is.
 
-``state_root/<key>/rank<r>.{json,safetensors}``: ``key`` is a short hash of the evaluation's identity (the suite's
-stages, the settings but the speed-only ones, the examples, the model's weights), so a second threat model, ε,
+``state_root/<key>/rank<r>.{json,safetensors}``: ``key`` is a short hash of the evaluation's identity
+(:func:`evaluation_identity`: the suite's stages, the threat model, the examples, the weights), so a second threat model, ε,
 suite or model evaluated from the same place gets its own folder and resumes on its own. What is saved after
 every batch: the clean outcome and, per unit of work (a stage at one ε), the fraction of draws still correct per
 example (1 where the unit did not attack it), ρ and ‖r‖₂ of minimal attacks, the batches done and their cost; and
@@ -21,8 +21,13 @@ from torch import nn
 
 from robustlab.checkpoint import atomic_write_text
 from robustlab.errors import ConfigError
+from robustlab.evaluation.settings import EvalSettings
+from robustlab.evaluation.suites import Suite
 
 STATE_FORMAT = 3  # a state written in another format is another evaluation
+# What decides the outcome besides the suite's stages (which hold every budget): the threat model and the examples.
+OUTCOME_SETTINGS = ("norm", "eps", "subset", "batch_size", "seed")
+SPEED_ONLY_OPTIONS = ("batched",)  # stage options that change how fast, not what is computed
 
 
 class OtherEvaluationState(ConfigError):
@@ -38,6 +43,35 @@ def model_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    """sha256 of the tensors' bytes (the evaluated examples: another dataset of the same size is another
+    evaluation)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def evaluation_identity(suite: Suite, settings: EvalSettings, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                        num_classes: int, world_size: int, fingerprint: str | None = None,
+                        transfer_source: nn.Module | None = None) -> dict:
+    """Everything that decides an evaluation's per-example outcome, and nothing that only changes its speed or
+    its checks: the suite's stages (budgets included), the threat model and batches, the examples, the weights
+    (and a transfer source's), the precision the attacks run in, the processes."""
+    spec = suite.to_dict()
+    for stage in spec["stages"]:
+        stage["options"] = {k: v for k, v in stage["options"].items() if k not in SPEED_ONLY_OPTIONS}
+    device = x.device.type if x.is_cuda else next(model.parameters(), x).device.type
+    autocast = torch.is_autocast_enabled(device)
+    return {"format": STATE_FORMAT, "suite": spec,
+            "settings": {k: getattr(settings, k) for k in OUTCOME_SETTINGS},
+            "data": tensor_digest(x, y), "model": fingerprint or model_fingerprint(model),
+            "transfer_source": model_fingerprint(transfer_source) if transfer_source is not None else None,
+            "precision": str(torch.get_autocast_dtype(device)) if autocast else "float32",
+            "classes": num_classes, "world_size": world_size}
+
+
 def state_key(meta: dict) -> str:
     """The folder name of an evaluation: 16 hex digits of the sha256 of its identity."""
     return hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -48,7 +82,7 @@ class EvaluationState:
 
     def __init__(self, folder: Path | None, rank: int, meta: dict, n: int, units: list[str]):
         self.path = folder / f"rank{rank}" if folder is not None else None
-        self.meta = json.loads(json.dumps(meta))  # as it reads back from the file (tuples as lists)
+        self.meta = json.loads(json.dumps(meta, default=str)) if folder is not None else meta  # as read back
         self.units = units
         self.clean: torch.Tensor | None = None
         self.outcome = torch.ones(len(units), n)
@@ -85,7 +119,13 @@ class EvaluationState:
         """The adversarial points a batch found (written once per batch: the state stays small)."""
         if self.path is not None and len(index):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({"index": index.contiguous(), "x": points.contiguous()}, str(self._adv_file(unit, batch)))
+            self._save_tensors({"index": index.contiguous(), "x": points.contiguous()}, self._adv_file(unit, batch))
+
+    def _save_tensors(self, tensors: dict[str, torch.Tensor], path: Path) -> None:
+        """Write-then-rename (one temporary per process): a kill mid-write never leaves a corrupt file."""
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file(tensors, str(tmp))
+        tmp.replace(path)
 
     def load_points(self, unit: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The (index, points) of the batches of ``unit`` done before a resume, in the order they were found."""
@@ -103,7 +143,7 @@ class EvaluationState:
     def save_gallery(self, unit: str, x: torch.Tensor, pred: torch.Tensor) -> None:
         """A unit's gallery column (its points and predictions on the first examples), so a resume keeps it."""
         if self.path is not None:
-            save_file({"x": x.contiguous(), "pred": pred.contiguous()}, str(self._gallery_file(unit)))
+            self._save_tensors({"x": x.contiguous(), "pred": pred.contiguous()}, self._gallery_file(unit))
 
     def load_gallery(self, unit: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         file = self._gallery_file(unit) if self.path is not None else None
@@ -119,8 +159,6 @@ class EvaluationState:
         tensors = {"outcome": self.outcome, "rho": self.rho, "l2": self.l2}
         if self.clean is not None:
             tensors["clean"] = self.clean
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp.safetensors")  # one per process
-        save_file(tensors, str(tmp))
-        tmp.replace(self.path.with_suffix(".safetensors"))
+        self._save_tensors(tensors, self.path.with_suffix(".safetensors"))
         atomic_write_text(self.path.with_suffix(".json"), json.dumps(
             {"meta": self.meta, "done": self.done, "stats": self.stats}, indent=1))

@@ -29,7 +29,8 @@ def run_suite_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, result:
     bs = s.batch_size
     m = min(s.check_subset, n) if s.check_subset else n
     bounded = [st.name for st in suite.stages if st.in_worst_case]
-    iterative = "pgd" if "pgd" in bounded else next((b for b in bounded if b not in SINGLE_STEP), None)
+    known = [b for b in bounded if result.accuracy_of(b)]  # stages whose accuracy alone is known
+    iterative = "pgd" if "pgd" in known else next((b for b in known if b not in SINGLE_STEP), None)
     out = []
     for name in suite.checks:
         if name == "stable_predictions":
@@ -38,9 +39,9 @@ def run_suite_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, result:
             out.append(masking.input_gradients(model, x[:m], y[:m], batch_size=bs, max_fraction=s.max_zero_gradients))
         elif name == "iterative_vs_single":
             if iterative is None:
-                out.append(masking.skipped(name, "no iterative attack in the suite"))
+                out.append(masking.skipped(name, "no iterative attack ran on every example"))
                 continue
-            if "fgsm" in bounded:
+            if "fgsm" in known:
                 single, single_name = result.accuracy_of("fgsm"), "fgsm"
             else:
                 single_name = "fgsm" if s.norm == "linf" else "fgm_l2"
@@ -67,16 +68,30 @@ def run_suite_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, result:
             out.append(masking.large_eps(model, x[:m], y[:m], big, eps=big_eps, max_accuracy=s.large_eps_max_accuracy,
                                          batch_size=bs))
         elif name == "monotone_in_eps":
-            curves = {b: result.accuracy_of(b) for b in bounded}
-            curves["worst_case"] = dict(result.curve)
+            curves = {st.name: result.accuracy_of(st.name) for st in suite.stages if st.kind == "bounded"}
+            curves = {k: v for k, v in curves.items() if v}
+            if result.curve:
+                curves["worst_case"] = dict(result.curve)
             out.append(masking.monotone_in_eps(curves, result.clean, n=n, tol=s.tol))
         elif name == "noise_weaker":
             if s.norm != "linf":
                 out.append(masking.skipped(name, "random sign noise is an L∞ check"))
                 continue
-            out.append(masking.noise_weaker(model, x, y, dict(result.curve), attack=f"{result.suite} worst case",
-                                            tol=s.tol, batch_size=bs, seed=s.seed))
+            reference, label = _strongest(result, iterative)
+            out.append(masking.noise_weaker(model, x, y, reference, attack=label, tol=s.tol, batch_size=bs,
+                                            seed=s.seed))
     return out
+
+
+def _strongest(result: EvaluationResult, iterative: str | None) -> tuple[dict[float, float], str]:
+    """What random noise must be weaker than: a cascade's worst case; otherwise the iterative attack (and EOT-PGD)
+    on its own, so that a masked gradient attack is not hidden behind a single step that happens to work."""
+    if result.cascade or iterative is None:
+        return dict(result.curve), f"{result.suite} worst case"
+    strongest = dict(result.accuracy_of(iterative))
+    for e, acc in result.accuracy_of("eot_pgd").items():
+        strongest[e] = min(acc, strongest.get(e, acc))
+    return strongest, iterative + ("/eot_pgd" if result.accuracy_of("eot_pgd") else "")
 
 
 def _single_step(norm: str, eps: float):
