@@ -96,6 +96,7 @@ class DataConfig(Options):
     batch_size: int = Field(128, gt=0)
     train_subset: int = Field(0, ge=0)
     test_subset: int = Field(0, ge=0)
+    classes: list[int] = Field(default_factory=list)  # only these classes, relabelled 0, 1, ... ([]: all)
     augment: Literal["none", "crop_flip"] = "none"
     # Keep the whole dataset in device memory, so that batches never cross CPU -> GPU ("auto": on CUDA when the
     # tensors take under 4 GiB).

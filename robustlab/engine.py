@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from robustlab.checkpoint import (CONFIG_FILE, STATE_FILE, atomic_write_text, find_latest_checkpoint, load_checkpoint,
                                   refuse_dangling_link, remove_stale_temporaries, save_checkpoint)
 from robustlab.config import Config, config_differences
-from robustlab.data import ImageDataset, load_dataset
+from robustlab.data import ImageDataset
 from robustlab.data.augment import random_crop_flip
 from robustlab.defenses import Batch, Defense, TrainContext, build_defense
 from robustlab.distributed import (all_reduce_sum, average_gradients, barrier, broadcast_module, init_distributed,
@@ -37,7 +37,7 @@ from robustlab.evaluation import EvalSettings, evaluate
 from robustlab.evaluation.outcome import accuracy
 from robustlab.experiment import config_from_dict, upgrade_stored_config
 from robustlab.run_lock import RunLock
-from robustlab.runs import build_model_for
+from robustlab.runs import build_model_for, load_run_data
 from robustlab.schedule import STEPWISE, lr_factor
 from robustlab.strict_json import strict_dumps
 
@@ -160,9 +160,7 @@ class Trainer:
         self.log = log if self.dist.is_main else (lambda _msg: None)
         self._warned_one_draw = False  # the one-draw per-epoch robust accuracy of a randomised model, said once
         self.amp_dtype = resolve_amp_dtype(config.run.amp, self.device)
-        data = load_dataset(config.data.name, root=config.data.root or None, download=config.data.download)
-        self.dataset = dataset_on(data.subset(config.data.train_subset, config.data.test_subset), self.device,
-                                  config.data.on_device)
+        self.dataset = dataset_on(load_run_data(config), self.device, config.data.on_device)
         self.model = build_model_for(config, self.dataset).to(self.device)
         if config.run.init_from and not resume:
             load_initial_weights(self.model, config.run.init_from)

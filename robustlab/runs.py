@@ -20,8 +20,12 @@ __all__ = ["build_model_for", "load_run_data", "load_source_model", "load_traine
 
 
 def load_run_data(config: Config) -> ImageDataset:
-    """The dataset of a run: ``[data]``'s dataset with its training and test subsets."""
+    """The dataset of a run: ``[data]``'s dataset, its classes, its training and test subsets."""
     data = load_dataset(config.data.name, root=config.data.root or None, download=config.data.download)
+    try:
+        data = data.with_classes(config.data.classes)
+    except ValueError as exc:
+        raise ConfigError(f"data.classes: {exc}") from None
     return data.subset(config.data.train_subset, config.data.test_subset)
 
 

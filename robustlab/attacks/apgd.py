@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks.active import ActiveSet, deterministic_success, run_copies, success_mask
-from robustlab.attacks.targets import top_other_classes
+from robustlab.attacks.targets import check_target_order, linear_boundary_classes, top_other_classes
 from robustlab.attacks.base import Attack, check_epsilon, parse_norm
 from robustlab.attacks.losses import (check_eot_samples, cross_entropy, dlr_loss, loss_gradient,
                                       targeted_cross_entropy, targeted_dlr_loss)
@@ -57,8 +57,9 @@ def apgd_checkpoints(steps: int) -> list[int]:
 class APGD(Attack):
     """Auto-PGD with ``loss`` "ce" or "dlr" (see the module docstring for the algorithm and conventions).
 
-    ``top_targets`` k > 0: APGD-T, one run toward each of the k most likely other classes (``restarts`` runs each);
-    ``y`` stays the true label. ``batched``: all targets × restarts as copies of the batch in one call (True), one
+    ``top_targets`` k > 0: APGD-T, one run toward each of k other classes (``restarts`` runs each): the k most
+    likely (``target_order="logits"``, AutoAttack's), or the k nearest in a linearisation of the model
+    (``"linear"``, :func:`robustlab.attacks.targets.linear_boundary_classes`); ``y`` stays the true label. ``batched``: all targets × restarts as copies of the batch in one call (True), one
     after another on the examples still robust (False), or batched on a GPU and sequential on a CPU (None: on a
     CPU the copies of an example fooled early would cost more than they save). ``eot_samples`` > 1 averages every
     gradient over that many passes. An example leaves as soon as an iterate fools the model (early exit), except
@@ -66,8 +67,8 @@ class APGD(Attack):
     """
 
     def __init__(self, eps: float, *, loss: str = "ce", norm: str = "linf", steps: int = 100, restarts: int = 1,
-                 top_targets: int = 0, rho: float = 0.75, momentum: float = 0.75, eot_samples: int = 1,
-                 batched: bool | None = None, model_mode: str = "eval"):
+                 top_targets: int = 0, target_order: str = "logits", rho: float = 0.75, momentum: float = 0.75,
+                 eot_samples: int = 1, batched: bool | None = None, model_mode: str = "eval"):
         super().__init__(model_mode=model_mode)
         self.norm = parse_norm(norm)
         self.eps = check_epsilon(eps, self.norm)
@@ -82,6 +83,7 @@ class APGD(Attack):
         self.steps = int(steps)
         self.restarts = int(restarts)
         self.top_targets = int(top_targets)
+        self.target_order = check_target_order(target_order)
         self.rho = float(rho)
         self.momentum = float(momentum)
         self.eot_samples = check_eot_samples(eot_samples)
@@ -99,7 +101,12 @@ class APGD(Attack):
             return x.clone()
         with torch.no_grad():  # with EOT, the mean logits of as many draws as a gradient takes
             clean_logits = sum(model(x) for _ in range(self.eot_samples)) / self.eot_samples
-        targets = top_other_classes(clean_logits, self.top_targets) if self.top_targets else [None]
+        if not self.top_targets:
+            targets = [None]
+        elif self.target_order == "linear" and self.eot_samples == 1:
+            targets = linear_boundary_classes(model, x, y, self.top_targets, self.norm)
+        else:
+            targets = top_other_classes(clean_logits, self.top_targets)
         batched = self.batched if self.batched is not None else x.device.type == "cuda"
         threat = make_threat_model(self.norm, self.eps)
         # An example misclassified at the start is left alone only when that is what the evaluation will see: one

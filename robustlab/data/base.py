@@ -29,6 +29,20 @@ class ImageDataset:
         c, h, w = self.train_x.shape[1:]
         return int(c), int(h), int(w)
 
+    def with_classes(self, classes: list[int]) -> "ImageDataset":
+        """Only the examples of ``classes``, relabelled 0, 1, ... in the order given (a smaller task from the same
+        images, e.g. digits 0–3 as a 4-class problem)."""
+        if not classes:
+            return self
+        if len(set(classes)) != len(classes) or any(not 0 <= c < self.num_classes for c in classes):
+            raise ValueError(f"classes must be distinct labels in [0, {self.num_classes}), got {classes}")
+        lookup = torch.full((self.num_classes,), -1, dtype=torch.long)
+        lookup[torch.tensor(classes)] = torch.arange(len(classes))
+        keep_tr, keep_te = lookup[self.train_y] >= 0, lookup[self.test_y] >= 0
+        return ImageDataset(f"{self.name}[{','.join(map(str, classes))}]", self.train_x[keep_tr],
+                            lookup[self.train_y[keep_tr]], self.test_x[keep_te], lookup[self.test_y[keep_te]],
+                            len(classes), self.mean, self.std)
+
     def subset(self, train: int | None = None, test: int | None = None) -> "ImageDataset":
         """The first ``train``/``test`` examples (``None`` or 0 keeps all). Loaders shuffle with a fixed seed first."""
         tr = slice(None) if not train else slice(0, train)

@@ -134,12 +134,19 @@ def check_image_shape(suite: Suite, x: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def correct_fraction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
-    """Fraction of ``draws`` predictions that are correct, per example (1 draw: 0 or 1; non-finite: wrong)."""
+def outcome_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example: the fraction of ``draws`` predictions that are correct (1 draw: 0 or 1; non-finite logits:
+    wrong), and the logit margin z_y − max_{j≠y} z_j of the first draw (−inf for non-finite logits)."""
     hits = torch.zeros(len(x), device=x.device)
+    margin = None
     for _ in range(draws):
-        hits += correct_predictions(model(x), y).float()
-    return (hits / draws).cpu()
+        logits = model(x)
+        hits += correct_predictions(logits, y).float()
+        if margin is None:
+            true = logits.gather(1, y[:, None]).squeeze(1)
+            other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
+            margin = torch.where(torch.isfinite(logits).all(1), true - other, torch.full_like(true, float("-inf")))
+    return (hits / draws).cpu(), margin.float().cpu()
 
 
 def shard_range(n: int, env: DistributedEnv) -> tuple[int, int]:
@@ -236,20 +243,30 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalS
         if saved is not None:
             gallery[(u.stage.name, u.eps)] = GalleryColumn(*saved)
 
+    alarm, precomputed = False, {}
+    if any(st.probe < 1 for st in spec.stages):  # probing saves work only where no masking alarm rings
+        m = min(s.check_subset, n) if s.check_subset else n
+        with model_mode(model, "eval"):
+            precomputed["input_gradients"] = masking.input_gradients(model, x[:m], y[:m], batch_size=s.batch_size,
+                                                                     max_fraction=s.max_zero_gradients)
+        alarm = facts.randomised or not precomputed["input_gradients"].passed
+        if alarm:
+            say("masking alarm (randomised predictions or zero input gradients): every stage attacks every example")
     nhwc = s.channels_last if s.channels_last is not None else x.dim() == 4 and has_conv2d(model)
     heartbeat = Heartbeat(model, say)
     try:
         with model_mode(model, "eval"), count_passes(model) as passes, channels_last(model, nhwc):
             if state.clean is None:
                 with seeded(derived_seed(s.seed, "clean"), dev):
-                    state.clean = torch.cat([correct_fraction(model, xs[i:i + bs].to(dev), ys[i:i + bs].to(dev),
-                                                              draws) for i in range(0, len(xs), bs)]) \
-                        if len(xs) else torch.zeros(0)
+                    parts = [outcome_of(model, xs[i:i + bs].to(dev), ys[i:i + bs].to(dev), draws)
+                             for i in range(0, len(xs), bs)]
+                state.clean = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0)
+                state.clean_margin = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0)
                 state.save()
             say(f"clean accuracy {100 * mean(state.clean):.1f}% on {hi - lo} examples"
                 + (f" (mean of {draws} draws)" if draws > 1 else ""))
             run = _Run(spec, s, units, attacks, state, model, xs, ys, lo, dev, draws, nhwc, passes, heartbeat,
-                       found, gallery, keep, say, progress)
+                       found, gallery, keep, say, progress, alarm)
             for k, unit in enumerate(units):
                 _run_unit(run, k, unit)
     finally:
@@ -269,10 +286,54 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalS
         t0 = time.perf_counter()
         with seeded(derived_seed(s.seed, "checks"), dev):
             result.checks = run_suite_checks(model, x[:n], y[:n], result, spec, stability=stability,
-                                             outcomes=_unit_outcomes(units, clean, outcome), device=dev)
+                                             outcomes=_unit_outcomes(units, clean, outcome), device=dev,
+                                             precomputed=precomputed)
         say(f"masking checks ({time.perf_counter() - t0:.1f} s): " + masking.summary_line(result.checks))
     result.seconds = time.perf_counter() - t_start
     return result
+
+
+def split_batches(index: torch.Tensor, size: int) -> list[torch.Tensor]:
+    return [index[i:i + size] for i in range(0, len(index), size)]
+
+
+def probe_split(todo: torch.Tensor, margin: torch.Tensor, share: float, seed: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probe, rest) of the examples ``todo``: the probe is the ``share``/2 with the smallest margin seen so far
+    (the likeliest to fall) and a random ``share``/2 of the others (a masking alarm that does not depend on
+    margins); the rest is in increasing order of margin, as the escalation takes it."""
+    half = max(1, math.ceil(share * len(todo) / 2))
+    order = margin[todo].argsort(stable=True)
+    lowest, others = todo[order[:half]], todo[order[half:]]
+    gen = torch.Generator().manual_seed(seed % 2**63)
+    pick = torch.randperm(len(others), generator=gen)[:half]
+    chosen = torch.zeros(len(others), dtype=torch.bool)
+    chosen[pick] = True
+    return torch.cat([lowest, others[chosen]]), others[~chosen]
+
+
+def _smallest_margin(k: int, unit: Unit, units: list[Unit], state: EvaluationState) -> torch.Tensor:
+    """Per example, the smallest margin seen before unit ``k`` (clean, and the units of its group before it)."""
+    before = [j for j in range(k) if units[j].group is not None and units[j].group == unit.group]
+    margin = state.clean_margin.clone()
+    return torch.minimum(margin, state.margin[before].min(0).values) if before else margin
+
+
+def _escalate(run: "_Run", k: int, robust_before: torch.Tensor, batches: list, rest: torch.Tensor, plan: dict,
+              stats: dict, done: int) -> None:
+    """Probe and escalate: once the batches planned so far are done, add the next chunk of the rest (as many
+    examples as the probe, smallest margin first) if the last part fooled any example; else stop there."""
+    if stats["probe"] is None or done != len(batches) or plan["taken"] >= len(rest):
+        return
+    last = torch.cat(batches)[-plan["last"]:]
+    if not bool((run.state.outcome[k, last] < robust_before[last]).any()):
+        stats["escalated"] = bool(plan["taken"])
+        return
+    extra = rest[plan["taken"]:plan["taken"] + stats["probe"]]
+    batches += split_batches(extra, run.s.batch_size)
+    plan.update(taken=plan["taken"] + len(extra), last=len(extra))
+    stats["attacked"] += len(extra)
+    stats["escalated"] = True
 
 
 def _still_robust(k: int, unit: Unit, units: list[Unit], clean: torch.Tensor, outcome: torch.Tensor) -> torch.Tensor:
@@ -306,6 +367,7 @@ class _Run:
     keep: int
     say: Callable[[str], None]
     progress: bool
+    alarm: bool  # a masking alarm rang before the suite: no probing, every stage attacks every example
 
 
 def _run_unit(run: _Run, k: int, unit: Unit) -> None:
@@ -321,25 +383,34 @@ def _run_unit(run: _Run, k: int, unit: Unit) -> None:
         todo = ((robust_before > 0) & in_subset).nonzero().squeeze(1)
     else:
         todo = ((state.clean > 0) & in_subset).nonzero().squeeze(1)
-    batches = [todo[i:i + s.batch_size] for i in range(0, len(todo), s.batch_size)]
+    probing = st.probe < 1 and not run.alarm and len(todo) > 1
+    seen = _smallest_margin(k, unit, units, state)
+    first_part, rest = probe_split(todo, seen, st.probe, derived_seed(s.seed, st.name, "probe")) \
+        if probing else (todo, todo[:0])
+    batches = split_batches(first_part, s.batch_size)
     stats = state.stats.setdefault(unit.name, {"seconds": 0.0, "forward": 0, "backward": 0})
-    stats["attacked"] = len(todo)
+    stats.update(attacked=len(first_part), probe=len(first_part) if probing else None, escalated=False)
+    plan = {"taken": 0, "last": len(first_part)}  # of the rest: examples planned so far; size of the last part
     done_before = state.done.get(unit.name, 0)
     attack = run.attacks[unit.name]
     label = unit.name if unit.eps is None or "@" in unit.name else f"{unit.name} ε={unit.eps:g}"
     seconds_now = 0.0
     bar = tqdm(total=len(todo), desc=label, disable=not run.progress, leave=False, unit="ex")
-    for b, idx in enumerate(batches):
-        if b < done_before:
+    b = 0
+    while b < len(batches):
+        idx = batches[b]
+        b += 1
+        if b <= done_before:
             bar.update(len(idx))
+            _escalate(run, k, robust_before, batches, rest, plan, stats, b)
             continue
         t0, before = time.perf_counter(), passes.copy()
-        heartbeat.start(f"{label} batch {b + 1}/{len(batches)}")
+        heartbeat.start(f"{label} batch {b}/{len(batches)}")
         xb, yb = xs[idx].to(dev), ys[idx].to(dev)
         if run.nhwc:
             xb = xb.contiguous(memory_format=torch.channels_last)
         first = idx < keep
-        with seeded(derived_seed(s.seed, st.name, b), dev):  # the final draws too: a resume draws the same
+        with seeded(derived_seed(s.seed, st.name, b - 1), dev):  # the final draws too: a resume draws the same
             if st.kind == "minimal":
                 res = attack.run(model, xb, yb)
                 adv = res.x_adv
@@ -349,14 +420,15 @@ def _run_unit(run: _Run, k: int, unit: Unit) -> None:
                                                torch.full_like(moved, float("nan")))
             else:
                 adv = attack(model, xb, yb)
-            frac = correct_fraction(model, adv, yb, draws)
+            frac, margin = outcome_of(model, adv, yb, draws)
             if first.any():
                 with torch.no_grad():
                     pred = predicted_class(model(adv[first])).cpu()
         state.outcome[k, idx] = frac
+        state.margin[k, idx] = margin
         if unit.group is not None:
             worse = frac < robust_before[idx]
-            state.save_points(unit.name, b, idx[worse], adv[worse].cpu())
+            state.save_points(unit.name, b - 1, idx[worse], adv[worse].cpu())
             found[unit.name].append((idx[worse], adv[worse].detach().cpu()))
         if first.any():
             column = gallery.setdefault((st.name, unit.eps), GalleryColumn(xs[:keep].clone(),
@@ -364,7 +436,8 @@ def _run_unit(run: _Run, k: int, unit: Unit) -> None:
             column.x[idx[first]] = adv[first].detach().cpu().to(column.x.dtype)
             column.pred[idx[first]] = pred
             state.save_gallery(unit.name, column.x, column.pred)
-        state.done[unit.name] = b + 1
+        state.done[unit.name] = b
+        _escalate(run, k, robust_before, batches, rest, plan, stats, b)
         spent = time.perf_counter() - t0
         seconds_now += spent
         stats["seconds"] += spent
@@ -374,8 +447,8 @@ def _run_unit(run: _Run, k: int, unit: Unit) -> None:
         heartbeat.start("")
         bar.update(len(idx))
         if len(batches) > 1:
-            left = int(sum(len(i) for i in batches[b + 1:]))
-            say(f"{'':>14}{label}: batch {b + 1}/{len(batches)} done in {spent:.1f} s, {left} examples left")
+            left = int(sum(len(i) for i in batches[b:]))
+            say(f"{'':>14}{label}: batch {b}/{len(batches)} done in {spent:.1f} s, {left} examples left")
     bar.close()
     state.stats[unit.name] = stats
     if unit.group is not None:
@@ -387,7 +460,11 @@ def _run_unit(run: _Run, k: int, unit: Unit) -> None:
         what = f"accuracy {100 * mean(part):.1f}% on {int(in_subset.sum())}"
     resumed = f" (resumed: {done_before} of {len(batches)} batches from the saved state, {seconds_now:.1f} s now)" \
         if done_before else ""
-    say(f"{label:>14}: attacked {len(todo)}, {what} ({stats['seconds']:.1f} s){resumed}")
+    probe = "" if stats["probe"] is None else (
+        f"; probe of {stats['probe']}, " + ("escalated while it kept fooling examples" if stats["escalated"]
+                                            else "it fooled none: the rest not attacked"))
+    say(f"{label:>14}: attacked {stats['attacked']} of {len(todo)}, {what} ({stats['seconds']:.1f} s){probe}"
+        f"{resumed}")
 
 
 def _gather(state: EvaluationState, env: DistributedEnv):

@@ -40,6 +40,8 @@ class EvalSettings:
     square_queries: int = 5000
     eot_samples: int = 20                   # gradients averaged per step on a randomised model (rand, EOT-PGD)
     final_draws: int = 10                   # rand: repeated predictions of each final point
+    adaptive_targets: int = 3               # adaptive: APGD-T's target classes (ranked by a linearisation)
+    square_probe: float = 0.2               # adaptive: Square's probe share (escalated on any success or alarm)
     # the exploratory suites (fast, quick)
     attacks: list[str] | None = None        # quick: the attacks to run; fast: only these rows (None: all)
     eps_l2: list[float] | None = None       # fast: PGD-L2's radii (None: ε·√d/4 for each L∞ ε)
@@ -95,10 +97,13 @@ class EvalSettings:
                 raise ConfigError(f"{f.name} must be >= 0, got {value}")
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{f.name} must be a finite number, got {value}")
-        for key in ("batch_size", "steps", "targets", "square_queries", "eot_samples", "final_draws", "pgd_steps",
+        for key in ("batch_size", "steps", "targets", "adaptive_targets", "square_queries", "eot_samples",
+                    "final_draws", "pgd_steps",
                     "pgd_restarts", "ifgsm_steps", "apgd_steps", "apgd_targets"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if not 0 < self.square_probe <= 1:
+            raise ConfigError(f"square_probe must be in (0, 1], got {self.square_probe}")
         if self.pgd_step_size < 0:
             raise ConfigError(f"pgd_step_size must be >= 0 (0: 2.5·ε/steps), got {self.pgd_step_size}")
 

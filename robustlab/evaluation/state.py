@@ -88,6 +88,9 @@ class EvaluationState:
         self.outcome = torch.ones(len(units), n)
         self.rho = torch.full((len(units), n), float("nan"), dtype=torch.float64)
         self.l2 = torch.full((len(units), n), float("nan"), dtype=torch.float64)
+        # the logit margin z_y − max z_j: at the clean point, and per unit at the point it returned (inf: not run)
+        self.clean_margin = torch.full((n,), float("inf"))
+        self.margin = torch.full((len(units), n), float("inf"))
         self.done: dict[str, int] = {}
         self.stats: dict[str, dict] = {}
         self.resumed: set[str] = set()  # units with batches done before this process started
@@ -109,6 +112,7 @@ class EvaluationState:
         tensors = load_file(str(self.path.with_suffix(".safetensors")))
         self.clean = tensors.get("clean")
         self.outcome, self.rho, self.l2 = tensors["outcome"], tensors["rho"], tensors["l2"]
+        self.clean_margin, self.margin = tensors["clean_margin"], tensors["margin"]
         self.done, self.stats = saved["done"], saved["stats"]
         self.resumed = {unit for unit, batches in self.done.items() if batches}
 
@@ -156,7 +160,8 @@ class EvaluationState:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {"outcome": self.outcome, "rho": self.rho, "l2": self.l2}
+        tensors = {"outcome": self.outcome, "rho": self.rho, "l2": self.l2, "margin": self.margin,
+                   "clean_margin": self.clean_margin}
         if self.clean is not None:
             tensors["clean"] = self.clean
         self._save_tensors(tensors, self.path.with_suffix(".safetensors"))

@@ -23,8 +23,11 @@ SINGLE_STEP = ("fgsm", "ll")
 
 
 def run_suite_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, result: EvaluationResult, suite: Suite, *,
-                     stability: masking.Check, outcomes: dict, device: torch.device) -> list[masking.Check]:
-    """The checks of ``suite`` on ``result`` over ``(x, y)`` (the evaluated examples), in the suite's order."""
+                     stability: masking.Check, outcomes: dict, device: torch.device,
+                     precomputed: dict[str, masking.Check] | None = None) -> list[masking.Check]:
+    """The checks of ``suite`` on ``result`` over ``(x, y)`` (the evaluated examples), in the suite's order
+    (``precomputed``: checks the runner already ran, by name)."""
+    precomputed = precomputed or {}
     s, n = result.settings, result.n
     bs = s.batch_size
     m = min(s.check_subset, n) if s.check_subset else n
@@ -33,7 +36,9 @@ def run_suite_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, result:
     iterative = "pgd" if "pgd" in known else next((b for b in known if b not in SINGLE_STEP), None)
     out = []
     for name in suite.checks:
-        if name == "stable_predictions":
+        if name in precomputed:
+            out.append(precomputed[name])
+        elif name == "stable_predictions":
             out.append(stability)
         elif name == "input_gradients":
             out.append(masking.input_gradients(model, x[:m], y[:m], batch_size=bs, max_fraction=s.max_zero_gradients))

@@ -16,7 +16,7 @@ preset            stages                                                        
                   queries); cascade. A randomised model (two predictions of a batch differ) gets ``rand``.
 ``rand``          AutoAttack's rand version: APGD-CE and APGD-DLR with EOT over 20 draws per gradient; each     yes
                   final point predicted ``final_draws`` times (an example is robust in the fraction of draws
-                  that classify it correctly); cascade over examples still partly robust.
+                  that classify it correctly); the second stage attacks every example still partly robust.
 ``fast``          every attack of the library with cut budgets (FGSM, LL, I-FGSM, I-LL, PGD with restarts,      no
                   targeted PGD toward a random class, APGD-CE, APGD-DLR-T, PGD-L2, transfer, EOT-PGD; C&W,
                   DeepFool, the critic attack, few-pixel: ρ_adv), each on every example: curves and ρ
@@ -55,6 +55,10 @@ class Stage:
     the evaluated one. Target classes are the attack's own options (``target``, ``top_targets``:
     :mod:`robustlab.attacks.targets`).
     ``worst_case``: counts in the robust accuracy. ``step_rule``: a step size that follows ε along a curve.
+    ``probe`` p < 1, probe and escalate: the stage first attacks a probe, the p/2 share of its examples with the
+    smallest logit margin seen so far and a random p/2 share of the others; while the last part fooled an
+    example, it attacks the next chunk of the rest (as many, smallest margin first). A masking alarm before the
+    suite (randomised predictions, zero input gradients) turns probing off: every example is attacked.
     """
 
     name: str
@@ -68,10 +72,13 @@ class Stage:
     transfer: bool = False
     worst_case: bool = True
     step_rule: tuple[float, float] | None = None  # (cap, fraction): step_size = min(cap, fraction × ε) at each ε
+    probe: float = 1.0  # < 1: probe and escalate (see Suite)
 
     def __post_init__(self):
         if self.kind not in ("bounded", "minimal"):
             raise ConfigError(f"stage {self.name!r}: kind must be 'bounded' or 'minimal', got {self.kind!r}")
+        if not 0 < self.probe <= 1:
+            raise ConfigError(f"stage {self.name!r}: probe must be in (0, 1], got {self.probe}")
 
     @property
     def in_worst_case(self) -> bool:
@@ -136,6 +143,29 @@ def standard(s: EvalSettings, m: ModelFacts) -> Suite:
     stages.append(Stage("square", "square", {"queries": s.square_queries},
                         settings=f"{s.square_queries} queries, margin loss"))
     return Suite("standard", tuple(stages), cascade=True, claim=True, checks=AA_CHECKS, if_randomised="rand")
+
+
+def adaptive(s: EvalSettings, m: ModelFacts) -> Suite:
+    """AutoAttack's strength for a fraction of its compute: APGD-CE; APGD-T toward the ``adaptive_targets``
+    classes nearest in a linearisation of the model (MALT's ranking) instead of the 9 most likely; no FAB-T
+    (4 classes or more); Square at its full query budget on a probe of the examples still robust, escalated chunk
+    by chunk while it fools examples, and on all of them after a masking alarm (:class:`Stage`'s ``probe``)."""
+    stages = [Stage("apgd_ce", "apgd_ce", {"steps": s.steps}, settings=f"{s.steps} iterations")]
+    if m.num_classes >= 4:
+        targets = min(s.adaptive_targets, m.num_classes - 1)
+        stages.append(Stage("apgd_t", "apgd_dlr", {"steps": s.steps, "top_targets": targets,
+                                                   "target_order": "linear", "batched": s.batched_targets},
+                            settings=f"targeted DLR, the {targets} classes nearest in a linearisation × "
+                                     f"{s.steps} iterations"))
+    else:  # too few classes for the targeted DLR loss: FAB-T's few targets are cheap
+        targets = m.num_classes - 1
+        stages.append(Stage("fab_t", "fab", {"steps": s.steps, "top_targets": targets,
+                                             "batched": s.batched_targets},
+                            settings=f"{targets} target classes × {s.steps} iterations"))
+    stages.append(Stage("square", "square", {"queries": s.square_queries}, probe=s.square_probe,
+                        settings=f"{s.square_queries} queries, margin loss, on a {100 * s.square_probe:g}% probe "
+                                 f"first, escalated while it fools examples"))
+    return Suite("adaptive", tuple(stages), cascade=True, claim=True, checks=AA_CHECKS, if_randomised="rand")
 
 
 def rand(s: EvalSettings, m: ModelFacts) -> Suite:
@@ -243,7 +273,7 @@ def fast_row_names() -> list[str]:
 
 
 Preset = Callable[[EvalSettings, ModelFacts], Suite]
-PRESETS: dict[str, Preset] = {"standard": standard, "rand": rand, "fast": fast, "quick": quick}
+PRESETS: dict[str, Preset] = {"standard": standard, "adaptive": adaptive, "rand": rand, "fast": fast, "quick": quick}
 
 
 def available_suites() -> list[str]:
