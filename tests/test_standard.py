@@ -308,7 +308,7 @@ def test_every_preset_and_a_users_own_stages_run_through_benchmark(trained_digit
         r = robustlab.benchmark(trained_digits_mlp, x, y, eps=0.1, suite=suite, **tiny)
         assert r.n == 30 and 0 <= r.robust_accuracy <= r.clean and r.checks, suite
         claims[suite] = r.claim
-    assert claims == {"standard": True, "rand": True, "fast": False, "quick": False}
+    assert claims == {"standard": True, "adaptive": False, "rand": True, "fast": False, "quick": False}
     own = robustlab.benchmark(trained_digits_mlp, x, y, eps=0.1, suite=["fgsm", ("pgd", {"steps": 5})])
     assert [row["attack"] for row in own.rows] == ["fgsm", "pgd"] and own.suite == "custom" and not own.claim
     assert own.rows[1]["attacked"] == round(own.rows[0]["robust_after"] * 30)  # a cascade: only the robust ones

@@ -1,0 +1,130 @@
+"""The `adaptive` suite against `standard` and torchattacks' AutoAttack composition on every model of the zoo.
+
+    python benchmarks/eval_zoo.py [--n 300] [--only NAME ...] [--methods standard adaptive reference]
+                                  [--device cpu|cuda] [--out docs/results/eval_zoo.md]
+
+For each model of ``benchmarks/zoo.py`` (trained if missing), on its first ``--n`` test images at its ε, in one
+process with one torch thread: robustlab's `standard` and `adaptive` suites and torchattacks 3.5.1's AutoAttack
+standard composition with every iteration count set to AutoAttack's (``eval_speed.reference_autoattack``). Per
+method: robust accuracy, CPU seconds (wall-clock on a GPU), forward/backward passes per image, the masking checks
+that failed; per pair of methods: the examples robust under one and fooled by the other. Each (model, method)
+result is kept in ``runs/zoo/eval/`` and reused by a rerun (``--fresh`` to measure again), so a change to one
+suite re-measures only that suite. Writes ``--out`` and ``<out>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, write_report  # noqa: E402
+from eval_speed import Clock, reference_autoattack  # noqa: E402
+from zoo import BY_NAME, RUNS, ZOO, ZooModel, load, train  # noqa: E402
+
+from robustlab.evaluation import EvalSettings, evaluate  # noqa: E402
+from robustlab.passes import count_passes  # noqa: E402
+from robustlab.strict_json import strict_dumps  # noqa: E402
+
+METHODS = ("standard", "adaptive", "reference")
+LABELS = {"standard": "robustlab standard", "adaptive": "robustlab adaptive",
+          "reference": "torchattacks AutoAttack"}
+
+
+def measure(entry: ZooModel, method: str, n: int, device: torch.device, fresh: bool) -> dict:
+    """One (model, method) measurement, cached in runs/zoo/eval/<model>/<method>.json."""
+    cache = RUNS / "eval" / entry.name / f"{method}_n{n}_{device.type}.json"
+    if cache.exists() and not fresh:
+        return json.loads(cache.read_text())
+    model, data = load(entry, str(device))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x, y = data.test_x[:n], data.test_y[:n]
+    clock = Clock(device)
+    t0 = clock.now()
+    with count_passes(model) as passes:
+        if method == "reference":
+            accuracy, robust = reference_autoattack(model, x, y, entry.eps, "linf", data.num_classes, device, 500)
+            suite, failed, rows = "torchattacks", [], []
+        else:
+            result = evaluate(model, x, y, EvalSettings(eps=entry.eps), suite=method, num_classes=data.num_classes,
+                              device=device)
+            accuracy, robust, suite = result.robust_accuracy, result.robust, result.suite
+            failed = [c.name for c in result.checks if not c.passed]
+            rows = [{k: r[k] for k in ("attack", "attacked", "fooled", "seconds")} for r in result.rows]
+    seconds = clock.now() - t0
+    record = {"model": entry.name, "method": method, "suite": suite, "n": len(x), "eps": entry.eps,
+              "robust_accuracy": accuracy, "seconds": seconds, "forward_per_image": passes.forward / len(x),
+              "backward_per_image": passes.backward / len(x), "failed_checks": failed, "rows": rows,
+              "robust": [float(v) for v in robust.tolist()]}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(strict_dumps(record))
+    return record
+
+
+def disagreement(a: dict, b: dict) -> str:
+    """Examples robust under ``a`` and fooled by ``b``, and the other way round (robust: a fraction > 0.5)."""
+    ra = torch.tensor(a["robust"]) > 0.5
+    rb = torch.tensor(b["robust"]) > 0.5
+    return f"{int((ra & ~rb).sum())} / {int((rb & ~ra).sum())}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=300, help="test examples per model (default 300)")
+    parser.add_argument("--only", nargs="*", choices=list(BY_NAME), help="only these zoo models")
+    parser.add_argument("--methods", nargs="*", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--fresh", action="store_true", help="measure again instead of reusing runs/zoo/eval/")
+    parser.add_argument("--out", default=str(ROOT / "docs/results/eval_zoo.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    entries = [BY_NAME[n] for n in args.only] if args.only else ZOO
+    results: dict[str, dict[str, dict]] = {}
+    for entry in entries:
+        train(entry)
+        for method in args.methods:
+            record = measure(entry, method, args.n, device, args.fresh)
+            results.setdefault(entry.name, {})[method] = record
+            print(f"{entry.name:>26} {method:>9}: {100 * record['robust_accuracy']:5.1f}% in "
+                  f"{record['seconds']:7.1f} s ({record['forward_per_image']:.0f} fwd, "
+                  f"{record['backward_per_image']:.0f} bwd per image)", flush=True)
+    unit = "GPU wall-clock s" if device.type == "cuda" else "CPU s"
+    lines = ["# The adaptive suite on the validation zoo", "",
+             f"`python benchmarks/eval_zoo.py --n {args.n}" + (f" --device {args.device}" if device.type != "cpu"
+                                                                else "") + "`: each model of `benchmarks/zoo.py` on "
+             f"its first {args.n} test images at its ε, one process, {args.threads} torch thread(s). Robust accuracy "
+             f"(%), {unit}, passes per image; `adaptive / standard` is the ratio of times; the last columns count the "
+             "examples robust under the first method and fooled by the second, and the other way round.", "",
+             "| model | kind | ε | standard | adaptive | torchattacks AA | adaptive / standard time | "
+             "std vs adaptive | std vs torchattacks | failed checks (standard) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for entry in entries:
+        r = results[entry.name]
+
+        def cell(method: str) -> str:
+            if method not in r:
+                return "–"
+            m = r[method]
+            return (f"{100 * m['robust_accuracy']:.1f} ({m['seconds']:.0f} {unit.split()[0]}, "
+                    f"{m['forward_per_image']:.0f}/{m['backward_per_image']:.0f})")
+
+        ratio = (f"{r['adaptive']['seconds'] / r['standard']['seconds']:.2f}" if {"adaptive", "standard"} <= set(r)
+                 else "–")
+        pair = lambda a, b: disagreement(r[a], r[b]) if {a, b} <= set(r) else "–"  # noqa: E731
+        failed = ", ".join(r["standard"]["failed_checks"]) if "standard" in r else "–"
+        lines.append(f"| {entry.name} | {entry.kind} | {entry.eps:g} | {cell('standard')} | {cell('adaptive')} | "
+                     f"{cell('reference')} | {ratio} | {pair('standard', 'adaptive')} | "
+                     f"{pair('standard', 'reference')} | {failed or 'none'} |")
+    write_report(args.out, lines)
+    Path(args.out).with_suffix(".json").write_text(strict_dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

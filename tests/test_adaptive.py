@@ -1,0 +1,60 @@
+"""The `adaptive` suite is never weaker than `standard`: on two small models of the validation zoo (configs/zoo),
+one adversarially trained and one behind a masking wrapper, with less work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import robustlab
+from robustlab.engine import Trainer
+from robustlab.evaluation.runner import probe_split
+from robustlab.experiment import load_config
+from robustlab.models.masked import masked
+from robustlab.runs import load_trained_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def zoo_digits_pgd_at(tmp_path_factory):
+    """configs/zoo/digits_pgd_at.toml, shortened to 8 epochs (a few CPU seconds)."""
+    out = tmp_path_factory.mktemp("zoo") / "digits_pgd_at"
+    config = load_config(ROOT / "configs/zoo/digits_pgd_at.toml",
+                         [f"run.out_dir={json.dumps(str(out))}", "run.epochs=8", 'run.device="cpu"'])
+    Trainer(config, log=lambda _m: None).fit()
+    model, _, data, _ = load_trained_model(str(out))
+    return model.eval(), data
+
+
+@pytest.mark.parametrize("mask", [None, ("input_quantizer", {"levels": 1}), ("logit_scale", {"scale": 1e4})])
+def test_adaptive_is_as_strong_as_standard_for_less_work(zoo_digits_pgd_at, mask):
+    model, data = zoo_digits_pgd_at
+    if mask:
+        model = masked(model, mask[0], **mask[1])
+    x, y = data.test_x[:120], data.test_y[:120]
+    standard = robustlab.benchmark(model, x, y, eps=0.1, suite="standard", square_queries=1000)
+    adaptive = robustlab.benchmark(model, x, y, eps=0.1, suite="adaptive", square_queries=1000)
+    assert adaptive.suite == "adaptive" and not adaptive.claim  # not a claim before the zoo validates it
+    assert 0 < standard.clean == adaptive.clean
+    assert adaptive.robust_accuracy <= standard.robust_accuracy + 0.001, (adaptive.rows, standard.rows)
+    assert adaptive.passes["forward_per_image"] < standard.passes["forward_per_image"]
+    if mask:  # the masking is caught, and the probe is off: Square attacks every example still robust
+        assert not next(c for c in adaptive.checks if c.name == "input_gradients").passed
+        square = next(r for r in adaptive.rows if r["attack"] == "square")
+        assert square["attacked"] == round(next(r for r in adaptive.rows if r["attack"] == "apgd_t")["robust_after"]
+                                           * len(x))
+
+
+def test_the_probe_takes_the_lowest_margins_and_a_random_share():
+    todo = torch.arange(100)
+    margin = torch.linspace(1.0, 0.0, 100)  # example 99 has the smallest margin
+    probe, rest = probe_split(todo, margin, 0.2, seed=1)
+    assert len(probe) == 20 and len(rest) == 80 and not set(probe.tolist()) & set(rest.tolist())
+    assert set(range(90, 100)) <= set(probe.tolist())  # the 10 lowest margins
+    assert margin[rest].tolist() == sorted(margin[rest].tolist())  # the rest: smallest margin first
+    again, _ = probe_split(todo, margin, 0.2, seed=1)
+    assert torch.equal(again, probe)
