@@ -2,6 +2,7 @@
 
     python benchmarks/eval_zoo.py [--n 300] [--only NAME ...] [--methods standard adaptive reference]
                                   [--device cpu|cuda] [--out docs/results/eval_zoo.md]
+                                  [--variant square_probe=0.1 --variant adaptive_targets=4,square_probe=0.3]
 
 For each model of ``benchmarks/zoo.py`` (trained if missing), on its first ``--n`` test images at its ε, in one
 process with one torch thread: robustlab's `standard` and `adaptive` suites and torchattacks 3.5.1's AutoAttack
@@ -9,7 +10,8 @@ standard composition with every iteration count set to AutoAttack's (``eval_spee
 method: robust accuracy, CPU seconds (wall-clock on a GPU), forward/backward passes per image, the masking checks
 that failed; per pair of methods: the examples robust under one and fooled by the other. Each (model, method)
 result is kept in ``runs/zoo/eval/`` and reused by a rerun (``--fresh`` to measure again), so a change to one
-suite re-measures only that suite. Writes ``--out`` and ``<out>.json``.
+suite re-measures only that suite. ``--variant`` adds the `adaptive` suite with other settings (a second table:
+compute against strength). Writes ``--out`` and ``<out>.json``.
 """
 
 from __future__ import annotations
@@ -35,9 +37,22 @@ LABELS = {"standard": "robustlab standard", "adaptive": "robustlab adaptive",
           "reference": "torchattacks AutoAttack"}
 
 
-def measure(entry: ZooModel, method: str, n: int, device: torch.device, fresh: bool) -> dict:
-    """One (model, method) measurement, cached in runs/zoo/eval/<model>/<method>.json."""
-    cache = RUNS / "eval" / entry.name / f"{method}_n{n}_{device.type}.json"
+def parse_variant(text: str) -> dict:
+    """``"square_probe=0.1,adaptive_targets=4"`` -> settings of the adaptive suite."""
+    options = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        options[key.strip()] = json.loads(value)
+    EvalSettings(**options)  # refused here, not after an hour
+    return options
+
+
+def measure(entry: ZooModel, method: str, n: int, device: torch.device, fresh: bool,
+            variant: dict | None = None) -> dict:
+    """One (model, method) measurement, cached in runs/zoo/eval/<model>/<method>.json (a variant of the adaptive
+    suite: ``adaptive[key=value,...]``)."""
+    name = method if not variant else "adaptive[" + ",".join(f"{k}={v}" for k, v in sorted(variant.items())) + "]"
+    cache = RUNS / "eval" / entry.name / f"{name}_n{n}_{device.type}.json"
     if cache.exists() and not fresh:
         return json.loads(cache.read_text())
     model, data = load(entry, str(device))
@@ -51,13 +66,13 @@ def measure(entry: ZooModel, method: str, n: int, device: torch.device, fresh: b
             accuracy, robust = reference_autoattack(model, x, y, entry.eps, "linf", data.num_classes, device, 500)
             suite, failed, rows = "torchattacks", [], []
         else:
-            result = evaluate(model, x, y, EvalSettings(eps=entry.eps), suite=method, num_classes=data.num_classes,
-                              device=device)
+            result = evaluate(model, x, y, EvalSettings(eps=entry.eps, **(variant or {})), suite=method,
+                              num_classes=data.num_classes, device=device)
             accuracy, robust, suite = result.robust_accuracy, result.robust, result.suite
             failed = [c.name for c in result.checks if not c.passed]
             rows = [{k: r[k] for k in ("attack", "attacked", "fooled", "seconds")} for r in result.rows]
     seconds = clock.now() - t0
-    record = {"model": entry.name, "method": method, "suite": suite, "n": len(x), "eps": entry.eps,
+    record = {"model": entry.name, "method": name, "suite": suite, "n": len(x), "eps": entry.eps,
               "robust_accuracy": accuracy, "seconds": seconds, "forward_per_image": passes.forward / len(x),
               "backward_per_image": passes.backward / len(x), "failed_checks": failed, "rows": rows,
               "robust": [float(v) for v in robust.tolist()]}
@@ -73,6 +88,12 @@ def disagreement(a: dict, b: dict) -> str:
     return f"{int((ra & ~rb).sum())} / {int((rb & ~ra).sum())}"
 
 
+def report(record: dict) -> None:
+    print(f"{record['model']:>26} {record['method']:>9}: {100 * record['robust_accuracy']:5.1f}% in "
+          f"{record['seconds']:7.1f} s ({record['forward_per_image']:.0f} fwd, "
+          f"{record['backward_per_image']:.0f} bwd per image)", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=300, help="test examples per model (default 300)")
@@ -81,6 +102,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--fresh", action="store_true", help="measure again instead of reusing runs/zoo/eval/")
+    parser.add_argument("--variant", action="append", default=[], type=parse_variant,
+                        help="the adaptive suite with these settings too, e.g. square_probe=0.1 (repeatable)")
     parser.add_argument("--out", default=str(ROOT / "docs/results/eval_zoo.md"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -92,9 +115,11 @@ def main() -> None:
         for method in args.methods:
             record = measure(entry, method, args.n, device, args.fresh)
             results.setdefault(entry.name, {})[method] = record
-            print(f"{entry.name:>26} {method:>9}: {100 * record['robust_accuracy']:5.1f}% in "
-                  f"{record['seconds']:7.1f} s ({record['forward_per_image']:.0f} fwd, "
-                  f"{record['backward_per_image']:.0f} bwd per image)", flush=True)
+            report(record)
+        for variant in args.variant:
+            record = measure(entry, "adaptive", args.n, device, args.fresh, variant)
+            results[entry.name][record["method"]] = record
+            report(record)
     unit = "GPU wall-clock s" if device.type == "cuda" else "CPU s"
     lines = ["# The adaptive suite on the validation zoo", "",
              f"`python benchmarks/eval_zoo.py --n {args.n}" + (f" --device {args.device}" if device.type != "cpu"
@@ -122,6 +147,19 @@ def main() -> None:
         lines.append(f"| {entry.name} | {entry.kind} | {entry.eps:g} | {cell('standard')} | {cell('adaptive')} | "
                      f"{cell('reference')} | {ratio} | {pair('standard', 'adaptive')} | "
                      f"{pair('standard', 'reference')} | {failed or 'none'} |")
+    variants = sorted({m for r in results.values() for m in r if m.startswith("adaptive[")})
+    if variants:
+        lines += ["", "**Variants of the adaptive suite** (compute against strength): robust accuracy (%) and time "
+                  "relative to `standard`, per model.", "",
+                  "| model | standard | adaptive | " + " | ".join(variants) + " |", "|---|" + "---|" * (len(variants) + 2)]
+        for entry in entries:
+            r = results[entry.name]
+            if "standard" not in r:
+                continue
+            base = r["standard"]
+            cells = [f"{100 * r[m]['robust_accuracy']:.1f} ({r[m]['seconds'] / base['seconds']:.2f}×)" if m in r
+                     else "–" for m in ["adaptive", *variants]]
+            lines.append(f"| {entry.name} | {100 * base['robust_accuracy']:.1f} | " + " | ".join(cells) + " |")
     write_report(args.out, lines)
     Path(args.out).with_suffix(".json").write_text(strict_dumps(results, indent=1))
 
