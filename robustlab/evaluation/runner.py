@@ -244,14 +244,15 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalS
             gallery[(u.stage.name, u.eps)] = GalleryColumn(*saved)
 
     alarm, precomputed = False, {}
-    if any(st.probe < 1 for st in spec.stages):  # probing saves work only where no masking alarm rings
+    if any(st.probe < 1 or st.when == "escalated" for st in spec.stages):  # shortcuts only without an alarm
         m = min(s.check_subset, n) if s.check_subset else n
         with model_mode(model, "eval"):
             precomputed["input_gradients"] = masking.input_gradients(model, x[:m], y[:m], batch_size=s.batch_size,
                                                                      max_fraction=s.max_zero_gradients)
         alarm = facts.randomised or not precomputed["input_gradients"].passed
         if alarm:
-            say("masking alarm (randomised predictions or zero input gradients): every stage attacks every example")
+            say("masking alarm (randomised predictions or zero input gradients): no shortcuts, every stage runs on "
+                "every example still robust")
     nhwc = s.channels_last if s.channels_last is not None else x.dim() == 4 and has_conv2d(model)
     heartbeat = Heartbeat(model, say)
     try:
@@ -266,7 +267,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalS
             say(f"clean accuracy {100 * mean(state.clean):.1f}% on {hi - lo} examples"
                 + (f" (mean of {draws} draws)" if draws > 1 else ""))
             run = _Run(spec, s, units, attacks, state, model, xs, ys, lo, dev, draws, nhwc, passes, heartbeat,
-                       found, gallery, keep, say, progress, alarm)
+                       found, gallery, keep, say, progress, escalated=alarm)
             for k, unit in enumerate(units):
                 _run_unit(run, k, unit)
     finally:
@@ -319,21 +320,16 @@ def _smallest_margin(k: int, unit: Unit, units: list[Unit], state: EvaluationSta
     return torch.minimum(margin, state.margin[before].min(0).values) if before else margin
 
 
-def _escalate(run: "_Run", k: int, robust_before: torch.Tensor, batches: list, rest: torch.Tensor, plan: dict,
-              stats: dict, done: int) -> None:
-    """Probe and escalate: once the batches planned so far are done, add the next chunk of the rest (as many
-    examples as the probe, smallest margin first) if the last part fooled any example; else stop there."""
-    if stats["probe"] is None or done != len(batches) or plan["taken"] >= len(rest):
+def _escalate(run: "_Run", k: int, robust_before: torch.Tensor, batches: list, probe: torch.Tensor,
+              rest: torch.Tensor, stats: dict, done: int) -> None:
+    """Probe and escalate: once the probe's batches are done, if it fooled any example, the rest of the stage's
+    examples are attacked too, and the suite is escalated (its ``when="escalated"`` stages run)."""
+    if stats["probe"] is None or done != len(split_batches(probe, run.s.batch_size)) or stats["escalated"]:
         return
-    last = torch.cat(batches)[-plan["last"]:]
-    if not bool((run.state.outcome[k, last] < robust_before[last]).any()):
-        stats["escalated"] = bool(plan["taken"])
-        return
-    extra = rest[plan["taken"]:plan["taken"] + stats["probe"]]
-    batches += split_batches(extra, run.s.batch_size)
-    plan.update(taken=plan["taken"] + len(extra), last=len(extra))
-    stats["attacked"] += len(extra)
-    stats["escalated"] = True
+    if bool((run.state.outcome[k, probe] < robust_before[probe]).any()):
+        batches += split_batches(rest, run.s.batch_size)
+        stats["attacked"] += len(rest)
+        stats["escalated"] = run.escalated = True
 
 
 def _still_robust(k: int, unit: Unit, units: list[Unit], clean: torch.Tensor, outcome: torch.Tensor) -> torch.Tensor:
@@ -367,7 +363,7 @@ class _Run:
     keep: int
     say: Callable[[str], None]
     progress: bool
-    alarm: bool  # a masking alarm rang before the suite: no probing, every stage attacks every example
+    escalated: bool  # a masking alarm rang before the suite, or a probe fooled an example: no more shortcuts
 
 
 def _run_unit(run: _Run, k: int, unit: Unit) -> None:
@@ -383,14 +379,15 @@ def _run_unit(run: _Run, k: int, unit: Unit) -> None:
         todo = ((robust_before > 0) & in_subset).nonzero().squeeze(1)
     else:
         todo = ((state.clean > 0) & in_subset).nonzero().squeeze(1)
-    probing = st.probe < 1 and not run.alarm and len(todo) > 1
+    if st.when == "escalated" and not run.escalated:
+        todo = todo[:0]  # the fast path held: no probe fooled an example and no masking alarm rang
+    probing = st.probe < 1 and not run.escalated and len(todo) > 1
     seen = _smallest_margin(k, unit, units, state)
     first_part, rest = probe_split(todo, seen, st.probe, derived_seed(s.seed, st.name, "probe")) \
         if probing else (todo, todo[:0])
     batches = split_batches(first_part, s.batch_size)
     stats = state.stats.setdefault(unit.name, {"seconds": 0.0, "forward": 0, "backward": 0})
     stats.update(attacked=len(first_part), probe=len(first_part) if probing else None, escalated=False)
-    plan = {"taken": 0, "last": len(first_part)}  # of the rest: examples planned so far; size of the last part
     done_before = state.done.get(unit.name, 0)
     attack = run.attacks[unit.name]
     label = unit.name if unit.eps is None or "@" in unit.name else f"{unit.name} ε={unit.eps:g}"
@@ -402,7 +399,7 @@ def _run_unit(run: _Run, k: int, unit: Unit) -> None:
         b += 1
         if b <= done_before:
             bar.update(len(idx))
-            _escalate(run, k, robust_before, batches, rest, plan, stats, b)
+            _escalate(run, k, robust_before, batches, first_part, rest, stats, b)
             continue
         t0, before = time.perf_counter(), passes.copy()
         heartbeat.start(f"{label} batch {b}/{len(batches)}")
@@ -437,7 +434,7 @@ def _run_unit(run: _Run, k: int, unit: Unit) -> None:
             column.pred[idx[first]] = pred
             state.save_gallery(unit.name, column.x, column.pred)
         state.done[unit.name] = b
-        _escalate(run, k, robust_before, batches, rest, plan, stats, b)
+        _escalate(run, k, robust_before, batches, first_part, rest, stats, b)
         spent = time.perf_counter() - t0
         seconds_now += spent
         stats["seconds"] += spent
@@ -461,8 +458,11 @@ def _run_unit(run: _Run, k: int, unit: Unit) -> None:
     resumed = f" (resumed: {done_before} of {len(batches)} batches from the saved state, {seconds_now:.1f} s now)" \
         if done_before else ""
     probe = "" if stats["probe"] is None else (
-        f"; probe of {stats['probe']}, " + ("escalated while it kept fooling examples" if stats["escalated"]
-                                            else "it fooled none: the rest not attacked"))
+        f"; a probe of {stats['probe']} " + ("fooled some: escalated to every example and to the suite's "
+                                             "escalation stages" if stats["escalated"]
+                                             else "fooled none: the rest not attacked"))
+    if st.when == "escalated" and not run.escalated:
+        probe = "; not run (no escalation)"
     say(f"{label:>14}: attacked {stats['attacked']} of {len(todo)}, {what} ({stats['seconds']:.1f} s){probe}"
         f"{resumed}")
 

@@ -18,9 +18,9 @@ preset            stages                                                        
                   final point predicted ``final_draws`` times (an example is robust in the fraction of draws
                   that classify it correctly); the second stage attacks every example still partly robust.
 ``adaptive``      APGD-CE; APGD-T toward the 3 classes nearest in a linearisation (MALT's ranking);           not
-                  Square on a probe of the still-robust examples (smallest margins and a random share),        yet
-                  escalated chunk by chunk while it fools examples, on all of them after a masking alarm; no
-                  FAB-T. Being validated on the zoo (benchmarks/eval_zoo.py) before it may be a claim.
+                  Square on a probe of the still-robust examples (smallest margins and a random share). If     yet
+                  the probe fools any or a masking alarm rang: Square on all, then APGD-T (9) and FAB-T.
+                  Being validated on the zoo (benchmarks/eval_zoo.py) before it may be a claim.
 ``fast``          every attack of the library with cut budgets (FGSM, LL, I-FGSM, I-LL, PGD with restarts,      no
                   targeted PGD toward a random class, APGD-CE, APGD-DLR-T, PGD-L2, transfer, EOT-PGD; C&W,
                   DeepFool, the critic attack, few-pixel: ρ_adv), each on every example: curves and ρ
@@ -60,9 +60,9 @@ class Stage:
     :mod:`robustlab.attacks.targets`).
     ``worst_case``: counts in the robust accuracy. ``step_rule``: a step size that follows ε along a curve.
     ``probe`` p < 1, probe and escalate: the stage first attacks a probe, the p/2 share of its examples with the
-    smallest logit margin seen so far and a random p/2 share of the others; while the last part fooled an
-    example, it attacks the next chunk of the rest (as many, smallest margin first). A masking alarm before the
-    suite (randomised predictions, zero input gradients) turns probing off: every example is attacked.
+    smallest logit margin seen so far and a random p/2 share of the others; if the probe fools any example, it
+    attacks the rest too and the suite is escalated: its ``when="escalated"`` stages run. A masking alarm before
+    the suite (randomised predictions, zero input gradients) escalates it from the start (no probing).
     """
 
     name: str
@@ -76,13 +76,16 @@ class Stage:
     transfer: bool = False
     worst_case: bool = True
     step_rule: tuple[float, float] | None = None  # (cap, fraction): step_size = min(cap, fraction × ε) at each ε
-    probe: float = 1.0  # < 1: probe and escalate (see Suite)
+    probe: float = 1.0  # < 1: probe and escalate
+    when: str = "always"  # "escalated": only after a probe fooled an example or a masking alarm rang
 
     def __post_init__(self):
         if self.kind not in ("bounded", "minimal"):
             raise ConfigError(f"stage {self.name!r}: kind must be 'bounded' or 'minimal', got {self.kind!r}")
         if not 0 < self.probe <= 1:
             raise ConfigError(f"stage {self.name!r}: probe must be in (0, 1], got {self.probe}")
+        if self.when not in ("always", "escalated"):
+            raise ConfigError(f"stage {self.name!r}: when must be 'always' or 'escalated', got {self.when!r}")
 
     @property
     def in_worst_case(self) -> bool:
@@ -150,13 +153,16 @@ def standard(s: EvalSettings, m: ModelFacts) -> Suite:
 
 
 def adaptive(s: EvalSettings, m: ModelFacts) -> Suite:
-    """AutoAttack's strength for a fraction of its compute: APGD-CE; APGD-T toward the ``adaptive_targets``
-    classes nearest in a linearisation of the model (MALT's ranking) instead of the 9 most likely; no FAB-T
-    (4 classes or more); Square at its full query budget on a probe of the examples still robust, escalated chunk
-    by chunk while it fools examples, and on all of them after a masking alarm (:class:`Stage`'s ``probe``).
+    """AutoAttack's strength for a fraction of its compute, when nothing says the gradients mislead: APGD-CE;
+    APGD-T toward the ``adaptive_targets`` classes nearest in a linearisation of the model (MALT's ranking) instead
+    of the 9 most likely; Square at its full budget on a probe of the examples still robust (:class:`Stage`'s
+    ``probe``). When the probe fools an example, or a masking alarm rang before the suite, every shortcut is
+    dropped: Square attacks every example still robust, then AutoAttack's own APGD-T (9 most likely classes) and
+    FAB-T run on what is left.
 
     Not a robustness claim until the validation zoo (``benchmarks/eval_zoo.py``) shows it never weaker than
     ``standard``: its number is printed as a cut-down suite's."""
+    targets9 = min(s.targets, m.num_classes - 1)
     stages = [Stage("apgd_ce", "apgd_ce", {"steps": s.steps}, settings=f"{s.steps} iterations")]
     if m.num_classes >= 4:
         targets = min(s.adaptive_targets, m.num_classes - 1)
@@ -164,14 +170,18 @@ def adaptive(s: EvalSettings, m: ModelFacts) -> Suite:
                                                    "target_order": "linear", "batched": s.batched_targets},
                             settings=f"targeted DLR, the {targets} classes nearest in a linearisation × "
                                      f"{s.steps} iterations"))
-    else:  # too few classes for the targeted DLR loss: FAB-T's few targets are cheap
-        targets = m.num_classes - 1
-        stages.append(Stage("fab_t", "fab", {"steps": s.steps, "top_targets": targets,
-                                             "batched": s.batched_targets},
-                            settings=f"{targets} target classes × {s.steps} iterations"))
     stages.append(Stage("square", "square", {"queries": s.square_queries}, probe=s.square_probe,
-                        settings=f"{s.square_queries} queries, margin loss, on a {100 * s.square_probe:g}% probe "
-                                 f"first, escalated while it fools examples"))
+                        settings=f"{s.square_queries} queries, margin loss; a {100 * s.square_probe:g}% probe first, "
+                                 f"every example when it fools any"))
+    if m.num_classes >= 4:
+        stages.append(Stage("apgd_t9", "apgd_dlr", {"steps": s.steps, "top_targets": targets9,
+                                                    "batched": s.batched_targets}, when="escalated",
+                            settings=f"escalation: targeted DLR, {targets9} most likely classes × {s.steps} "
+                                     f"iterations"))
+    stages.append(Stage("fab_t", "fab", {"steps": s.steps, "top_targets": targets9, "batched": s.batched_targets},
+                        when="escalated" if m.num_classes >= 4 else "always",
+                        settings=f"{'escalation: ' if m.num_classes >= 4 else ''}{targets9} target classes × "
+                                 f"{s.steps} iterations"))
     return Suite("adaptive", tuple(stages), cascade=True, claim=False, checks=AA_CHECKS, if_randomised="rand")
 
 
