@@ -1,7 +1,8 @@
 """The settings of an evaluation: one type for every suite (the threat model, the examples, the budgets, the checks).
 
 A preset (:mod:`robustlab.evaluation.suites`) reads the budget fields it uses: ``steps``, ``targets``,
-``square_queries`` and ``final_draws`` size AutoAttack's ``standard`` and ``rand``; the ``pgd_*``, ``apgd_*``,
+``square_queries`` and ``final_draws`` size AutoAttack's ``standard`` and ``rand`` (and, with ``adaptive_targets``
+and ``square_probe``, ``adaptive``); the ``pgd_*``, ``apgd_*``,
 ``cw_*``, ... fields size the exploratory ``fast`` and ``quick`` suites (:meth:`EvalSettings.paper` gives the papers'
 budgets). ``eps`` is one radius or a list of them: a list is a curve, the runner's loop over ε, and the headline is
 its largest ε.
