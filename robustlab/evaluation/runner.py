@@ -302,7 +302,7 @@ def probe_split(todo: torch.Tensor, margin: torch.Tensor, share: float, seed: in
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(probe, rest) of the examples ``todo``: the probe is the ``share``/2 with the smallest margin seen so far
     (the likeliest to fall) and a random ``share``/2 of the others (a masking alarm that does not depend on
-    margins); the rest is in increasing order of margin, as the escalation takes it."""
+    margins); the rest, attacked only if the probe fools an example."""
     half = max(1, math.ceil(share * len(todo) / 2))
     order = margin[todo].argsort(stable=True)
     lowest, others = todo[order[:half]], todo[order[half:]]
@@ -313,9 +313,14 @@ def probe_split(todo: torch.Tensor, margin: torch.Tensor, share: float, seed: in
     return torch.cat([lowest, others[chosen]]), others[~chosen]
 
 
+def _group_before(k: int, unit: Unit, units: list[Unit]) -> list[int]:
+    """The units of ``unit``'s worst-case group (its ε) that run before unit ``k``."""
+    return [j for j in range(k) if units[j].group is not None and units[j].group == unit.group]
+
+
 def _smallest_margin(k: int, unit: Unit, units: list[Unit], state: EvaluationState) -> torch.Tensor:
     """Per example, the smallest margin seen before unit ``k`` (clean, and the units of its group before it)."""
-    before = [j for j in range(k) if units[j].group is not None and units[j].group == unit.group]
+    before = _group_before(k, unit, units)
     margin = state.clean_margin.clone()
     return torch.minimum(margin, state.margin[before].min(0).values) if before else margin
 
@@ -334,7 +339,7 @@ def _escalate(run: "_Run", k: int, robust_before: torch.Tensor, batches: list, p
 
 def _still_robust(k: int, unit: Unit, units: list[Unit], clean: torch.Tensor, outcome: torch.Tensor) -> torch.Tensor:
     """Per example: the worst case of the clean value and the units of ``unit``'s group before ``k``."""
-    before = [j for j in range(k) if units[j].group is not None and units[j].group == unit.group]
+    before = _group_before(k, unit, units)
     if not before:
         return clean.clone()
     return torch.minimum(clean, outcome[before].min(0).values)
