@@ -468,7 +468,8 @@ def _run_unit(run: _Run, k: int, unit: Unit) -> None:
                                              else "fooled none: the rest not attacked"))
     if st.when == "escalated" and not run.escalated:
         probe = "; not run (no escalation)"
-    say(f"{label:>14}: attacked {stats['attacked']} of {len(todo)}, {what} ({stats['seconds']:.1f} s){probe}"
+    attacked = f"{stats['attacked']}" + (f" of {len(todo)}" if stats["attacked"] != len(todo) else "")
+    say(f"{label:>14}: attacked {attacked}, {what} ({stats['seconds']:.1f} s){probe}"
         f"{resumed}")
 
 
