@@ -102,12 +102,17 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--fresh", action="store_true", help="measure again instead of reusing runs/zoo/eval/")
-    parser.add_argument("--variant", action="append", default=[], type=parse_variant,
+    parser.add_argument("--variant", action="append", default=[], type=str,
                         help="the adaptive suite with these settings too, e.g. square_probe=0.1 (repeatable)")
+    parser.add_argument("--variants-on", nargs="*", choices=list(BY_NAME),
+                        help="measure the variants on these models only (default: every model measured)")
     parser.add_argument("--out", default=str(ROOT / "docs/results/eval_zoo.md"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    variant_args = "".join(f" --variant {v}" for v in args.variant) + (
+        " --variants-on " + " ".join(args.variants_on) if args.variants_on and args.variant else "")
+    args.variant = [parse_variant(v) for v in args.variant]
     entries = [BY_NAME[n] for n in args.only] if args.only else ZOO
     results: dict[str, dict[str, dict]] = {}
     for entry in entries:
@@ -116,15 +121,18 @@ def main() -> None:
             record = measure(entry, method, args.n, device, args.fresh)
             results.setdefault(entry.name, {})[method] = record
             report(record)
-        for variant in args.variant:
+        for variant in args.variant if not args.variants_on or entry.name in args.variants_on else []:
             record = measure(entry, "adaptive", args.n, device, args.fresh, variant)
             results[entry.name][record["method"]] = record
             report(record)
     unit = "GPU wall-clock s" if device.type == "cuda" else "CPU s"
     lines = ["# The adaptive suite on the validation zoo", "",
              f"`python benchmarks/eval_zoo.py --n {args.n}" + (f" --device {args.device}" if device.type != "cpu"
-                                                                else "") + "`: each model of `benchmarks/zoo.py` on "
-             f"its first {args.n} test images at its ε, one process, {args.threads} torch thread(s). Robust accuracy "
+                                                                else "") + variant_args
+             + "`: each model of `benchmarks/zoo.py` on "
+             f"its first {args.n} test images (fewer where the test split is smaller) at its ε, {args.threads} torch "
+             "thread(s); each (model, method) is measured once and cached in `runs/zoo/eval/`, possibly while other "
+             "jobs shared the machine (CPU seconds of the measuring process: compare them as ratios). Robust accuracy "
              f"(%), {unit}, passes per image; `adaptive / standard` is the ratio of times; the last columns count the "
              "examples robust under the first method and fooled by the second, and the other way round.", "",
              "| model | kind | ε | standard | adaptive | torchattacks AA | adaptive / standard time | "
