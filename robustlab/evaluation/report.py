@@ -17,9 +17,9 @@ from robustlab.evaluation.checks import Check, summary_line
 from robustlab.evaluation.result import NORM_NAMES, EvaluationResult
 from robustlab.strict_json import strict_dumps
 
-NOT_A_CLAIM = ("**The {suite} suite is not a robustness claim**: its attacks run with cut budgets and overstate "
-               "robust accuracy; the headline number comes from `--suite standard` (AutoAttack's attacks and "
-               "settings).")
+NOT_A_CLAIM = ("**The {suite} suite is not a robustness claim**: it is not AutoAttack's composition at AutoAttack's "
+               "budget (or not yet shown as strong), so it may overstate robust accuracy; the headline number comes "
+               "from `--suite standard` (AutoAttack's attacks and settings).")
 
 
 def pct(acc: float | None) -> str:
