@@ -41,14 +41,6 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: Atta
                           desc=desc).accuracy
 
 
-def predictions_repeat(model: nn.Module, x: torch.Tensor, device: torch.device | str | None = None) -> bool:
-    """Whether two eval-mode forward passes of ``x`` give the same logits (False: a randomised model)."""
-    dev = _device_of(model, device)
-    with torch.no_grad(), model_mode(model, "eval"):
-        xb = x.to(dev)
-        return torch.allclose(model(xb), model(xb), rtol=1e-4, atol=1e-5, equal_nan=True)
-
-
 @torch.no_grad()
 def nonfinite_outputs(model: nn.Module, x: torch.Tensor, *, batch_size: int = 500,
                       device: torch.device | str | None = None) -> int:

@@ -34,23 +34,24 @@ class OtherEvaluationState(ConfigError):
     """The state folder holds another evaluation (model, data, settings or format differ)."""
 
 
-def model_fingerprint(model: nn.Module) -> str:
-    """sha256 of the model's parameters and buffers: a resumed evaluation must be of the same weights."""
+def _digest(parts) -> str:
+    """sha256 of (label, tensor) pairs: each label's text, then the tensor's bytes."""
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
+    for label, t in parts:
+        h.update(label.encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 of the model's parameters and buffers: a resumed evaluation must be of the same weights."""
+    return _digest(sorted(model.state_dict().items()))
 
 
 def tensor_digest(*tensors: torch.Tensor) -> str:
-    """sha256 of the tensors' bytes (the evaluated examples: another dataset of the same size is another
-    evaluation)."""
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    """sha256 of the tensors' shapes and bytes (the evaluated examples: another dataset of the same size is
+    another evaluation)."""
+    return _digest((str(tuple(t.shape)), t) for t in tensors)
 
 
 def evaluation_identity(suite: Suite, settings: EvalSettings, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
