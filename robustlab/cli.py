@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -164,7 +165,7 @@ def _output_location(out: str | None, default_dir: Path, stem: str) -> tuple[Pat
     refuse_dangling_link(out_dir, "--out")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".{stem}.write-test"
+        probe = out_dir / f".{stem}.{os.getpid()}.write-test"  # one per process: ranks probe at once
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
