@@ -40,6 +40,9 @@ from robustlab.evaluation.outcome import attack_outcome, minimal_attack_outcome 
 BASELINES = [Arm("reference", "configs/critic/cpu/fc_reference.toml"), Arm("AT", "configs/critic/cpu/fc_at.toml"),
              Arm("VAT", "configs/critic/cpu/fc_vat.toml"), Arm("margin", "configs/critic/cpu/fc_margin.toml")]
 CRITIC = Arm("critic", "configs/critic/cpu/fc_critic.toml")
+# the ablation that separates the critic from the rest of the method: λ = 0 keeps the high-confidence attack and the
+# cycle term (λ_rec) and drops the critic's term from the classifier's loss
+NO_CRITIC = Arm("critic, λ = 0", CRITIC.config, ("defense.lam=0",), "critic_lam0")
 PAPER = {  # ρ: DeepFool, C&W, critic attack (Table 1a)
     "AT": (0.228, 0.210, 0.299), "VAT": (0.244, 0.215, 0.355), "margin": (0.262, 0.230, 0.453),
     "critic": (0.290, 0.272, 0.575)}
@@ -98,11 +101,13 @@ def critic_go(run_dir: Path) -> float | None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     root, started = begin(args, "critic")
-    arms = BASELINES + [CRITIC]
+    arms = BASELINES + [CRITIC, NO_CRITIC]
     todo = sum(finished_epochs(a.run_dir(root, s)) < args.epochs for a in arms for s in args.seeds)
     plan("critic", todo, len(arms) * len(args.seeds), TRAIN_S, len(arms) * len(args.seeds), MEASURE_S)
     for seed in args.seeds:
         for arm in arms:
+            if args.arms and arm.label not in args.arms:
+                continue
             with skip_missing():
                 train(arm, seed, root, epochs=args.epochs, extra=("data.train_subset=0",))
     no_go = [s for s in args.seeds if critic_go(CRITIC.run_dir(root, s)) == 0.0]
