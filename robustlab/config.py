@@ -61,12 +61,21 @@ class AttackOptions(Options):
     @classmethod
     def _over_the_default(cls, value: Any) -> Any:
         """A partial table overrides the default attack key by key; naming another attack keeps only the default's
-        ε and model mode."""
+        ε and model mode. A default step size belongs to the default's ε and step count: a table that changes
+        either must set ``step_size`` too (kept silently, PGD-7 with a step chosen for PGD-40 is a weak attack)."""
         if not isinstance(value, dict):
             return value
         default = cls.model_fields["attack"].default_factory().model_dump()
         if value.get("name", default["name"]) != default["name"]:
             default = {"eps": default["eps"], "model_mode": default["model_mode"]}
+        changed = [k for k in ("eps", "steps") if k in value and k in default and value[k] != default[k]]
+        if "step_size" in default and "step_size" not in value and changed:
+            eps, steps = value.get("eps", default["eps"]), value.get("steps", default.get("steps"))
+            hint = f" (2.5·ε/steps = {2.5 * eps / steps:.4g})" if isinstance(steps, int) and steps > 0 else ""
+            raise ValueError(
+                f"[defense.attack] sets {' and '.join(f'{k} = {value[k]}' for k in changed)} but not step_size: the "
+                f"default step_size {default['step_size']} goes with ε {default['eps']} and "
+                f"{default.get('steps')} steps; set step_size{hint}")
         return {**default, **value}
 
 

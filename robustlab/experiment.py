@@ -53,6 +53,22 @@ def nest_attack_keys(table: dict[str, Any]) -> dict[str, Any]:
     return nest_attack_keys_of(entry[1] if entry else None, table)
 
 
+def keep_default_step_size(table: dict[str, Any]) -> dict[str, Any]:
+    """A stored defense table whose ``[defense.attack]`` changed ε or steps but not ``step_size``: written when the
+    default step size silently applied (it is refused in new configs), so the stored run keeps it."""
+    name = table.get("name", "standard")
+    options_cls = DEFENSES.get(name)[1] if name in DEFENSES else None
+    attack = table.get("attack")
+    if options_cls is None or not issubclass(options_cls, AttackOptions) or not isinstance(attack, dict):
+        return table
+    default = options_cls.model_fields["attack"].default_factory().model_dump()
+    if attack.get("name", default["name"]) != default["name"] or "step_size" not in default or "step_size" in attack:
+        return table
+    if any(k in attack and attack[k] != default.get(k) for k in ("eps", "steps")):
+        return {**table, "attack": {**attack, "step_size": default["step_size"]}}
+    return table
+
+
 def nest_attack_keys_of(options_cls: type | None, table: dict[str, Any]) -> dict[str, Any]:
     """:func:`nest_attack_keys` for a table of ``options_cls`` (a defense's or a term's); A3T's old
     ``attack = "fgsm" | "pgd"`` is the nested table's name."""
@@ -80,7 +96,7 @@ def upgrade_stored_config(raw: dict[str, Any]) -> dict[str, Any]:
         for (where, old), new in RENAMED_DEFENSE_KEYS.items():
             if where == kind and old in table and new not in table:
                 table[new] = table.pop(old)
-    defense = nest_attack_keys(defense)
+    defense = keep_default_step_size(nest_attack_keys(defense))
     if isinstance(defense.get("terms"), list):
         defense["terms"] = [nest_attack_keys_of(TERMS.get(t["name"])[1] if t.get("name") in TERMS else None, t)
                             if isinstance(t, dict) else t for t in defense["terms"]]

@@ -41,10 +41,36 @@ def test_defaults_and_values_round_trip(tmp_path):
     ("[defense]\nname = 'pgd_at'\nmix = 'both'\n", r"defense\.mix must be one of"),
     ("[defense]\nname = 'standard'\neps = 0.3\n", r"unknown config key defense\.eps"),
     ("[data\n", r"invalid TOML"),
+    # a default step size belongs to the default's ε and steps (TLA: PGD-40 × 0.01; Learn2Perturb: ε 8/255)
+    ("[defense]\nname = 'tla'\n[defense.attack]\nsteps = 7\n",
+     r"sets steps = 7 but not step_size: the default step_size 0\.01 goes with ε 0\.3 and 40 steps; set step_size "
+     r"\(2\.5·ε/steps = 0\.1071\)"),
+    ("[defense]\nname = 'l2p'\n[defense.attack]\neps = 0.1\n", r"sets eps = 0\.1 but not step_size"),
 ])
 def test_bad_config_raises_one_clear_error(tmp_path, text, match):
     with pytest.raises(ConfigError, match=match):
         load_config(write(tmp_path, text))
+
+
+def test_a_partial_attack_table_that_sets_its_step_size_keeps_the_rest_of_the_default(tmp_path):
+    cfg = load_config(write(tmp_path, "[defense]\nname = 'tla'\n[defense.attack]\nsteps = 7\nstep_size = 0.1\n"))
+    assert cfg.defense["attack"] == {"steps": 7, "step_size": 0.1}
+    from robustlab.defenses import build_defense
+
+    options = {k: v for k, v in cfg.defense.items() if k != "name"}
+    attack = build_defense("tla", options).options.attack
+    assert (attack.eps, attack.options()) == (0.3, {"steps": 7, "step_size": 0.1})
+
+
+def test_a_stored_run_that_kept_a_default_step_size_resumes_with_it():
+    """Runs stored before the step-size rule (a partial table changing steps) keep the step they trained with."""
+    from robustlab.experiment import upgrade_stored_config
+
+    stored = {"defense": {"name": "tla", "attack": {"eps": 0.3, "steps": 7}}}
+    config = config_from_dict(upgrade_stored_config(stored))
+    assert config.defense["attack"] == {"eps": 0.3, "steps": 7, "step_size": 0.01}
+    same = {"defense": {"name": "tla", "attack": {"steps": 7, "step_size": 0.1}}}
+    assert upgrade_stored_config(same)["defense"]["attack"] == {"steps": 7, "step_size": 0.1}
 
 
 def test_missing_file(tmp_path):
