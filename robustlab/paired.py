@@ -254,7 +254,8 @@ class Comparison:
     @property
     def verdict_text(self) -> str:
         if self.failed_gates:
-            return "no verdict: " + "; ".join(f"{g.label} {g.status.lower()}" for g in self.failed_gates)
+            return "no verdict: " + "; ".join(
+                f"{g.label} {'not measured' if g.passed is None else 'failed'}" for g in self.failed_gates)
         return str(self.verdict)
 
     @property
@@ -263,17 +264,26 @@ class Comparison:
         return float("nan") if self.paper_effect is None else self.interval.power(self.paper_effect)
 
     def to_dict(self) -> dict:
+        """JSON-ready (an infinite or undefined number is None)."""
         i, v = self.interval, self.verdict
         return {"metric": self.metric, "baseline": self.baseline, "method": self.method,
                 "paper_effect": self.paper_effect, "differences": list(self.differences), "mean": i.mean,
-                "interval": [i.low, i.high], "interval_source": i.source,
-                "seed_interval": [self.by_seeds.low, self.by_seeds.high],
-                "image_interval": None if self.by_images is None else [self.by_images.low, self.by_images.high],
-                "post_hoc_power": None if math.isnan(self.power) else self.power, "detectable": i.detectable(),
+                "interval": _finite([i.low, i.high]), "interval_source": i.source,
+                "seed_interval": _finite([self.by_seeds.low, self.by_seeds.high]),
+                "image_interval": None if self.by_images is None else _finite([self.by_images.low,
+                                                                                 self.by_images.high]),
+                "post_hoc_power": _finite(self.power), "detectable": _finite(i.detectable()),
                 "gates": [{"name": g.name, "subject": g.subject, "rule": g.rule, "measured": g.measured,
                            "status": g.status} for g in self.gates],
                 "direction": None if v is None else v.direction, "size": None if v is None else v.size or None,
                 "verdict": self.verdict_text}
+
+
+def _finite(value):
+    """``value`` (a number or a list of numbers) with every infinite or NaN number as None."""
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value if math.isfinite(value) else None
 
 
 def compare(metric: str, baseline: str, method: str, paper_effect: float | None, baseline_values: dict[int, float],
@@ -300,7 +310,7 @@ def compare(metric: str, baseline: str, method: str, paper_effect: float | None,
             by_images = crossed_bootstrap_interval(a, b)
     all_gates = list(gates)
     if bounds is not None:
-        all_gates.append(saturation_gate(metric, float(np.mean([baseline_values[s] for s in seeds])),
+        all_gates.append(saturation_gate(f"{metric}, {method} − {baseline}", float(np.mean([baseline_values[s] for s in seeds])),
                                          float(np.mean([method_values[s] for s in seeds])), bounds, paper_effect,
                                          saturation_tolerance))
     return Comparison(metric, baseline, method, paper_effect, diffs, seed_interval(diffs), by_images, tuple(all_gates))

@@ -177,7 +177,8 @@ def test_a_failed_or_unmeasured_gate_withholds_the_verdict_and_names_itself():
     base, meth = {0: 4.0, 1: 5.0, 2: 3.0}, {0: 8.0, 1: 9.0, 2: 10.0}
     for gate in (masked, floor, idle, unknown):
         c = compare("PGD-100", "AT", "TLA", 2.9, base, meth, gates=[gate])
-        assert c.verdict is None and c.verdict_text == f"no verdict: {gate.label} {gate.status.lower()}"
+        status = "not measured" if gate.passed is None else "failed"
+        assert c.verdict is None and c.verdict_text == f"no verdict: {gate.label} {status}"
         assert c.to_dict()["direction"] is None
     ok = masking_gate("AT", 35.0, 37.0, 3.0)
     c = compare("PGD-100", "AT", "TLA", 2.9, base, meth, gates=[ok])

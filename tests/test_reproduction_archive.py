@@ -6,6 +6,7 @@ refuse to mix the archived measurements with a model trained differently.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -117,3 +118,62 @@ def test_chunks_cover_the_examples_once_in_order(n, chunk):
     assert all(b - a == min(chunk, n - a) for _, a, b in parts)
     assert parts[0][0] == f"eot_pgd n={min(chunk, n)}"
     assert len({key for key, _, _ in parts}) == len(parts)
+
+
+@pytest.fixture
+def document(monkeypatch):
+    monkeypatch.setattr(protocol.Document, "runs", set())
+    monkeypatch.setattr(protocol.Document, "smoke", False)
+    monkeypatch.setattr(protocol, "LEFT_OUT", [])
+    return protocol.Document
+
+
+def test_a_report_from_less_than_the_committed_document_is_refused_and_keeps_it(tmp_path, archive, document,
+                                                                               monkeypatch):
+    path = tmp_path / "doc.md"
+    document.runs = {"at_seed0", "tla_seed0"}
+    protocol.write_document(path, "# A document\n\nbody")
+    committed = path.read_text()
+    assert protocol.committed_runs(path) == {"at_seed0", "tla_seed0"}
+    monkeypatch.setattr(protocol.Measurements, "report_only", True)
+    document.runs = {"at_seed0"}  # a fresh clone without tla_seed0's archive
+    with pytest.raises(protocol.ReportRefused, match=r"refusing to overwrite .*doc\.md from less than it holds; "
+                                                     r"missing: tla_seed0 \("):
+        protocol.write_document(path, "# A document\n\nemptier")
+    assert path.read_text() == committed
+    document.runs = {"at_seed0", "tla_seed0"}
+    protocol.write_document(path, "# A document\n\nbody")  # the same runs: rendered again, unchanged
+    assert path.read_text() == committed
+
+
+def test_a_quick_document_is_titled_a_smoke_run_and_carries_no_verdict(tmp_path, archive, document):
+    document.smoke = True
+    results = {"AT": {0: {"acc": np.array([1, 0, 1, 0])}, 1: {"acc": np.array([1, 0, 0, 0])}},
+               "TLA": {0: {"acc": np.array([1, 1, 1, 0])}, 1: {"acc": np.array([1, 1, 1, 1])}}}
+    c = protocol.compare_arms("accuracy", "AT", "TLA", 2.9, results, "acc")
+    assert c.verdict is None and c.verdict_text == "no verdict: full protocol (this document) failed"
+    path = tmp_path / "doc.md"
+    protocol.write_document(path, "# TLA vs AT\n\nbody", [c])
+    assert path.read_text().startswith("# TLA vs AT — SMOKE RUN (--quick)\n\n**A smoke run")
+    summary = json.loads(path.with_suffix(".json").read_text())
+    assert summary["smoke"] and summary["comparisons"][0]["direction"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["l2p", "critic"])
+def test_a_committed_document_regenerates_unchanged_from_its_archive(tmp_path, name):
+    """A fresh checkout has no runs/: ``--report-only`` renders the committed document from the archive alone."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    docs = root / "docs" / "results" / "reproduction"
+    shutil.copytree(docs / f"{name}_runs", tmp_path / f"{name}_runs")
+    out = tmp_path / f"{name}.md"
+    spec = importlib.util.spec_from_file_location(f"reproduce_{name}", root / "benchmarks" / "reproduce" / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--report-only", "--out", str(out)]) == 0
+
+    def body(text):  # the command line names this test's --out: everything else must match
+        return [line for line in text.splitlines() if "benchmarks/reproduce/" not in line]
+    assert body(out.read_text()) == body((docs / f"{name}.md").read_text())

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -167,7 +166,7 @@ The discriminator's accuracy on the first test images per epoch (mean ± std ove
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    root, started = begin(args, "a3t")
+    root = begin(args, "a3t")
     todo = sum(finished_epochs(arm.run_dir(root / f"eps{e}", s)) < args.epochs
                for e in args.eps for s in seeds_for(e, args) for arm in ARMS)
     total = sum(len(seeds_for(e, args)) * len(ARMS) for e in args.eps)
@@ -204,8 +203,8 @@ def main(argv=None) -> int:
                         for eps, comps in verdicts)
     text = f"""# A3T vs AT — paired reproduction of Table 1 (Erraqabi et al. 2018)
 
-Command (repository root; {machine_line()}; this invocation {(time.perf_counter() - started) / 60:.1f} min
-wall-clock, finished runs and measurements reused from `{args.runs}`):
+Command (repository root; {machine_line()}; finished runs and measurements are reused from
+`{args.runs}` and the archive):
 
     {command}
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -118,7 +117,7 @@ def measure_final(run_dir: Path, args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    root, started = begin(args, "at2l")
+    root = begin(args, "at2l")
     sweep = [Arm(f"AT²L, α = {a:g}", MAIN, (f"defense.margin={a}",), f"at2l_margin{a:g}") for a in args.margins]
     runs = [(arm, s) for arm in ARMS for s in args.seeds] + [(arm, args.seeds[0]) for arm in sweep]
     todo = sum(finished_epochs(arm.run_dir(root, s)) < args.rounds for arm, s in runs)
@@ -182,8 +181,8 @@ def main(argv=None) -> int:
                           f"{c.interval.high:+.1f}]; the paper {c.paper_effect:+.2f})" for c in comparisons)
     text = f"""# AT²L vs AT — paired reproduction of Table 7's FGSM row (Li et al.) at CPU scale
 
-Command (repository root; {machine_line()}; this invocation {(time.perf_counter() - started) / 60:.1f} min
-wall-clock, finished runs and measurements reused from `{args.runs}`):
+Command (repository root; {machine_line()}; finished runs and measurements are reused from
+`{args.runs}` and the archive):
 
     {command}
 

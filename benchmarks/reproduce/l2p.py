@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from protocol import (  # noqa: E402
     LEFT_OUT, ROOT, Archive, Arm, Measurements, arm_table, begin, chunked_outcomes, chunks, command_line, compare_arms,
-    comparison_table, epoch_table, finished_epochs, history, load, machine_line, mean_std, plan, skip_missing,
-    standard_key, standard_outcomes, train, verdict_lines, write_document)
+    comparison_table, epoch_table, finished_epochs, gates_section, headline, history, load, machine_line,
+    matched_attack_gate, mean_std, plan, skip_missing, standard_key, standard_outcomes, train, verdict_lines,
+    write_document)
+from robustlab.paired import Gate, floor_gate, masking_gate, mechanism_gate  # noqa: E402
 from robustlab.attacks import build_attack  # noqa: E402
 from robustlab.checkpoint import find_latest_checkpoint  # noqa: E402
 from robustlab.models.noise import noise_modules  # noqa: E402
@@ -51,6 +52,28 @@ ARMS = [Arm("PGD-AT", "configs/l2p/cpu/pgd_at.toml"), Arm("PNI", "configs/l2p/cp
 ROBUST_METRICS = {"suite": "rand / standard suite", "eot_pgd": "EOT-PGD", "worst": "worst of the two, per example"}
 # L2P − baseline in the paper (Table 1; the fixed-noise arm is compared with L2P-R's effect, the closest control)
 PAPER = {"PGD-AT": 51.13 - 39.1, "PNI": 53.34 - 48.65, "L2P-R": 51.13 - 50.23, "fixed noise": 51.13 - 50.23}
+# gate thresholds, fixed before the runs are read
+FLOOR = 40.0  # PGD-AT's standard-suite accuracy at ε 0.1: at least half its ~80% clean accuracy, or the recipe is broken
+MAX_GAP = 10.0  # EOT-PGD may not beat the suite by more: the suite falling far below PGD is the masking signature
+THETA_APART = 0.05  # L2P's final θ must differ from L2P-R's by ≥ 5% (relative) in some layer, or nothing was learned
+
+
+def theta_gate(l2p_dirs: list[Path], control_dirs: list[Path], control: str) -> Gate:
+    """(c) Learning moved θ: L2P's final per-layer mean θ differs from the control's (same seed) by ≥ 5% in some
+    layer, on every seed."""
+    cells, passed = [], True
+    for a, b in zip(l2p_dirs, control_dirs):
+        ha, hb = history(a), history(b)
+        if not ha or not hb:
+            return mechanism_gate("L2P", "θ learned: differs from the control's", "not logged", None)
+        layers = sorted(k for k in ha[-1] if k.startswith("theta_") and k.endswith("_mean") and k.count("_") == 2)
+        apart = max((abs(ha[-1][k] - hb[-1][k]) / max(abs(hb[-1][k]), 1e-12) for k in layers if k in hb[-1]),
+                    default=float("nan"))
+        passed = passed and apart >= THETA_APART
+        cells.append(f"seed {a.name.rsplit('seed', 1)[-1]}: {100 * apart:.1f}%")
+    return mechanism_gate("L2P", f"θ learned: in some layer its final mean θ differs from {control}'s by ≥ "
+                          f"{100 * THETA_APART:g}% (relative), every seed", "largest layer difference " +
+                          ", ".join(cells), passed)
 
 
 def parse_args(argv=None):
@@ -179,7 +202,7 @@ not learned."""
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    root, started = begin(args, "l2p")
+    root = begin(args, "l2p")
     dirs = [d for s in args.seeds for d in [a.run_dir(root, s) for a in ARMS]
             + ([root / f"fixed_noise_seed{s}"] if args.fixed_noise else [])]
     to_measure = [d for d in dirs if not Archive.has(d, needs(args))]
@@ -215,11 +238,28 @@ def main(argv=None) -> int:
     measured = sorted(set.intersection(*(set(by_seed) for by_seed in results.values())))
     rows = {label: {s: {k: 100 * float(np.mean(v)) for k, v in r.items() if k != "failed_checks"}
                     for s, r in by_seed.items()} for label, by_seed in results.items()}
+    arm_gates = {}
+    for label, by_seed in rows.items():
+        if by_seed:
+            arm_gates[label] = [masking_gate(label, float(np.mean([r["suite"] for r in by_seed.values()])),
+                                             float(np.mean([r["eot_pgd"] for r in by_seed.values()])), MAX_GAP)]
+    if rows["PGD-AT"]:
+        arm_gates["PGD-AT"].append(floor_gate("PGD-AT", float(np.mean([r["suite"] for r in rows["PGD-AT"].values()])),
+                                              FLOOR, "standard-suite accuracy", "half of a ~80% clean accuracy"))
+    l2p_dirs = [run_dirs["L2P"][s] for s in measured if s in run_dirs["L2P"]]
+    pair_gates = {base: [matched_attack_gate(base, [run_dirs[base][s] for s in measured if s in run_dirs[base]],
+                                             "L2P", l2p_dirs)] for base in labels if base != "L2P"}
+    for control in ("L2P-R", "fixed noise"):
+        if control in pair_gates:
+            pair_gates[control].append(theta_gate(l2p_dirs, [run_dirs[control][s] for s in measured
+                                                             if s in run_dirs[control]], control))
     comparisons = [c for base in labels if base != "L2P"
                    for key, name in (("worst", "robust accuracy, worst of suite and EOT-PGD"),
                                      ("suite", "robust accuracy, rand/standard suite"),
                                      ("eot_pgd", f"EOT-PGD ({args.eot_samples} draws × 20 steps)"))
-                   if (c := compare_arms(name, base, "L2P", PAPER[base], results, key)) is not None]
+                   if (c := compare_arms(name, base, "L2P", PAPER[base], results, key,
+                                         gates=[*arm_gates.get(base, []), *arm_gates.get("L2P", []),
+                                                *pair_gates.get(base, [])])) is not None]
     failed = sorted({c for by_seed in results.values() for r in by_seed.values() for c in r["failed_checks"]})
     points = ["| arm | seed | clean | " + " | ".join(ROBUST_METRICS.values()) + " |", "|---" * 6 + "|"]
     for label, by_seed in rows.items():
@@ -268,13 +308,10 @@ def main(argv=None) -> int:
         l2p=mean_std([100 * r["test_acc"] for r in final["L2P"]]),
         spread=f"{max(spreads, default=float('nan')):.4f}")
     command = command_line("l2p.py", argv)
-    headline = "\n".join(f"- {c.metric}, L2P − {c.baseline}: **{c.verdict_text}** ({c.interval.mean:+.1f}, CI "
-                         f"[{c.interval.low:+.1f}, {c.interval.high:+.1f}]; the paper {c.paper_effect:+.2f})"
-                         for c in comparisons)
     text = f"""# Learn2Perturb vs PGD-AT, PNI and L2P-R — paired reproduction at CPU scale
 
-Command (repository root; {machine_line()}; this invocation {(time.perf_counter() - started) / 60:.1f} min
-wall-clock, finished runs and measurements reused from `{args.runs}`):
+Command (repository root; {machine_line()}; finished runs and measurements are reused from
+`{args.runs}` and the archive):
 
     {command}
 
@@ -290,9 +327,18 @@ PGD-AT); EOT-PGD with {args.eot_samples} draws per gradient × 20 steps (step 2.
 attacker picks the stronger attack per example): the headline, since neither attack alone is the worst case for
 every arm (see the table).
 
-**Verdicts:**
+## Validity gates
 
-{headline}
+{gates_section(comparisons)}
+
+The thresholds were fixed before the runs were read: PGD-AT's floor {FLOOR:g}% under the standard suite (half of
+its ~80% clean accuracy; below it the baseline recipe is broken), EOT-PGD at most {MAX_GAP:g} points above the suite
+(more is the masking signature), L2P's θ ≥ {100 * THETA_APART:g}% away from the control's in some layer (less: θ was
+not learned, and L2P − L2P-R cannot show what learning it does).
+
+## Verdicts
+
+{headline(comparisons)}
 
 ## Accuracy (%), mean ± std over seeds
 
@@ -338,7 +384,7 @@ beside this page: the same command in a fresh checkout reports them and only tra
 
 {chr(10).join(f"- {item}" for item in LEFT_OUT) or "Nothing: every run and measurement above is done."}
 """
-    write_document(ROOT / args.out, text)
+    write_document(ROOT / args.out, text, comparisons)
     return 0
 
 

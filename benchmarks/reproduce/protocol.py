@@ -40,7 +40,7 @@ from robustlab.checkpoint import (  # noqa: E402
     MANIFEST_FILE, MODEL_FILE, atomic_write_text, find_latest_checkpoint, load_checkpoint)
 from robustlab.config import parse_config  # noqa: E402
 from robustlab.evaluation.outcome import attack_outcome  # noqa: E402
-from robustlab.paired import Comparison, compare, comparison_table  # noqa: E402
+from robustlab.paired import Comparison, Gate, compare, comparison_table, gates_table  # noqa: E402
 from robustlab.runs import load_run_data, load_trained_model  # noqa: E402
 
 MEASUREMENTS_FILE = "reproduce.json"
@@ -91,7 +91,8 @@ class Archive:
                                f"new run from scratch")
         config = json.loads((run_dir / "config.json").read_text())
         config["run"].pop("out_dir", None)  # this machine's path: the archive is named after the run instead
-        cls.update(run_dir, config=config, history=history(run_dir), weights_sha256=weights)
+        machine = cls.read(run_dir).get("machine") or this_machine()
+        cls.update(run_dir, config=config, history=history(run_dir), weights_sha256=weights, machine=machine)
 
 
 class WeightsNotHere:
@@ -123,15 +124,17 @@ class Arm:
         return root / f"{self.slug or self.label.lower()}_seed{seed}"
 
 
-def begin(args, name: str) -> tuple[Path, float]:
+def begin(args, name: str) -> Path:
     """Common start of a reproduction: one torch thread, ``--report-only``, the ``--quick`` locations under
-    ``runs/``, the archive beside the document; returns (the runs root, the start time)."""
+    ``runs/``, the archive beside the document; returns the runs root."""
     torch.set_num_threads(1)
     Measurements.report_only = bool(getattr(args, "report_only", False))
+    Document.smoke, Document.runs = bool(getattr(args, "quick", False)), set()
+    LEFT_OUT.clear()
     if getattr(args, "quick", False):
         args.runs, args.out = args.runs + "_quick", str(Path(args.runs + "_quick") / f"{name}.md")
     Archive.folder = ROOT / Path(args.out).parent / f"{Path(args.out).stem}_runs"
-    return ROOT / args.runs, time.perf_counter()
+    return ROOT / args.runs
 
 
 def finished_epochs(run_dir: Path) -> int:
@@ -183,6 +186,7 @@ class Measurements:
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
+        Document.runs.add(Path(run_dir).name)
         self.path = None if Archive.folder is not None else run_dir / MEASUREMENTS_FILE
         self.data: dict[str, dict] = self.stored()
 
@@ -296,18 +300,57 @@ def skip_missing():
         print(f"[report-only] left out: {exc}", flush=True)
 
 
-def compare_arms(metric: str, baseline: str, method: str, paper_effect: float, results: dict, key: str, *,
-                 scale: float = 100.0, bounds: tuple[float, float] | None = (0.0, 100.0)) -> Comparison | None:
+def compare_arms(metric: str, baseline: str, method: str, paper_effect: float | None, results: dict, key: str, *,
+                 scale: float = 100.0, bounds: tuple[float, float] | None = (0.0, 100.0),
+                 gates: Sequence[Gate] = ()) -> Comparison | None:
     """:func:`robustlab.paired.compare` of ``results[arm][seed][key]`` (per-example outcomes, or one number per run)
-    × ``scale``, over the seeds both arms have measured; None when they share none (a report written early)."""
+    × ``scale``, over the seeds both arms have measured, with the experiment's ``gates`` (a ``--quick`` smoke run
+    adds a failing "full protocol" gate: it gives no verdict); None when the arms share no seed."""
     a = {s: r[key] for s, r in results.get(baseline, {}).items() if key in r}
     b = {s: r[key] for s, r in results.get(method, {}).items() if key in r}
     if not set(a) & set(b):
         return None
+    if Document.smoke:
+        gates = [*gates, Gate("full protocol", "this document", "the script's own settings (not --quick)",
+                              "--quick smoke run: few seeds, epochs and images", False)]
     return compare(metric, baseline, method, paper_effect, {s: scale * float(np.mean(v)) for s, v in a.items()},
                    {s: scale * float(np.mean(v)) for s, v in b.items()},
                    baseline_outcomes={s: v for s, v in a.items() if np.ndim(v)} or None,
-                   method_outcomes={s: v for s, v in b.items() if np.ndim(v)} or None, scale=scale, bounds=bounds)
+                   method_outcomes={s: v for s, v in b.items() if np.ndim(v)} or None, scale=scale, bounds=bounds,
+                   gates=tuple(gates))
+
+
+def training_attack(run_dir: Path) -> tuple[str, float, int, float] | None:
+    """(name, ε, steps, step size) of the training attack a run used, from its archived config (the stored config
+    upgraded as a resume reads it, so a default step size it kept is counted); None for a run without one."""
+    from robustlab.defenses import build_defense
+    from robustlab.experiment import config_from_dict, upgrade_stored_config
+
+    raw = Archive.read(run_dir).get("config")
+    if raw is None:
+        return None
+    defense = config_from_dict(upgrade_stored_config(raw)).defense
+    options = build_defense(defense["name"], {k: v for k, v in defense.items() if k != "name"}).options
+    table = getattr(options, "attack", None)
+    if table is None:
+        return None
+    extra = table.options()
+    steps = int(extra.get("steps", 1))
+    return table.name, float(table.eps), steps, float(extra.get("step_size") or 2.5 * table.eps / steps)
+
+
+def matched_attack_gate(baseline: str, baseline_dirs: Sequence[Path], method: str,
+                        method_dirs: Sequence[Path]) -> Gate:
+    """Both arms trained against the same attack (name, ε, steps, step size): otherwise the comparison measures
+    the attacks' difference as much as the methods'."""
+    def describe(dirs):
+        found = {training_attack(d) for d in dirs}
+        return found, "; ".join("–" if a is None else f"{a[0]}-{a[2]} ε {a[1]:g} step {a[3]:.4g}" for a in found)
+    a, a_text = describe(baseline_dirs)
+    b, b_text = describe(method_dirs)
+    known = None not in a | b and len(a) == len(b) == 1
+    return Gate("matched training attack", f"{method} vs {baseline}", "the same training attack in both arms",
+                f"{baseline}: {a_text}; {method}: {b_text}", (a == b) if known else None)
 
 
 def load(run_dir: Path, epoch: int | None = None):
@@ -333,18 +376,41 @@ def arm_table(rows: dict[str, dict[int, dict[str, float]]], columns: list[tuple[
 
 
 def verdict_lines(comparisons: list[Comparison], digits: int = 1, unit: str = "points") -> str:
-    """One plain sentence per claim."""
+    """One plain sentence per claim: the verdict on both axes (or the gate that withheld it) and its numbers."""
     out = []
     for c in comparisons:
         i = c.interval
         span = ("no interval (one seed)" if not np.isfinite(i.width)
                 else f"95% CI [{i.low:+.{digits}f}, {i.high:+.{digits}f}]")
-        power = "–" if np.isnan(c.power) else f"{100 * c.power:.0f}%"
         measured = f"{i.mean:+.{digits}f}" + (f" {unit}" if unit else "")
+        if c.paper_effect is None:
+            against = "an ablation (the paper has no such arm)"
+        else:
+            power = "–" if np.isnan(c.power) else f"{100 * c.power:.0f}%"
+            against = (f"the paper's {c.paper_effect:+.{max(digits, 2)}f}; post-hoc power to see it {power}, "
+                       f"smallest effect detectable with 80% power ±{i.detectable():.{digits}f}")
         out.append(f"- **{c.metric}, {c.method} − {c.baseline}: {c.verdict_text}.** Measured {measured} ({span}, "
-                   f"{i.source}) against the paper's {c.paper_effect:+.{max(digits, 2)}f}; power to see the paper's "
-                   f"effect {power}, smallest effect detectable with 80% power ±{i.detectable():.{digits}f}.")
+                   f"{i.source}) against {against}.")
     return "\n".join(out)
+
+
+def headline(comparisons: list[Comparison], digits: int = 1) -> str:
+    """The document's opening verdicts: one line per claim, both axes or the gate that withheld the verdict."""
+    def line(c: Comparison) -> str:
+        i = c.interval
+        span = "one seed" if not np.isfinite(i.width) else f"CI [{i.low:+.{digits}f}, {i.high:+.{digits}f}]"
+        paper = "ablation" if c.paper_effect is None else f"the paper {c.paper_effect:+.{max(digits, 2)}f}"
+        return f"- {c.metric}, {c.method} − {c.baseline}: **{c.verdict_text}** ({i.mean:+.{digits}f}, {span}; {paper})"
+    return "\n".join(line(c) for c in comparisons)
+
+
+def gates_section(comparisons: list[Comparison]) -> str:
+    """The validity gates of every comparison (each once), failures first; what a failed gate means."""
+    gates = [g for c in comparisons for g in c.gates]
+    if not gates:
+        return "No gate applies to these comparisons."
+    return ("A comparison gets a verdict only when every gate on it passed; a failed or unmeasured gate gives "
+            "\"no verdict\" and names itself.\n\n" + gates_table(gates))
 
 
 def command_line(script: str, argv: list[str] | None) -> str:
@@ -353,9 +419,18 @@ def command_line(script: str, argv: list[str] | None) -> str:
     return f"nice -n 10 .venv/bin/python benchmarks/reproduce/{script}" + (" " + shlex.join(args) if args else "")
 
 
-def machine_line() -> str:
+def this_machine() -> str:
     return (f"{platform.machine()}, {os.cpu_count()} cores (shared), Python {platform.python_version()}, "
             f"torch {torch.__version__}, {torch.get_num_threads()} torch thread")
+
+
+def machine_line() -> str:
+    """Where the document's runs were trained (as their archives record it), so that a report rendered elsewhere
+    is the same document."""
+    if Archive.folder is None:
+        return this_machine()
+    found = sorted({Archive.read(Archive.folder / name).get("machine") or "not recorded" for name in Document.runs})
+    return "runs trained on " + ("; ".join(found) if found else "–")
 
 
 def plan(label: str, todo_train: int, total_train: int, train_s: float, todo_eval: int, eval_s: float) -> None:
@@ -366,13 +441,58 @@ def plan(label: str, todo_train: int, total_train: int, train_s: float, todo_eva
           flush=True)
 
 
-def write_document(path: Path, text: str) -> None:
+class Document:
+    """What the document being written rests on: ``runs`` (every run whose measurements it read) and ``smoke``
+    (``--quick``: titled as a smoke run, no verdicts)."""
+
+    runs: set[str] = set()
+    smoke = False
+
+
+RUNS_MARK = "<!-- runs: "
+
+
+class ReportRefused(SystemExit):
+    """A ``--report-only`` document from less than the committed one holds: refused, the committed one kept."""
+
+
+def committed_runs(path: Path) -> set[str] | None:
+    """The runs a committed document names in its closing marker (None: no document, or one without a marker)."""
+    if not path.is_file():
+        return None
+    line = next((ln for ln in path.read_text().splitlines() if ln.startswith(RUNS_MARK)), None)
+    return None if line is None else set(line[len(RUNS_MARK):].removesuffix(" -->").split())
+
+
+def write_document(path: Path, text: str, comparisons: Sequence[Comparison] = ()) -> None:
+    """Write the document (and ``<stem>.json``: its verdicts and gates, which the README's claims table reads).
+
+    A ``--report-only`` document never destroys a result: when it would hold fewer runs than the committed one, or
+    when anything was left out and a document is already there, it is refused with one line naming what is missing.
+    A ``--quick`` document is titled as a smoke run (its comparisons carry no verdict)."""
+    before = committed_runs(path)
+    if Measurements.report_only and path.is_file():
+        missing = sorted(before - Document.runs) if before is not None else []
+        if missing or LEFT_OUT:
+            what = ", ".join(missing or sorted({m.split(":")[0] for m in LEFT_OUT}))
+            raise ReportRefused(f"refusing to overwrite {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}"
+                                f" from less than it holds; missing: {what} (train and measure them, or restore "
+                                f"their archive)")
+    if Document.smoke:
+        title, _, rest = text.partition("\n")
+        text = (f"{title} — SMOKE RUN (--quick)\n\n**A smoke run of the script (few seeds, epochs and images): it "
+                f"checks the pipeline, not the paper. No verdicts.**\n{rest}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.rstrip() + "\n")
+    marker = f"{RUNS_MARK}{' '.join(sorted(Document.runs))} -->"
+    path.write_text(text.rstrip() + "\n\n" + marker + "\n")
+    summary = {"document": path.name, "smoke": Document.smoke, "runs": sorted(Document.runs),
+               "comparisons": [c.to_dict() for c in comparisons]}
+    path.with_suffix(".json").write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
     print(f"wrote {path}", flush=True)
 
 
-__all__ = ["LEFT_OUT", "Archive", "Arm", "Measurements", "Missing", "WeightsNotHere", "arm_table", "attack_correct",
-           "begin", "chunked_outcomes", "chunks", "command_line", "compare_arms", "comparison_table", "epoch_table",
-           "finished_epochs", "history", "load", "machine_line", "mean_std", "plan", "skip_missing", "standard_correct",
-           "standard_key", "standard_outcomes", "train", "verdict_lines", "write_document"]
+__all__ = ["LEFT_OUT", "Archive", "Arm", "Document", "Measurements", "Missing", "ReportRefused", "WeightsNotHere",
+           "arm_table", "attack_correct", "begin", "chunked_outcomes", "chunks", "command_line", "compare_arms",
+           "comparison_table", "epoch_table", "finished_epochs", "gates_section", "headline", "history", "load",
+           "machine_line", "matched_attack_gate", "mean_std", "plan", "skip_missing", "standard_correct", "standard_key", "standard_outcomes",
+           "train", "training_attack", "verdict_lines", "write_document"]
