@@ -177,3 +177,13 @@ def test_a_committed_document_regenerates_unchanged_from_its_archive(tmp_path, n
     def body(text):  # the command line names this test's --out: everything else must match
         return [line for line in text.splitlines() if "benchmarks/reproduce/" not in line]
     assert body(out.read_text()) == body((docs / f"{name}.md").read_text())
+
+
+def test_the_readme_claims_table_is_the_one_the_documents_give():
+    import claims
+
+    text = claims.README.read_text()
+    assert claims.readme_with_table(text) == text, "run benchmarks/reproduce/claims.py"
+    for name, *_ in claims.CLAIMS:  # a document without a verdict file is listed as withdrawn, and says so itself
+        if not (claims.DOCS / f"{name}.json").is_file():
+            assert "Withdrawn" in (claims.DOCS / f"{name}.md").read_text().split("\n", 4)[2]
