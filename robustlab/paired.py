@@ -189,12 +189,13 @@ class Gate:
         return f"{self.name} ({self.subject})"
 
 
-def masking_gate(arm: str, suite_accuracy: float, pgd_accuracy: float, max_gap: float) -> Gate:
+def masking_gate(arm: str, suite_accuracy: float, pgd_accuracy: float, max_gap: float, *,
+                 attack: str = "strong PGD") -> Gate:
     """(a) An arm is not masked: its accuracy under the strong suite is not more than ``max_gap`` points below its
-    accuracy under a strong PGD (a masked model holds against gradients and falls to the rest of the suite)."""
+    accuracy under ``attack`` (a masked model holds against gradients and falls to the rest of the suite)."""
     gap = pgd_accuracy - suite_accuracy
-    return Gate("not masked", arm, f"strong PGD − suite ≤ {max_gap:g} points",
-                f"PGD {pgd_accuracy:.1f}, suite {suite_accuracy:.1f} (gap {gap:+.1f})", gap <= max_gap)
+    return Gate("not masked", arm, f"{attack} − suite ≤ {max_gap:g} points",
+                f"{attack} {pgd_accuracy:.1f}, suite {suite_accuracy:.1f} (gap {gap:+.1f})", gap <= max_gap)
 
 
 def floor_gate(arm: str, value: float, floor: float, metric: str, why: str) -> Gate:

@@ -6,12 +6,14 @@ The paper (Erraqabi et al. 2018, Table 1, full MNIST, 10 runs): AT 98.89 / 94.45
 * arms (``configs/a3t/``): **AT** = α ½, β 0 (the discriminator only observes), **A3T** = α ½, β 1; the paper's MLP
   784-512-256-128-10 on MNIST-5k (4,000 training images), Adam 1e-3, batch 128, 30 epochs, FGSM training examples
   at the training ε; the same seed gives both arms the same initialisation and data order;
-* training ε 0.1 with seeds 0–9 (the paper's run count) and ε 0.25 with seeds 0–4;
+* training ε 0.25 (the paper's setup) first, then 0.1 (its caption), seeds 0–9 (the paper's run count) each;
 * per run, on all 1,000 test images: clean, FGSM at ε 0.1 and 0.25, PGD-40 (step 0.01, random start) at ε 0.1 and
-  0.25, and the ``standard`` suite (AutoAttack-strength) at the training ε on the first ``--standard-subset``;
+  0.25, and the ``standard`` suite (AutoAttack-strength) at the paper's test ε 0.1 on the first
+  ``--standard-subset``;
   the discriminator's accuracy on clean and adversarial test features per epoch (from the runs' logs);
 * the claim checked: A3T − AT in accuracy points, paired by seed, 95% interval over seeds and over seeds × images,
-  verdict against the paper's +1.65 (:mod:`robustlab.paired`).
+  verdict against the paper's +1.65 (:mod:`robustlab.paired`), behind the validity gates: neither arm masked (PGD-40
+  not far above the suite; FGSM accuracy falling with ε), AT above a floor, A3T's discriminator above chance.
 
     nice -n 10 .venv/bin/python benchmarks/reproduce/a3t.py              # writes docs/results/reproduction/a3t.md
     .venv/bin/python benchmarks/reproduce/a3t.py --quick                   # smoke run into runs/reproduce_a3t_quick
@@ -31,20 +33,26 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from protocol import (  # noqa: E402
-    ROOT, begin, Arm, arm_table, attack_correct, command_line, compare_arms, comparison_table, finished_epochs, load,
-    machine_line, mean_std, Measurements, plan, skip_missing, standard_outcomes, train, verdict_lines,
-    write_document)
+    ROOT, begin, Arm, arm_table, attack_correct, command_line, compare_arms, comparison_table, finished_epochs,
+    gates_section, headline, load, machine_line, mean_std, Measurements, plan, skip_missing, standard_outcomes, train,
+    verdict_lines, write_document)
+from robustlab.paired import Gate, floor_gate, masking_gate, mechanism_gate  # noqa: E402
 from robustlab.attacks import build_attack  # noqa: E402
 
 ARMS = [Arm("AT", "configs/a3t/at.toml"), Arm("A3T", "configs/a3t/a3t.toml")]
 PAPER_EFFECT = 96.10 - 94.45   # FGSM ε 0.1 accuracy, A3T − AT (Table 1)
 PAPER_CLEAN = 98.72 - 98.89
 D_KEYS = ("feature_discriminator_val_d_acc_clean", "feature_discriminator_val_d_acc_adv")
+TEST_EPS = 0.1  # the paper's test ε: the standard suite runs there for both training ε
+# gate thresholds, fixed before the runs are read
+FLOOR = 10.0  # AT's standard-suite accuracy at ε 0.1: above a collapsed model's 0–2% (the withdrawn runs at 0.25)
+MAX_GAP = 15.0  # PGD-40 at ε 0.1 may not beat the suite by more (points, same images): more is masking
+D_ABOVE = 0.6  # A3T's discriminator accuracy on adversarial test features after the last epoch (0.5 is chance)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.25], help="training ε values")
+    p.add_argument("--eps", type=float, nargs="+", default=[0.25, 0.1], help="training ε values")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="seeds for every training ε (default: 0-9 at ε 0.1, 0-4 at ε 0.25)")
     p.add_argument("--epochs", type=int, default=30)
@@ -62,7 +70,7 @@ def parse_args(argv=None):
 
 
 def seeds_for(eps: float, args) -> list[int]:
-    return args.seeds if args.seeds is not None else list(range(10 if eps <= 0.1 else 5))
+    return args.seeds if args.seeds is not None else list(range(10))
 
 
 def measure(run_dir: Path, train_eps: float, args) -> dict[str, object]:
@@ -79,7 +87,7 @@ def measure(run_dir: Path, train_eps: float, args) -> dict[str, object]:
             model, x, y, build_attack("pgd", eps, steps=40, step_size=0.01, random_start=True)))
     if not args.no_standard:
         with skip_missing():
-            out["standard"], out["standard_checks"] = standard_outcomes(m, model, x, y, train_eps, run_dir,
+            out["standard"], out["standard_checks"] = standard_outcomes(m, model, x, y, TEST_EPS, run_dir,
                                                                         args.standard_subset)
     return out
 
@@ -90,8 +98,32 @@ def discriminator_history(run_dir: Path) -> list[tuple[float, float]]:
 
 
 COLUMNS = [("clean", "clean"), ("fgsm0.1", "FGSM ε 0.1"), ("fgsm0.25", "FGSM ε 0.25"), ("pgd0.1", "PGD-40 ε 0.1"),
-           ("pgd0.25", "PGD-40 ε 0.25"), ("standard", "standard suite ε_train"), ("d_clean", "D clean (last)"),
+           ("pgd0.25", "PGD-40 ε 0.25"), ("standard", "standard suite ε 0.1"), ("d_clean", "D clean (last)"),
            ("d_adv", "D adv (last)")]
+
+
+def arm_gates(results: dict, histories: dict) -> dict[str, list[Gate]]:
+    """The gates of one training ε: "all" for every comparison (masking, AT's floor, the discriminator engaged),
+    "fgsm" for the FGSM comparisons (FGSM accuracy must fall as ε grows; above: label leaking masks it)."""
+    out: dict[str, list[Gate]] = {"all": [], "fgsm": []}
+    for label, by_seed in results.items():
+        if not by_seed or not all("standard" in r for r in by_seed.values()):
+            continue
+        suite = 100 * float(np.mean([np.mean(r["standard"]) for r in by_seed.values()]))
+        pgd = 100 * float(np.mean([np.mean(r["pgd0.1"][:len(r["standard"])]) for r in by_seed.values()]))
+        out["all"].append(masking_gate(label, suite, pgd, MAX_GAP, attack="PGD-40"))
+        if label == "AT":
+            out["all"].append(floor_gate(label, suite, FLOOR, f"standard-suite accuracy at ε {TEST_EPS}",
+                                         "a collapsed model holds 0–2%"))
+        small, large = (100 * float(np.mean([np.mean(r[k]) for r in by_seed.values()])) for k in ("fgsm0.1", "fgsm0.25"))
+        out["fgsm"].append(Gate("FGSM not masked", label, "FGSM accuracy at ε 0.25 ≤ at ε 0.1 (else label leaking)",
+                                f"ε 0.1: {small:.1f}, ε 0.25: {large:.1f}", large <= small))
+    last = [h[-1][1] for h in histories.get("A3T", {}).values() if h]
+    out["all"].append(mechanism_gate("A3T", f"the discriminator's accuracy on adversarial test features after the last "
+                                     f"epoch ≥ {D_ABOVE:g} on every seed (0.5 is chance)",
+                                     ", ".join(f"{a:.2f}" for a in last) or "not logged",
+                                     all(a >= D_ABOVE for a in last) if last else None))
+    return out
 
 
 def section(eps: float, results: dict, histories: dict, args) -> tuple[str, list]:
@@ -108,9 +140,12 @@ def section(eps: float, results: dict, histories: dict, args) -> tuple[str, list
     if eps > 0.1:
         claims += [("fgsm0.25", "FGSM ε 0.25 accuracy", PAPER_EFFECT),
                    ("pgd0.25", "PGD-40 ε 0.25 accuracy", PAPER_EFFECT)]
-    claims.append(("standard", f"standard-suite accuracy at ε {eps}", PAPER_EFFECT))
+    claims.append(("standard", f"standard-suite accuracy at ε {TEST_EPS}", PAPER_EFFECT))
+    gates = arm_gates(results, histories)
     comparisons = [c for key, name, effect in claims
-                   if (c := compare_arms(name, "AT", "A3T", effect, results, key)) is not None]
+                   if (c := compare_arms(f"{name}, training ε {eps}", "AT", "A3T", effect, results, key,
+                                         gates=gates["all"] + (gates["fgsm"] if key.startswith("fgsm") else [])))
+                   is not None]
     mean = {label: {k: float(np.mean([r[k] for r in by_seed.values() if k in r] or [np.nan])) for k, _ in COLUMNS}
             for label, by_seed in rows.items()}
     leak = ""
@@ -142,6 +177,10 @@ Accuracy (%) on the first {args.test_subset} MNIST-5k test images (standard suit
 clean / FGSM test features after the last epoch (for AT it trains but only observes).
 
 {arm_table(rows, COLUMNS)}
+
+Validity gates at training ε {eps}:
+
+{gates_section(comparisons)}
 
 Paired differences A3T − AT (accuracy points; the paper's effect is its FGSM ε 0.1 gain, +1.65, used as the
 reference size for the other attacks too):
@@ -194,13 +233,9 @@ def main(argv=None) -> int:
         sections.append(text)
         verdicts.append((eps, comparisons))
     command = command_line("a3t.py", argv)
-    def headline(c) -> str:
-        return (f"{c.metric}: **{c.verdict_text}** ({c.interval.mean:+.1f}, CI [{c.interval.low:+.1f}, "
-                f"{c.interval.high:+.1f}])")
-
-    summary = "\n".join(f"- training ε {eps}: " + "; ".join(headline(c) for c in comps[:1] + [
-        c for c in comps if c.metric.startswith("standard")])
-                        for eps, comps in verdicts)
+    summary = "\n\n".join(f"Training ε {eps}:\n\n" + headline(comps[:1] + [c for c in comps
+                                                                          if c.metric.startswith("standard")])
+                          for eps, comps in verdicts)
     text = f"""# A3T vs AT — paired reproduction of Table 1 (Erraqabi et al. 2018)
 
 Command (repository root; {machine_line()}; finished runs and measurements are reused from
@@ -214,10 +249,13 @@ training ε against the pre-update model; then one discriminator step (256 → 1
 second hidden layer), then one classifier step. **AT** = `configs/a3t/at.toml` (α ½, β 0), **A3T** =
 `configs/a3t/a3t.toml` (α ½, β 1), with `defense.attack.eps` set to the training ε. The same `run.seed` gives both arms the
 same initialisation and data order. PGD-40: step 0.01, one random start. The standard suite: APGD-CE, APGD-T
-(9 targets), FAB-T, Square 5,000 queries, 100 iterations each, at the training ε, each attack on the examples still
-robust. Intervals: `robustlab.paired` (t over seeds; paired bootstrap over seeds × test images, 4,000 resamples).
+(9 targets), FAB-T, Square 5,000 queries, 100 iterations each, at the paper's test ε {TEST_EPS}, each attack on the
+examples still robust. Intervals: `robustlab.paired` (t over seeds; crossed bootstrap over seeds × test images).
+Gate thresholds, fixed before the runs: AT's floor {FLOOR:g}% under the suite at ε {TEST_EPS} (a collapsed model holds
+0–2%), PGD-40 at most {MAX_GAP:g} points above the suite on the same images, A3T's discriminator ≥ {D_ABOVE:g} on
+adversarial features, FGSM accuracy falling as ε grows. Each section below opens its tables with its gates.
 
-**Verdicts** (the paper's metric and the standard suite):
+**Verdicts** (the paper's metric and the standard suite; "no verdict" names the gate that failed):
 
 {summary}
 
@@ -231,7 +269,7 @@ Absolute accuracies are lower than the paper's (4,000 training images instead of
 
 Earlier, unpaired tables with 3 seeds (`docs/results/a3t.md`) are superseded by this document.
 """
-    write_document(ROOT / args.out, text)
+    write_document(ROOT / args.out, text, [c for _, comps in verdicts for c in comps])
     return 0
 
 

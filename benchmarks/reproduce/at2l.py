@@ -4,7 +4,8 @@ The paper (Li et al., Table 7, MNIST, trained over models A–D with FGSM exampl
 rounds AT 42.0 → AT²L 34.8 (−7.2 points); C&W error AT 86.8 → AT²L 88.6 (+1.8). Here:
 
 * f = LeNet-5 (stand-in for model A) on MNIST-5k, pretrained on clean data to convergence (the first epoch with
-  ≥ ``--pretrain-target`` clean test accuracy, at most 20 epochs; ``configs/at2l/cpu/pretrain_lenet5.toml``); the
+  ≥ ``--pretrain-target`` accuracy on a validation split — the last 500 of the 4,000 training images, held out of
+  pretraining; never the test set —, at most 20 epochs; ``configs/at2l/cpu/pretrain_lenet5.toml``); the
   frozen ensemble members B, C, D pretrained 5 epochs each (``pretrain_model_{b,c,d}.toml``, shared by all seeds);
 * arms (``configs/at2l/cpu/known_fgsm.toml``, both started from the same pretrained f of their seed): **AT** =
   eq. (1) (λ2 = 0: the same rounds and examples, the triplets only measured), **AT²L** = eq. (2) (λ2 = 1, α 1, L∞ on
@@ -13,7 +14,9 @@ rounds AT 42.0 → AT²L 34.8 (−7.2 points); C&W error AT 86.8 → AT²L 88.6 
 * per round, on the 1,000 test images: clean and FGSM ε 0.3 error (white-box on f, the paper's known test); after
   round 10: C&W-L2 with the paper's settings (1,000 iterations × 9 binary-search steps, c₀ 1e-3, lr 5e-3) on the
   first ``--cw-subset``, and the ``standard`` suite at ε 0.3 on the first 500;
-* diagnostics: the share of active triplets per round (both arms), and a margin sweep α ∈ {0.1, 0.3, 1, 3} on seed 0.
+* diagnostics: the share of active triplets per round (both arms), and a margin sweep α ∈ {0.1, 0.3, 1, 3} on seed 0;
+* validity gates before any verdict: neither arm masked (its FGSM accuracy not far above its standard-suite
+  accuracy), the metric not at its bound in both arms, AT²L's triplet hinge active on ≥ 5% of the triplets.
 
     nice -n 10 .venv/bin/python benchmarks/reproduce/at2l.py            # writes docs/results/reproduction/at2l.md
     .venv/bin/python benchmarks/reproduce/at2l.py --quick                 # smoke run into runs/reproduce_at2l_quick
@@ -32,9 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from protocol import (  # noqa: E402
     ROOT, begin, Arm, arm_table, attack_correct, command_line, compare_arms, comparison_table, epoch_table,
-    finished_epochs, history, load, machine_line, mean_std, Measurements, plan, skip_missing, standard_outcomes,
-    train, verdict_lines, write_document)
+    finished_epochs, gates_section, headline, history, load, machine_line, mean_std, Measurements, plan, skip_missing,
+    standard_outcomes, train, verdict_lines, write_document)
 from robustlab.attacks import build_attack  # noqa: E402
+from robustlab.data import load_dataset  # noqa: E402
+from robustlab.paired import Gate, masking_gate, mechanism_gate  # noqa: E402
 
 EPS = 0.3
 MAIN = "configs/at2l/cpu/known_fgsm.toml"
@@ -42,13 +47,18 @@ ARMS = [Arm("AT", MAIN, ("defense.lam2=0.0",), "at"), Arm("AT²L", MAIN, (), "at
 ENSEMBLE = {m: f"configs/at2l/cpu/pretrain_model_{m}.toml" for m in ("b", "c", "d")}
 PAPER_FGSM = 34.8 - 42.0  # error points, AT²L(10) − AT(10)
 PAPER_CW = 88.6 - 86.8
+VALIDATION = 500  # the last training images of MNIST-5k, held out of pretraining: its stopping rule reads them
+# gate thresholds, fixed before the runs are read
+MAX_GAP = 15.0  # FGSM accuracy may not exceed the standard suite's by more (points, same images): more is masking
+ACTIVE = 0.05  # AT²L's share of triplets with a positive hinge in the last round (below: the term is idle)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--pretrain-target", type=float, default=0.98, help="clean test accuracy that ends pretraining")
+    p.add_argument("--pretrain-target", type=float, default=0.98,
+                   help="validation accuracy (held-out training images, not the test set) that ends pretraining")
     p.add_argument("--pretrain-max", type=int, default=20)
     p.add_argument("--ensemble-epochs", type=int, default=5)
     p.add_argument("--test-subset", type=int, default=1000)
@@ -70,19 +80,43 @@ def parse_args(argv=None):
 
 
 def pretrain(seed: int, root: Path, args) -> tuple[Path, int, float]:
-    """Clean pretraining of f, epoch by epoch, until the target accuracy: (checkpoint, epoch, accuracy)."""
-    arm = Arm("pretrain f", "configs/at2l/cpu/pretrain_lenet5.toml", (), "pretrain_lenet5")
+    """Clean pretraining of f on all but the last :data:`VALIDATION` training images, epoch by epoch, until its
+    accuracy on those held-out images reaches the target: (checkpoint, epoch, validation accuracy)."""
+    arm = Arm("pretrain f", "configs/at2l/cpu/pretrain_lenet5.toml", (), "pretrain_lenet5_val")
     run_dir = arm.run_dir(root, seed)
+    full = load_dataset("mnist5k")
+    n_train = len(full.train_x) - VALIDATION
+    x_val, y_val = full.train_x[n_train:], full.train_y[n_train:]
+    accuracy: dict[int, float] = {}
     for epoch in range(1, args.pretrain_max + 1):
-        log = {r["epoch"]: r["test_acc"] for r in history(run_dir)}
-        if epoch not in log:
+        if epoch not in {r["epoch"] for r in history(run_dir)}:
             train(arm, seed, root, epochs=epoch, extra=(f"run.keep_checkpoints={args.pretrain_max}",
-                                                        f"data.test_subset={args.test_subset}"), log=lambda _: None)
-            log = {r["epoch"]: r["test_acc"] for r in history(run_dir)}
-        if log[epoch] >= args.pretrain_target:
-            return run_dir / "checkpoints" / f"epoch-{epoch:04d}", epoch, log[epoch]
-    best = max(log, key=log.get)
-    return run_dir / "checkpoints" / f"epoch-{best:04d}", best, log[best]
+                                                        f"data.train_subset={n_train}"), log=lambda _: None)
+        model, _ = load(run_dir, epoch=epoch)
+        accuracy[epoch] = float(Measurements(run_dir).get(
+            f"epoch {epoch} validation (training images {n_train}-{len(full.train_x)})",
+            lambda: attack_correct(model, x_val, y_val)).mean())
+        if accuracy[epoch] >= args.pretrain_target:
+            return run_dir / "checkpoints" / f"epoch-{epoch:04d}", epoch, accuracy[epoch]
+    best = max(accuracy, key=accuracy.get)
+    return run_dir / "checkpoints" / f"epoch-{best:04d}", best, accuracy[best]
+
+
+def at2l_gates(results: dict, dirs: dict, rounds: int) -> list[Gate]:
+    """Masking per arm (FGSM vs the standard suite after the last round) and AT²L's triplet hinge engaged."""
+    gates = []
+    for label in ("AT", "AT²L"):
+        by_seed = [r for r in results[label].values() if "standard" in r]
+        if by_seed:
+            suite = 100 - 100 * float(np.mean([np.mean(r["standard"]) for r in by_seed]))
+            fgsm = 100 - 100 * float(np.mean([np.mean(r[f"fgsm{rounds}"][:len(r["standard"])]) for r in by_seed]))
+            gates.append(masking_gate(label, suite, fgsm, MAX_GAP, attack="FGSM"))
+    last = [history(d)[-1].get("train_triplet_active") for d in dirs["AT²L"] if history(d)]
+    last = [a for a in last if a is not None]
+    gates.append(mechanism_gate("AT²L", f"the share of triplets with a positive hinge in the last round ≥ {ACTIVE:g} "
+                                f"on every seed", ", ".join(f"{a:.3f}" for a in last) or "not logged",
+                                all(a >= ACTIVE for a in last) if last else None))
+    return gates
 
 
 def measure(run_dir: Path, args) -> dict:
@@ -152,8 +186,9 @@ def main(argv=None) -> int:
               ("fgsm_late", f"FGSM ε 0.3 error, mean of rounds {late}", PAPER_FGSM),
               ("cw", f"C&W error, round {R} ({args.cw_subset} images)", PAPER_CW),
               ("standard", f"standard-suite error ε 0.3, round {R}", PAPER_FGSM)]
+    gates = at2l_gates(results, {arm.label: [arm.run_dir(root, s) for s in args.seeds] for arm in ARMS}, R)
     comparisons = [c for key, name, effect in claims
-                   if (c := compare_arms(name, "AT", "AT²L", effect, results, key)) is not None]
+                   if (c := compare_arms(name, "AT", "AT²L", effect, results, key, gates=gates)) is not None]
     failed = sorted({c for label in ("AT", "AT²L") for r in results[label].values()
                      for c in r.get("standard_checks", [])})
     columns = [("clean1", "clean (1)"), ("fgsm1", "FGSM (1)"), (f"clean{R}", f"clean ({R})"),
@@ -177,8 +212,6 @@ def main(argv=None) -> int:
                             "this machine; rerun the command to add it (finished measurements are reused).")
     else:
         comparisons_note = ""
-    key_lines = "\n".join(f"- {c.metric}: **{c.verdict_text}** ({c.interval.mean:+.1f}, CI [{c.interval.low:+.1f}, "
-                          f"{c.interval.high:+.1f}]; the paper {c.paper_effect:+.2f})" for c in comparisons)
     text = f"""# AT²L vs AT — paired reproduction of Table 7's FGSM row (Li et al.) at CPU scale
 
 Command (repository root; {machine_line()}; finished runs and measurements are reused from
@@ -187,8 +220,9 @@ Command (repository root; {machine_line()}; finished runs and measurements are r
     {command}
 
 Setting: Algorithm 2 with the FGSM attack, known setting. f = LeNet-5 (a CPU stand-in for model A) on MNIST-5k
-(4,000 real MNIST training images), pretrained on clean data until ≥ {100 * args.pretrain_target:.0f}% clean test
-accuracy, else its best of {args.pretrain_max} epochs ({pre}); M = {{f, B, C, D}} with B, C, D of Table 6 pretrained {args.ensemble_epochs} epochs each and
+(4,000 real MNIST training images), pretrained on clean data (the first {4000 - VALIDATION}) until ≥
+{100 * args.pretrain_target:.0f}% accuracy on the held-out last {VALIDATION} training images (never the test set), else
+its best of {args.pretrain_max} epochs ({pre}); M = {{f, B, C, D}} with B, C, D of Table 6 pretrained {args.ensemble_epochs} epochs each and
 frozen. Both arms start from the same pretrained f of their seed (`configs/at2l/cpu/known_fgsm.toml`; **AT** with
 `defense.lam2=0`): {R} rounds, each rebuilding the FGSM ε 0.3 example of every training image against a model of M
 drawn for it, then one pass of eq. (1) or (2) (k = 32, λ1 0.3, λ2 1, α 1, L∞ on the logits, negative from the
@@ -198,9 +232,16 @@ the paper's settings ({args.cw_iter} iterations × {args.cw_steps} binary-search
 unbounded attack: its error is its success rate) on the first {args.cw_subset}, and the standard suite
 (AutoAttack-strength) at ε 0.3 on the first {args.standard_subset}.
 
-**Verdicts** (AT²L − AT, error points; negative = AT²L better):
+## Validity gates
 
-{key_lines}
+{gates_section(comparisons)}
+
+Thresholds fixed before the runs: FGSM accuracy at most {MAX_GAP:g} points above the standard suite's (more: the
+FGSM comparison measures degrees of masking), AT²L's active-triplet share ≥ {ACTIVE:g} in the last round.
+
+## Verdicts (AT²L − AT, error points; negative = AT²L better)
+
+{headline(comparisons)}
 
 {comparisons_note}
 
@@ -238,7 +279,7 @@ triplets without training on them; the α rows are the margin sweep on seed {arg
 
 Earlier tables (`docs/results/at2l.md`: single model, 1 pretraining epoch, 5 rounds, 3 seeds) are superseded.
 """
-    write_document(ROOT / args.out, text)
+    write_document(ROOT / args.out, text, comparisons)
     return 0
 
 

@@ -28,7 +28,9 @@ CLAIMS = [
              "(−7.2)", (), 1),
     ("tla", "TLA (Mao et al. 2019): +2.92 / +1.86 points over AT / ALP under PGD; misclassification-detection AUC "
             "+3.69", ("standard-suite accuracy", "PGD-100 accuracy", "detection AUC (centroid distance)"), 1),
-    ("a3t", "A3T (Erraqabi et al. 2018, Table 1): +1.65 points over AT under FGSM ε 0.1", (), 1),
+    ("a3t", "A3T (Erraqabi et al. 2018, Table 1): +1.65 points over AT under FGSM ε 0.1",
+     ("FGSM ε 0.1 accuracy (the paper's metric), training ε 0.25", "standard-suite accuracy at ε 0.1, training ε 0.25"),
+     1),
     ("critic", "Adversary critic (Matyasko & Chau 2018, Table 1a): larger ρ_adv than AT, VAT and margin",
      ("ρ DeepFool", "ρ critic attack"), 3),
     ("l2p", "Learn2Perturb (Jeddi et al. 2020, Table 1): learned noise beats PGD-AT (+12.0), PNI (+4.7) and L2P-R, "

@@ -166,7 +166,7 @@ def main(argv=None) -> int:
         if r and all("standard" in v and "pgd100" in v for v in r.values()):
             suite = 100 * float(np.mean([np.mean(v["standard"]) for v in r.values()]))
             pgd = 100 * float(np.mean([np.mean(v["pgd100"][:len(v["standard"])]) for v in r.values()]))
-            arm_gates[arm.label] = [masking_gate(arm.label, suite, pgd, MAX_GAP)]
+            arm_gates[arm.label] = [masking_gate(arm.label, suite, pgd, MAX_GAP, attack="PGD-100")]
             if arm.label != "TLA":
                 arm_gates[arm.label].append(floor_gate(arm.label, suite, FLOOR, "standard-suite accuracy",
                                                        "the zoo's PGD-AT LeNet-5 holds 39.7%"))
