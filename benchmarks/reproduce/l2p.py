@@ -58,20 +58,27 @@ MAX_GAP = 10.0  # EOT-PGD may not beat the suite by more: the suite falling far 
 THETA_APART = 0.05  # L2P's final θ must differ from L2P-R's by ≥ 5% (relative) in some layer, or nothing was learned
 
 
-def theta_gate(l2p_dirs: list[Path], control_dirs: list[Path], control: str) -> Gate:
+def gamma_arms(gamma: float) -> tuple[Arm, Arm]:
+    """L2P and L2P-R with the regulariser's weight γ (their own run directories)."""
+    return (Arm(f"L2P, γ {gamma:g}", "configs/l2p/cpu/l2p.toml", (f"defense.gamma={gamma}",), f"l2p_gamma{gamma:g}"),
+            Arm(f"L2P-R, γ {gamma:g}", "configs/l2p/cpu/l2p_r.toml", (f"defense.gamma={gamma}",),
+                f"l2p-r_gamma{gamma:g}"))
+
+
+def theta_gate(l2p_dirs: list[Path], control_dirs: list[Path], control: str, subject: str = "L2P") -> Gate:
     """(c) Learning moved θ: L2P's final per-layer mean θ differs from the control's (same seed) by ≥ 5% in some
     layer, on every seed."""
     cells, passed = [], True
     for a, b in zip(l2p_dirs, control_dirs):
         ha, hb = history(a), history(b)
         if not ha or not hb:
-            return mechanism_gate("L2P", "θ learned: differs from the control's", "not logged", None)
+            return mechanism_gate(subject, "θ learned: differs from the control's", "not logged", None)
         layers = sorted(k for k in ha[-1] if k.startswith("theta_") and k.endswith("_mean") and k.count("_") == 2)
         apart = max((abs(ha[-1][k] - hb[-1][k]) / max(abs(hb[-1][k]), 1e-12) for k in layers if k in hb[-1]),
                     default=float("nan"))
         passed = passed and apart >= THETA_APART
         cells.append(f"seed {a.name.rsplit('seed', 1)[-1]}: {100 * apart:.1f}%")
-    return mechanism_gate("L2P", f"θ learned: in some layer its final mean θ differs from {control}'s by ≥ "
+    return mechanism_gate(subject, f"θ learned: in some layer its final mean θ differs from {control}'s by ≥ "
                           f"{100 * THETA_APART:g}% (relative), every seed", "largest layer difference " +
                           ", ".join(cells), passed)
 
@@ -84,6 +91,9 @@ def parse_args(argv=None):
     p.add_argument("--test-subset", type=int, default=500)
     p.add_argument("--eot-samples", type=int, default=80)
     p.add_argument("--no-eot-check", action="store_true")
+    p.add_argument("--gammas", type=float, nargs="+", default=[],
+                   help="also L2P and L2P-R with these γ (the configs: 0.01, 100× the paper's 1e-4), compared with "
+                        "each other")
     p.add_argument("--fixed-noise", action="store_true",
                    help="also the fixed-noise arm (θ frozen at L2P's final mean)")
     p.add_argument("--runs", default="runs/reproduce_l2p")
@@ -212,7 +222,9 @@ def main(argv=None) -> int:
     # (standard suite) 460 s
     plan("l2p", len(to_train), len(dirs), 45.0 * args.epochs * args.train_subset / 10000, len(to_measure),
          3.4 * args.test_subset)
-    labels = [a.label for a in ARMS] + (["fixed noise"] if args.fixed_noise else [])
+    gammas = [gamma_arms(g) for g in args.gammas]
+    base_labels = [a.label for a in ARMS] + (["fixed noise"] if args.fixed_noise else [])
+    labels = base_labels + [a.label for pair in gammas for a in pair]
     results: dict[str, dict[int, dict]] = {label: {} for label in labels}
     run_dirs: dict[str, dict[int, Path]] = {label: {} for label in labels}
 
@@ -227,6 +239,10 @@ def main(argv=None) -> int:
         for arm in ARMS:
             with skip_missing():
                 train_and_measure(arm, seed, arm is L2P and seed == args.seeds[0] and not args.no_eot_check)
+        for pair in gammas:
+            for arm in pair:
+                with skip_missing():
+                    train_and_measure(arm, seed)
         if args.fixed_noise and seed in run_dirs["L2P"]:
             with skip_missing():
                 theta = history(L2P.run_dir(root, seed))[-1]["theta_mean"]
@@ -248,18 +264,27 @@ def main(argv=None) -> int:
                                               FLOOR, "standard-suite accuracy", "half of a ~80% clean accuracy"))
     l2p_dirs = [run_dirs["L2P"][s] for s in measured if s in run_dirs["L2P"]]
     pair_gates = {base: [matched_attack_gate(base, [run_dirs[base][s] for s in measured if s in run_dirs[base]],
-                                             "L2P", l2p_dirs)] for base in labels if base != "L2P"}
+                                             "L2P", l2p_dirs)] for base in base_labels if base != "L2P"}
     for control in ("L2P-R", "fixed noise"):
         if control in pair_gates:
             pair_gates[control].append(theta_gate(l2p_dirs, [run_dirs[control][s] for s in measured
                                                              if s in run_dirs[control]], control))
-    comparisons = [c for base in labels if base != "L2P"
-                   for key, name in (("worst", "robust accuracy, worst of suite and EOT-PGD"),
-                                     ("suite", "robust accuracy, rand/standard suite"),
-                                     ("eot_pgd", f"EOT-PGD ({args.eot_samples} draws × 20 steps)"))
+    metrics = (("worst", "robust accuracy, worst of suite and EOT-PGD"),
+               ("suite", "robust accuracy, rand/standard suite"),
+               ("eot_pgd", f"EOT-PGD ({args.eot_samples} draws × 20 steps)"))
+    comparisons = [c for base in base_labels if base != "L2P" for key, name in metrics
                    if (c := compare_arms(name, base, "L2P", PAPER[base], results, key,
                                          gates=[*arm_gates.get(base, []), *arm_gates.get("L2P", []),
                                                 *pair_gates.get(base, [])])) is not None]
+    for method, control in gammas:  # learned vs not learned at another γ: the θ gate decides whether it can tell
+        m_dirs = [run_dirs[method.label][s] for s in measured if s in run_dirs[method.label]]
+        c_dirs = [run_dirs[control.label][s] for s in measured if s in run_dirs[control.label]]
+        gates = [*arm_gates.get(control.label, []), *arm_gates.get(method.label, []),
+                 matched_attack_gate(control.label, c_dirs, method.label, m_dirs),
+                 theta_gate(m_dirs, c_dirs, control.label, method.label)]
+        comparisons += [c for key, name in metrics
+                        if (c := compare_arms(name, control.label, method.label, PAPER["L2P-R"], results, key,
+                                              gates=gates)) is not None]
     failed = sorted({c for by_seed in results.values() for r in by_seed.values() for c in r["failed_checks"]})
     points = ["| arm | seed | clean | " + " | ".join(ROBUST_METRICS.values()) + " |", "|---" * 6 + "|"]
     for label, by_seed in rows.items():
@@ -307,6 +332,9 @@ def main(argv=None) -> int:
         pgd_at=mean_std([100 * r["test_acc"] for r in final["PGD-AT"]]),
         l2p=mean_std([100 * r["test_acc"] for r in final["L2P"]]),
         spread=f"{max(spreads, default=float('nan')):.4f}")
+    theta_final = ["| arm | final mean θ, mean ± std over seeds |", "|---|---|"] + [
+        f"| {label} | {mean_std([r['theta_mean'] for r in final[label]], 3)} |" for label in labels
+        if final[label] and all("theta_mean" in r for r in final[label])]
     command = command_line("l2p.py", argv)
     text = f"""# Learn2Perturb vs PGD-AT, PNI and L2P-R — paired reproduction at CPU scale
 
@@ -374,6 +402,10 @@ The paper's effects: L2P − PGD-AT +12.03 (ResNet-V1(20) PGD), L2P − PNI +4.6
 ## θ per layer over epochs (L2P, mean ± std over seeds of each layer's mean and spread)
 
 {theta}
+
+The final mean θ of every arm with learned-noise modules (the θ gate compares them layer by layer):
+
+{chr(10).join(theta_final)}
 
 Earlier tables (`docs/results/l2p.md`: 1,000 training images, 3 seeds, 200 test images) are superseded.
 
