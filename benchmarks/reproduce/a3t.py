@@ -36,7 +36,7 @@ from protocol import (  # noqa: E402
     ROOT, begin, Arm, arm_table, attack_correct, command_line, compare_arms, comparison_table, finished_epochs,
     gates_section, headline, load, machine_line, mean_std, Measurements, plan, skip_missing, standard_outcomes, train,
     verdict_lines, write_document)
-from robustlab.paired import Gate, floor_gate, masking_gate, mechanism_gate  # noqa: E402
+from robustlab.paired import Gate, design_power, floor_gate, masking_gate, mechanism_gate, seeds_for_power  # noqa: E402
 from robustlab.attacks import build_attack  # noqa: E402
 
 ARMS = [Arm("AT", "configs/a3t/at.toml"), Arm("A3T", "configs/a3t/a3t.toml")]
@@ -48,6 +48,9 @@ TEST_EPS = 0.1  # the paper's test ε: the standard suite runs there for both tr
 FLOOR = 10.0  # AT's standard-suite accuracy at ε 0.1: above a collapsed model's 0–2% (the withdrawn runs at 0.25)
 MAX_GAP = 15.0  # PGD-40 at ε 0.1 may not beat the suite by more (points, same images): more is masking
 D_ABOVE = 0.6  # A3T's discriminator accuracy on adversarial test features after the last epoch (0.5 is chance)
+# the design: per-seed SD of the A3T − AT difference in the withdrawn runs (their 95% intervals / t): FGSM ε 0.1 at
+# training ε 0.25 (5 seeds, [−11.5, +7.2]) and the standard suite at ε 0.1 at training ε 0.1 (10 seeds, [−6.5, −2.7])
+PILOT = {"FGSM ε 0.1": 7.5, "standard suite ε 0.1": 2.7}
 
 
 def parse_args(argv=None):
@@ -233,6 +236,10 @@ def main(argv=None) -> int:
         sections.append(text)
         verdicts.append((eps, comparisons))
     command = command_line("a3t.py", argv)
+    n = len(seeds_for(args.eps[0], args))
+    design = "; ".join(f"{metric}: per-seed SD {sd:g} points, {100 * design_power(PAPER_EFFECT, sd, n):.0f}% with {n} "
+                       f"seeds (80% needs {seeds_for_power(PAPER_EFFECT, sd) or 'more than 50'})"
+                       for metric, sd in PILOT.items())
     summary = "\n\n".join(f"Training ε {eps}:\n\n" + headline(comps[:1] + [c for c in comps
                                                                           if c.metric.startswith("standard")])
                           for eps, comps in verdicts)
@@ -254,6 +261,9 @@ examples still robust. Intervals: `robustlab.paired` (t over seeds; crossed boot
 Gate thresholds, fixed before the runs: AT's floor {FLOOR:g}% under the suite at ε {TEST_EPS} (a collapsed model holds
 0–2%), PGD-40 at most {MAX_GAP:g} points above the suite on the same images, A3T's discriminator ≥ {D_ABOVE:g} on
 adversarial features, FGSM accuracy falling as ε grows. Each section below opens its tables with its gates.
+
+Design (before the runs), the power to see the paper's +1.65 from the spread of the withdrawn runs: {design}. The
+test set's error adds to it.
 
 **Verdicts** (the paper's metric and the standard suite; "no verdict" names the gate that failed):
 

@@ -80,18 +80,18 @@ def parse_args(argv=None):
 
 
 def pretrain(seed: int, root: Path, args) -> tuple[Path, int, float]:
-    """Clean pretraining of f on all but the last :data:`VALIDATION` training images, epoch by epoch, until its
-    accuracy on those held-out images reaches the target: (checkpoint, epoch, validation accuracy)."""
+    """Clean pretraining of f on all but the last :data:`VALIDATION` training images for ``--pretrain-max`` epochs
+    (every checkpoint kept), then the first epoch whose accuracy on those held-out images reaches the target (else
+    the best): (checkpoint, epoch, validation accuracy)."""
     arm = Arm("pretrain f", "configs/at2l/cpu/pretrain_lenet5.toml", (), "pretrain_lenet5_val")
-    run_dir = arm.run_dir(root, seed)
     full = load_dataset("mnist5k")
     n_train = len(full.train_x) - VALIDATION
     x_val, y_val = full.train_x[n_train:], full.train_y[n_train:]
+    run_dir = train(arm, seed, root, epochs=args.pretrain_max, extra=(f"run.keep_checkpoints={args.pretrain_max}",
+                                                                      f"data.train_subset={n_train}"),
+                    log=lambda _: None)
     accuracy: dict[int, float] = {}
     for epoch in range(1, args.pretrain_max + 1):
-        if epoch not in {r["epoch"] for r in history(run_dir)}:
-            train(arm, seed, root, epochs=epoch, extra=(f"run.keep_checkpoints={args.pretrain_max}",
-                                                        f"data.train_subset={n_train}"), log=lambda _: None)
         model, _ = load(run_dir, epoch=epoch)
         accuracy[epoch] = float(Measurements(run_dir).get(
             f"epoch {epoch} validation (training images {n_train}-{len(full.train_x)})",
