@@ -97,8 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     demo.add_argument("--quick", action="store_true", help="a much shorter run, for smoke tests")
 
-    ls = sub.add_parser("list", help="list the registered models, datasets, defenses or attacks")
-    ls.add_argument("what", choices=["models", "datasets", "defenses", "attacks"])
+    ls = sub.add_parser("list", help="list the registered models, datasets, defenses and attacks, one line on each")
+    ls.add_argument("what", nargs="?", choices=["models", "datasets", "defenses", "attacks"],
+                    help="one kind only (default: all)")
     return parser
 
 
@@ -349,23 +350,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    if args.what == "models":
-        from robustlab.models import available_models as names
-    elif args.what == "datasets":
-        from robustlab.data import available_datasets as names
-    elif args.what == "defenses":
-        from robustlab.defenses import available_defenses as names
-    else:
-        from robustlab.attacks import available_attacks
-        from robustlab.evaluation.suites import available_suites, fast_row_names
+    """Each registered model, dataset, defense and attack with one line from its docstring; the suites."""
+    from robustlab.attacks.registry import ATTACKS
+    from robustlab.data.registry import DATASETS
+    from robustlab.defenses.base import DEFENSES
+    from robustlab.evaluation.suites import available_suites, fast_row_names
+    from robustlab.models.registry import MODELS
 
-        print("attacks (robustlab.attacks.build_attack; --suite quick --attacks):")
-        print("\n".join(f"  {name}" for name in available_attacks()))
-        print("rows of the fast suite (--suite fast --attacks):")
-        print("\n".join(f"  {name}" for name in fast_row_names()))
-        print(f"suites (--suite): {', '.join(available_suites())}")
-        return 0
-    print("\n".join(names()))
+    import robustlab.attacks  # noqa: F401  (each package registers its implementations on import)
+    import robustlab.defenses  # noqa: F401
+    import robustlab.models  # noqa: F401
+
+    kinds = {"models": (MODELS, "[model] name"), "datasets": (DATASETS, "[data] name, eval --dataset"),
+             "defenses": (DEFENSES, "[defense] name"),
+             "attacks": (ATTACKS, "robustlab.attacks.build_attack; eval --suite quick --attacks")}
+    for what in [args.what] if args.what else list(kinds):
+        registry, where = kinds[what]
+        width = max(map(len, registry.names()))
+        print(f"{what} ({where}):")
+        print("\n".join(f"  {name:<{width}}  {registry.summary(name)}" for name in registry.names()))
+        if what == "attacks":
+            print(f"rows of the fast suite (--suite fast --attacks): {', '.join(fast_row_names())}")
+            print(f"suites (--suite): {', '.join(available_suites())}")
     return 0
 
 

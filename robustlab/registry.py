@@ -9,6 +9,7 @@ did-you-mean and the available names.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -51,6 +52,18 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._items)
+
+    def summary(self, name: str, width: int = 100) -> str:
+        """One line on the item, for ``robustlab list``: the first paragraph of its docstring, markup dropped, cut
+        at ``width``. A (class, options) pair, as defenses register, alone in its module: the module's docstring
+        (which names the method and its paper)."""
+        item = self.get(name)
+        if isinstance(item, tuple):
+            module = inspect.getmodule(item[0])
+            alone = sum(isinstance(i, tuple) and inspect.getmodule(i[0]) is module for i in self._items.values()) == 1
+            item = module if alone and inspect.getdoc(module) else item[0]
+        line = " ".join((inspect.getdoc(item) or "").split("\n\n", 1)[0].split()).replace("``", "")
+        return line if len(line) <= width else line[:width - 1].rstrip() + "…"
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

