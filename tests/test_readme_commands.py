@@ -1,0 +1,77 @@
+"""Every command the README shows runs as written: each ``robustlab`` line parses against the CLI, names files
+that exist, and its config loads with its ``--set`` overrides; each script it names exists and accepts its flags.
+
+A line's ``[...]`` groups are optional flags (checked once with and once without them), ``a | b`` alternatives are
+each checked, and upper-case placeholders (RUN, NAME, CKPT) stand for the user's own values.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from robustlab.cli import build_parser
+from robustlab.experiment import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = re.compile(r"^(\$ )?(nice -n \d+ )?(\.venv/bin/)?(?P<cmd>(robustlab|python|make) .*)$")
+
+
+def readme_commands() -> list[str]:
+    """The command lines of the README's code blocks, comments dropped."""
+    lines, inside = [], False
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("```"):
+            inside = not inside
+            continue
+        match = PROMPT.match(line.strip()) if inside else None
+        if match:
+            lines.append(match["cmd"].split("  #", 1)[0].split(" # ", 1)[0].strip())
+    return lines
+
+
+def variants(command: str) -> list[list[str]]:
+    """The argument lists a line stands for: with and without its optional groups, each alternative."""
+    bare = re.sub(r"\s*\[[^\]]*\]", "", command)
+    full = re.sub(r"\[([^\]]*)\]", r"\1", command)
+    out = []
+    for text in dict.fromkeys([bare, full]):
+        words = shlex.split(text)
+        choices = [i for i, w in enumerate(words) if w == "|"]
+        if choices:  # "a | b | c": one variant per alternative
+            first, last = choices[0] - 1, choices[-1] + 1
+            for option in words[first:last + 1:2]:
+                out.append(words[:first] + [option] + words[last + 1:])
+        else:
+            out.append(words)
+    return [[w.split("|")[0] for w in words] for words in out]  # "--norm linf|l2": its first value
+
+
+COMMANDS = readme_commands()
+
+
+def test_the_readme_shows_commands_for_every_subcommand():
+    assert {c.split()[1] for c in COMMANDS if c.startswith("robustlab ")} == {"train", "eval", "demo", "list"}
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c.startswith("robustlab ")])
+def test_a_readme_robustlab_line_parses_and_its_config_loads(command):
+    for words in variants(command):
+        args = build_parser().parse_args(words[1:])  # argparse exits (SystemExit 2) on a bad flag
+        if args.command == "train":
+            assert (ROOT / args.config).is_file() or args.config == "bad.toml", f"{args.config} does not exist"
+            if args.config != "bad.toml":
+                load_config(ROOT / args.config, args.set)
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c.startswith(("python ", "make "))])
+def test_a_readme_script_or_make_target_exists(command):
+    words = shlex.split(command)
+    if words[0] == "make":
+        targets = re.findall(r"^([a-z-]+):", (ROOT / "Makefile").read_text(), flags=re.M)
+        assert words[1] in targets
+    else:
+        assert (ROOT / words[1]).is_file(), f"{words[1]} does not exist"
