@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import functools
 import math
-import tomllib
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI (a dependency there)
+    import tomli as tomllib
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
