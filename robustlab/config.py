@@ -99,6 +99,7 @@ class RunConfig(Options):
     compile: bool = False  # torch.compile the model for training (measured slower on this CPU: off by default)
     keep_checkpoints: int = Field(2, gt=0)
     progress: bool = True
+    tensorboard: bool = False  # also write the per-epoch log as TensorBoard scalars (<run dir>/tensorboard/)
     init_from: str = ""  # start from the weights of this checkpoint (fine-tuning); resume takes precedence
 
 
@@ -342,8 +343,8 @@ def _describe(value: Any) -> str:
 
 # What `--resume` may change: how long and how visibly a run goes on, where it lives, how it is evaluated. Any
 # other difference would continue another experiment under the same name.
-RESUME_MAY_CHANGE = ("run.epochs", "run.progress", "run.keep_checkpoints", "run.device", "run.out_dir", "run.name",
-                     "data.root", "data.download", "eval.")
+RESUME_MAY_CHANGE = ("run.epochs", "run.progress", "run.tensorboard", "run.keep_checkpoints", "run.device",
+                     "run.out_dir", "run.name", "data.root", "data.download", "eval.")
 
 
 def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:

@@ -37,6 +37,7 @@ from robustlab.evaluation import EvalSettings, evaluate
 from robustlab.evaluation.outcome import accuracy
 from robustlab.experiment import config_from_dict, upgrade_stored_config
 from robustlab.run_lock import RunLock
+from robustlab.scalars import ScalarLog
 from robustlab.runs import build_model_for, load_run_data
 from robustlab.schedule import STEPWISE, lr_factor
 from robustlab.strict_json import strict_dumps
@@ -278,6 +279,7 @@ class Trainer:
         self.log(f"training {cfg.model['name']} with {cfg.defense['name']} on {cfg.data.name} "
                  f"({len(self.dataset.train_x)} train / {len(self.dataset.test_x)} test) on {self.device}{procs} "
                  f"for {cfg.run.epochs} epochs -> {self.run_dir}")
+        scalars = ScalarLog(self.run_dir) if cfg.run.tensorboard and self.dist.is_main else None
         try:
             for epoch in range(self.start_epoch, cfg.run.epochs):
                 row = self.train_epoch(epoch)
@@ -285,9 +287,13 @@ class Trainer:
                 if self.dist.is_main:  # rank 0 alone writes metrics and checkpoints
                     self._write_history()
                     self._save(epoch + 1)
+                    if scalars is not None:
+                        scalars.epoch(row)
                 barrier(self.dist)
                 self.log(format_epoch(row))
         finally:
+            if scalars is not None:
+                scalars.close()
             if self.lock is not None:
                 self.lock.release()
         return TrainResult(self.run_dir, cfg.run.epochs, self.history)

@@ -45,6 +45,21 @@ def test_training_writes_metrics_and_checkpoints(tmp_path):
     assert state["epoch"] == 3 and config["defense"]["name"] == "pgd_at"
 
 
+def test_tensorboard_scalars_hold_every_number_of_the_epoch_log_and_a_resume_appends(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    Trainer(tiny_config(tmp_path / "run", run={"tensorboard": True, "epochs": 2}), log=lambda _: None).fit()
+    # a resume may switch the scalars on or off (how a run is watched, not what it trains)
+    Trainer(tiny_config(tmp_path / "run", run={"tensorboard": True}), resume=True, log=lambda _: None).fit()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    for key in ("train_loss", "train_acc", "test_acc", "lr", "test_pgd_0.1_acc"):
+        logged = {e.step: e.value for e in events.Scalars(key)}
+        expected = {r["epoch"]: r[key] for r in rows if key in r}
+        assert logged.keys() == expected.keys() and all(logged[s] == pytest.approx(v) for s, v in expected.items())
+    assert "epoch" not in events.Tags()["scalars"]
+
+
 def test_resume_after_interruption_reproduces_uninterrupted_weights(tmp_path, monkeypatch):
     full = Trainer(tiny_config(tmp_path / "full"), log=lambda _: None)
     full.fit()

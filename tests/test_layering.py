@@ -15,7 +15,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("errors", "registry", "rng", "passes", "distributed", "modes", "config", "predictions",
                     "strict_json")),
     ("components", ("data", "models", "attacks", "schedule", "retrieval")),
-    ("runs", ("checkpoint", "run_lock", "runs", "user_model")),
+    ("runs", ("checkpoint", "run_lock", "runs", "user_model", "scalars")),
     ("defenses", ("defenses",)),
     # The evaluation package sits beside the engine: the per-epoch robust accuracy calls its runner.
     ("training and evaluation", ("experiment", "evaluation", "engine")),
