@@ -1,5 +1,6 @@
-"""Every command the README shows runs as written: each ``robustlab`` line parses against the CLI, names files
-that exist, and its config loads with its ``--set`` overrides; each script it names exists and accepts its flags.
+"""Every command the README and the documentation pages show runs as written: each ``robustlab`` line parses
+against the CLI and its config loads with its ``--set`` overrides; each script or make target it names exists. The
+documentation site itself builds with MkDocs in strict mode (broken links and unresolved API references fail).
 
 A line's ``[...]`` groups are optional flags (checked once with and once without them), ``a | b`` alternatives are
 each checked, and upper-case placeholders (RUN, NAME, CKPT) stand for the user's own values.
@@ -20,10 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 PROMPT = re.compile(r"^(\$ )?(nice -n \d+ )?(\.venv/bin/)?(?P<cmd>(robustlab|python|make) .*)$")
 
 
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
 def readme_commands() -> list[str]:
-    """The command lines of the README's code blocks, comments dropped."""
+    """The command lines of the code blocks of the README and the documentation pages, comments dropped."""
     lines, inside = [], False
-    for line in (ROOT / "README.md").read_text().splitlines():
+    for line in (text for page in PAGES for text in page.read_text().splitlines()):
         if line.startswith("```"):
             inside = not inside
             continue
@@ -75,3 +79,15 @@ def test_a_readme_script_or_make_target_exists(command):
         assert words[1] in targets
     else:
         assert (ROOT / words[1]).is_file(), f"{words[1]} does not exist"
+
+
+def test_the_documentation_site_builds_in_strict_mode(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    home = (tmp_path / "site" / "index.html").read_text()
+    assert "Three examples" in home  # the README is the home page
+    assert "Robust accuracy of" in (tmp_path / "site" / "api" / "index.html").read_text()  # the API reference

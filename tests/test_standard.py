@@ -283,8 +283,10 @@ def test_the_readme_example_runs():
     block = readme.split("**Bring your own model.**", 1)[1].split("```python", 1)[1].split("```", 1)[0]
     namespace: dict = {}
     exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - the project's own documentation
-    result = namespace["result"]
+    result, data = namespace["result"], namespace["data"]
     assert 0 < result.robust_accuracy < result.clean and result.checks[0].status == "pass"
+    step = namespace["x_adv"] - data.test_x  # the one-attack line: PGD inside the ε-ball, and it fools some
+    assert step.abs().max() <= 0.1 + 1e-6 and 0 < step.abs().amax(dim=(1, 2, 3)).gt(0).float().mean()
 
 
 def test_channels_last_changes_the_speed_not_the_model_or_the_verdict(robust_digits_cnn, digits):
