@@ -94,7 +94,7 @@ def test_one_iteration_regulariser_step_then_loss_step_only_for_l2p(variant):
 def test_theta_never_falls_below_theta_min_and_weights_and_theta_have_separate_optimisers(tmp_path):
     defense = {"name": "l2p", "gamma": 0.0, "noise_lr": 50.0, "theta_min": 0.05, "noise_start_epoch": 0,
                "warmup_epochs": 1,
-               "attack": {"eps": 0.1, "steps": 2}}
+               "attack": {"eps": 0.1, "steps": 2, "step_size": 0.01}}
     trainer = Trainer(config_from_dict(raw_config(tmp_path, defense)), log=lambda _: None)
     thetas = {id(t) for t in theta_parameters(trainer.model)}
     assert thetas and not thetas & {id(p) for p in trainer.main_params}  # W optimiser: no θ
@@ -117,7 +117,7 @@ def test_theta_never_falls_below_theta_min_and_weights_and_theta_have_separate_o
 
 def test_warmups_noise_off_then_on_then_pgd_at(tmp_path):
     defense = {"name": "l2p", "noise_start_epoch": 1, "warmup_epochs": 2, "gamma": 0.01,
-               "attack": {"eps": 0.1, "steps": 2}}
+               "attack": {"eps": 0.1, "steps": 2, "step_size": 0.01}}
     history = Trainer(config_from_dict(raw_config(tmp_path, defense, epochs=3)), log=lambda _: None).fit().history
     first, second, third = history
     assert first["noise_on"] == 0 and first["theta_mean"] == pytest.approx(0.25)  # θ untouched without noise
@@ -177,7 +177,7 @@ def test_eot_averaging_reduces_gradient_variance():
 @pytest.mark.slow
 def test_pni_trains_logs_alpha_and_loads_back(tmp_path):
     model = {"name": "noisy", "base": "resnet_v1", "base_options": {"depth": 8, "width": 0.25}, "noise": "pni"}
-    defense = {"name": "pni", "warmup_epochs": 0, "attack": {"eps": 0.1, "steps": 2}}
+    defense = {"name": "pni", "warmup_epochs": 0, "attack": {"eps": 0.1, "steps": 2, "step_size": 0.01}}
     trainer = Trainer(config_from_dict(raw_config(tmp_path, defense, model=model, epochs=1)), log=lambda _: None)
     assert not {id(a) for a in alpha_parameters(trainer.model)} & {id(p) for p in trainer.main_params}
     row = trainer.fit().history[-1]
@@ -189,7 +189,7 @@ def test_pni_trains_logs_alpha_and_loads_back(tmp_path):
 @pytest.mark.slow
 def test_trained_l2p_model_loads_back_and_evaluates_through_the_cli(tmp_path, capsys):
     defense = {"name": "l2p", "noise_start_epoch": 0, "warmup_epochs": 0, "gamma": 0.01,
-               "attack": {"eps": 0.1, "steps": 2}}
+               "attack": {"eps": 0.1, "steps": 2, "step_size": 0.01}}
     trainer = Trainer(config_from_dict(raw_config(tmp_path, defense, epochs=1)), log=lambda _: None)
     trainer.fit()
     trained = theta_parameters(trainer.model)

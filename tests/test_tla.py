@@ -330,7 +330,8 @@ def test_alp_and_tla_short_runs_and_init_from(tmp_path):
     row = alp.fit().final
     assert np.isfinite(row["train_pairing"]) and row["train_pairing"] >= 0
     # run.init_from: a fine-tuning run starts from the ALP weights
-    config = tiny_config(tmp_path, "tla_ft", {"name": "tla", "pool_size": 20, "attack": {"eps": 0.05, "steps": 1}},
+    config = tiny_config(tmp_path, "tla_ft", {"name": "tla", "pool_size": 20,
+                                              "attack": {"eps": 0.05, "steps": 1, "step_size": 0.05}},
                          init_from=str(tmp_path / "alp"))
     tla = Trainer(config, log=lambda _m: None)
     for key, value in alp.model.state_dict().items():
