@@ -7,8 +7,10 @@ the metric can engage:
 * arms (``configs/tla/cpu/lenet5_*.toml``): **AT** = TLA with λ_trip = λ_norm = 0 (the same adversarial CE with
   label smoothing 0.1; the triplet statistics still measured), **ALP** (½ CE clean + ½ CE adversarial + 0.5 × logit
   pairing), **TLA** (λ_trip 0.5, λ_norm 1e-4, α 0.05, 1 − |cos| on the 512-d penultimate layer, semi-hard negatives
-  from a pool of K = 50); LeNet-5 on MNIST-5k, PGD-7 at ε 0.3 with the ε ramped over 3 epochs, Adam 1e-3, weight
-  decay 2e-4 on weights only, batch 50, 10 epochs; seeds 0–3, paired;
+  from a pool of K = 50); LeNet-5 on MNIST-5k, PGD-7 × 2.5ε/7 at ε 0.3 with the ε ramped over 3 epochs, Adam 1e-3,
+  weight decay 2e-4 on weights only, batch 50, 10 epochs; seeds 0–2 (the design power is printed), paired;
+* validity gates before any verdict: no arm masked (PGD-100 not far above the suite), each baseline above a floor
+  (the zoo's PGD-AT LeNet-5 holds 39.7% under the suite), TLA's triplet hinge active on part of the triplets;
 * per run, on all 1,000 test images at ε 0.3: clean, FGSM, PGD-100 × 0.01 (the paper's MNIST test), the
   ``standard`` suite on the first ``--standard-subset``; detection ROC AUC (misclassified vs correct, scored by
   1 − max softmax and by the 1 − |cos| distance to the predicted class's clean-training centroid) on the first 500
@@ -54,7 +56,7 @@ PAPER_AUC = 3.69
 FLOOR = 25.0  # a baseline's standard-suite accuracy at ε 0.3: the zoo's PGD-AT LeNet-5 on the same 4,000 images holds
 #               39.7% (docs/results/eval_zoo.md); 25% leaves room for seed spread, label smoothing and ALP's clean half
 MAX_GAP = 15.0  # PGD-100 may not beat the suite by more than this (points), on the same images: more is the masking
-#                signature (the pilot, AT seed 0 of this recipe: PGD-100 54.0% on 1,000 images, the suite 45.0% on 200)
+#                signature (a pilot of this recipe's AT, seed 0, showed a gap of about 9 points)
 ACTIVE = (0.05, 0.95)  # TLA's share of triplets with a positive hinge at the last epoch: between, the metric learns
 # the design: the spread of the per-seed TLA − AT PGD-100 difference in the superseded runs (tla.md before
 # 2026-12-07: −1.0, −0.5, −1.0, −1.7; the same network, data and attacks, a weaker training attack) and the test
