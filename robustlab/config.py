@@ -72,8 +72,8 @@ class AttackOptions(Options):
         default = cls.model_fields["attack"].default_factory().model_dump()
         if value.get("name", default["name"]) != default["name"]:
             default = {"eps": default["eps"], "model_mode": default["model_mode"]}
-        changed = [k for k in ("eps", "steps") if k in value and k in default and value[k] != default[k]]
-        if "step_size" in default and "step_size" not in value and changed:
+        changed = step_size_left_behind(default, value)
+        if changed:
             eps, steps = value.get("eps", default["eps"]), value.get("steps", default.get("steps"))
             hint = f" (2.5·ε/steps = {2.5 * eps / steps:.4g})" if isinstance(steps, int) and steps > 0 else ""
             raise ValueError(
@@ -81,6 +81,14 @@ class AttackOptions(Options):
                 f"default step_size {default['step_size']} goes with ε {default['eps']} and "
                 f"{default.get('steps')} steps; set step_size{hint}")
         return {**default, **value}
+
+
+def step_size_left_behind(default: dict[str, Any], table: dict[str, Any]) -> list[str]:
+    """The keys (ε, steps) a partial ``[defense.attack]`` table changes from ``default`` (a dumped attack table of
+    the same attack) while the default's ``step_size``, chosen for the default's ε and steps, would silently stay."""
+    if "step_size" not in default or "step_size" in table:
+        return []
+    return [k for k in ("eps", "steps") if k in table and k in default and table[k] != default[k]]
 
 
 Fraction = Annotated[float, Field(ge=0, lt=1)]  # in [0, 1): dropout, momentum, label smoothing

@@ -37,8 +37,8 @@ from robustlab.evaluation import EvalSettings, evaluate
 from robustlab.evaluation.outcome import accuracy
 from robustlab.experiment import config_from_dict, upgrade_stored_config
 from robustlab.run_lock import RunLock
-from robustlab.scalars import ScalarLog
 from robustlab.runs import build_model_for, load_run_data
+from robustlab.scalars import ScalarLog
 from robustlab.schedule import STEPWISE, lr_factor
 from robustlab.strict_json import strict_dumps
 

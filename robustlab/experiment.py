@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from robustlab.attacks.registry import ATTACKS
-from robustlab.config import AttackOptions, Config, parse_config, read_config_file
+from robustlab.config import AttackOptions, Config, parse_config, read_config_file, step_size_left_behind
 from robustlab.defenses.base import DEFENSES, TERMS
 from robustlab.defenses.registry import validate_defense_section
 from robustlab.errors import ConfigError
@@ -62,9 +62,7 @@ def keep_default_step_size(table: dict[str, Any]) -> dict[str, Any]:
     if options_cls is None or not issubclass(options_cls, AttackOptions) or not isinstance(attack, dict):
         return table
     default = options_cls.model_fields["attack"].default_factory().model_dump()
-    if attack.get("name", default["name"]) != default["name"] or "step_size" not in default or "step_size" in attack:
-        return table
-    if any(k in attack and attack[k] != default.get(k) for k in ("eps", "steps")):
+    if attack.get("name", default["name"]) == default["name"] and step_size_left_behind(default, attack):
         return {**table, "attack": {**attack, "step_size": default["step_size"]}}
     return table
 
