@@ -213,7 +213,8 @@ not learned."""
 def main(argv=None) -> int:
     args = parse_args(argv)
     root = begin(args, "l2p")
-    dirs = [d for s in args.seeds for d in [a.run_dir(root, s) for a in ARMS]
+    gammas = [gamma_arms(g) for g in args.gammas]
+    dirs = [d for s in args.seeds for d in [a.run_dir(root, s) for a in ARMS + [a for pair in gammas for a in pair]]
             + ([root / f"fixed_noise_seed{s}"] if args.fixed_noise else [])]
     to_measure = [d for d in dirs if not Archive.has(d, needs(args))]
     to_train = [d for d in to_measure if find_latest_checkpoint(d) is None or finished_epochs(d) < args.epochs]
@@ -222,7 +223,6 @@ def main(argv=None) -> int:
     # (standard suite) 460 s
     plan("l2p", len(to_train), len(dirs), 45.0 * args.epochs * args.train_subset / 10000, len(to_measure),
          3.4 * args.test_subset)
-    gammas = [gamma_arms(g) for g in args.gammas]
     base_labels = [a.label for a in ARMS] + (["fixed noise"] if args.fixed_noise else [])
     labels = base_labels + [a.label for pair in gammas for a in pair]
     results: dict[str, dict[int, dict]] = {label: {} for label in labels}
