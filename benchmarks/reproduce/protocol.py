@@ -429,8 +429,11 @@ def machine_line() -> str:
     is the same document."""
     if Archive.folder is None:
         return this_machine()
-    found = sorted({Archive.read(Archive.folder / name).get("machine") or "not recorded" for name in Document.runs})
-    return "runs trained on " + ("; ".join(found) if found else "–")
+    found = sorted({Archive.read(Archive.folder / name).get("machine") or "" for name in Document.runs})
+    known = [m for m in found if m]
+    if not known:
+        return "the runs' machine is not recorded in their archives (archived before it was)"
+    return "runs trained on " + "; ".join(known) + (" and machines not recorded" if "" in found else "")
 
 
 def plan(label: str, todo_train: int, total_train: int, train_s: float, todo_eval: int, eval_s: float) -> None:
