@@ -311,7 +311,8 @@ def compare(metric: str, baseline: str, method: str, paper_effect: float | None,
             by_images = crossed_bootstrap_interval(a, b)
     all_gates = list(gates)
     if bounds is not None:
-        all_gates.append(saturation_gate(f"{metric}, {method} − {baseline}", float(np.mean([baseline_values[s] for s in seeds])),
+        all_gates.append(saturation_gate(f"{metric}, {method} − {baseline}",
+                                         float(np.mean([baseline_values[s] for s in seeds])),
                                          float(np.mean([method_values[s] for s in seeds])), bounds, paper_effect,
                                          saturation_tolerance))
     return Comparison(metric, baseline, method, paper_effect, diffs, seed_interval(diffs), by_images, tuple(all_gates))

@@ -49,7 +49,8 @@ FLOOR = 10.0  # AT's standard-suite accuracy at ε 0.1: above a collapsed model'
 MAX_GAP = 15.0  # PGD-40 at ε 0.1 may not beat the suite by more (points, same images): more is masking
 D_ABOVE = 0.6  # A3T's discriminator accuracy on adversarial test features after the last epoch (0.5 is chance)
 # the design: per-seed SD of the A3T − AT difference in the withdrawn runs (their 95% intervals / t): FGSM ε 0.1 at
-# training ε 0.25 (5 seeds, [−11.5, +7.2]) and the standard suite at ε 0.1 at training ε 0.1 (10 seeds, [−6.5, −2.7])
+# training ε 0.25 (5 seeds, [−11.5, +7.2]) and the standard suite at ε 0.1 at training ε 0.1 (10 seeds,
+# [−6.5, −2.7])
 PILOT = {"FGSM ε 0.1": 7.5, "standard suite ε 0.1": 2.7}
 
 
@@ -118,7 +119,8 @@ def arm_gates(results: dict, histories: dict) -> dict[str, list[Gate]]:
         if label == "AT":
             out["all"].append(floor_gate(label, suite, FLOOR, f"standard-suite accuracy at ε {TEST_EPS}",
                                          "a collapsed model holds 0–2%"))
-        small, large = (100 * float(np.mean([np.mean(r[k]) for r in by_seed.values()])) for k in ("fgsm0.1", "fgsm0.25"))
+        small, large = (100 * float(np.mean([np.mean(r[k]) for r in by_seed.values()]))
+                        for k in ("fgsm0.1", "fgsm0.25"))
         out["fgsm"].append(Gate("FGSM not masked", label, "FGSM accuracy at ε 0.25 ≤ at ε 0.1 (else label leaking)",
                                 f"ε 0.1: {small:.1f}, ε 0.25: {large:.1f}", large <= small))
     last = [h[-1][1] for h in histories.get("A3T", {}).values() if h]

@@ -113,8 +113,8 @@ def at2l_gates(results: dict, dirs: dict, rounds: int) -> list[Gate]:
             gates.append(masking_gate(label, suite, fgsm, MAX_GAP, attack="FGSM"))
     last = [history(d)[-1].get("train_triplet_active") for d in dirs["AT²L"] if history(d)]
     last = [a for a in last if a is not None]
-    gates.append(mechanism_gate("AT²L", f"the share of triplets with a positive hinge in the last round ≥ {ACTIVE:g} "
-                                f"on every seed", ", ".join(f"{a:.3f}" for a in last) or "not logged",
+    gates.append(mechanism_gate("AT²L", f"the share of triplets with a positive hinge in the last round ≥ "
+                                f"{ACTIVE:g} on every seed", ", ".join(f"{a:.3f}" for a in last) or "not logged",
                                 all(a >= ACTIVE for a in last) if last else None))
     return gates
 
@@ -222,7 +222,8 @@ Command (repository root; {machine_line()}; finished runs and measurements are r
 Setting: Algorithm 2 with the FGSM attack, known setting. f = LeNet-5 (a CPU stand-in for model A) on MNIST-5k
 (4,000 real MNIST training images), pretrained on clean data (the first {4000 - VALIDATION}) until ≥
 {100 * args.pretrain_target:.0f}% accuracy on the held-out last {VALIDATION} training images (never the test set), else
-its best of {args.pretrain_max} epochs ({pre}); M = {{f, B, C, D}} with B, C, D of Table 6 pretrained {args.ensemble_epochs} epochs each and
+its best of {args.pretrain_max} epochs ({pre}); M = {{f, B, C, D}} with B, C, D of Table 6 pretrained
+{args.ensemble_epochs} epochs each and
 frozen. Both arms start from the same pretrained f of their seed (`configs/at2l/cpu/known_fgsm.toml`; **AT** with
 `defense.lam2=0`): {R} rounds, each rebuilding the FGSM ε 0.3 example of every training image against a model of M
 drawn for it, then one pass of eq. (1) or (2) (k = 32, λ1 0.3, λ2 1, α 1, L∞ on the logits, negative from the

@@ -29,7 +29,8 @@ CLAIMS = [
     ("tla", "TLA (Mao et al. 2019): +2.92 / +1.86 points over AT / ALP under PGD; misclassification-detection AUC "
             "+3.69", ("standard-suite accuracy", "PGD-100 accuracy", "detection AUC (centroid distance)"), 1),
     ("a3t", "A3T (Erraqabi et al. 2018, Table 1): +1.65 points over AT under FGSM ε 0.1",
-     ("FGSM ε 0.1 accuracy (the paper's metric), training ε 0.25", "standard-suite accuracy at ε 0.1, training ε 0.25"),
+     ("FGSM ε 0.1 accuracy (the paper's metric), training ε 0.25",
+      "standard-suite accuracy at ε 0.1, training ε 0.25"),
      1),
     ("critic", "Adversary critic (Matyasko & Chau 2018, Table 1a): larger ρ_adv than AT, VAT and margin",
      ("ρ DeepFool", "ρ critic attack"), 3),
@@ -47,7 +48,8 @@ def _span(interval: list, digits: int) -> str:
 
 def claims_table() -> str:
     """The markdown table: one row per headline comparison of each document (or one row: withdrawn)."""
-    lines = ["| paper's claim | comparison (CPU scale) | measured, 95% CI | the paper | verdict |", "|---|---|---|---|---|"]
+    lines = ["| paper's claim | comparison (CPU scale) | measured, 95% CI | the paper | verdict |",
+             "|---|---|---|---|---|"]
     for name, claim, metrics, digits in CLAIMS:
         link = f"[{name}.md](docs/results/reproduction/{name}.md)"
         summary = DOCS / f"{name}.json"

@@ -103,7 +103,7 @@ STABLE_FACTOR = 5.0  # a last-epoch critic loss above 5× the run's median criti
 
 
 def critic_gate(label: str, run_dirs: list[Path]) -> Gate:
-    """(c) The critic learned: the go/no-go line after epoch 6 (accuracy on adversarial pairs ≥ 0.65) on every seed."""
+    """(c) The critic learned: the go/no-go line after epoch 6 (accuracy on adversarial pairs ≥ 0.65), every seed."""
     go = [critic_go(d) for d in run_dirs]
     acc = [next((r.get("train_critic_acc_adv") for r in history(d) if r.get("epoch") == 6), None) for d in run_dirs]
     measured = ", ".join(f"seed {d.name.rsplit('seed', 1)[-1]}: " + ("–" if a is None else f"{a:.2f}")

@@ -400,7 +400,8 @@ def headline(comparisons: list[Comparison], digits: int = 1) -> str:
         i = c.interval
         span = "one seed" if not np.isfinite(i.width) else f"CI [{i.low:+.{digits}f}, {i.high:+.{digits}f}]"
         paper = "ablation" if c.paper_effect is None else f"the paper {c.paper_effect:+.{max(digits, 2)}f}"
-        return f"- {c.metric}, {c.method} − {c.baseline}: **{c.verdict_text}** ({i.mean:+.{digits}f}, {span}; {paper})"
+        return (f"- {c.metric}, {c.method} − {c.baseline}: **{c.verdict_text}** ({i.mean:+.{digits}f}, {span}; "
+                f"{paper})")
     return "\n".join(line(c) for c in comparisons)
 
 
@@ -497,5 +498,5 @@ def write_document(path: Path, text: str, comparisons: Sequence[Comparison] = ()
 __all__ = ["LEFT_OUT", "Archive", "Arm", "Document", "Measurements", "Missing", "ReportRefused", "WeightsNotHere",
            "arm_table", "attack_correct", "begin", "chunked_outcomes", "chunks", "command_line", "compare_arms",
            "comparison_table", "epoch_table", "finished_epochs", "gates_section", "headline", "history", "load",
-           "machine_line", "matched_attack_gate", "mean_std", "plan", "skip_missing", "standard_correct", "standard_key", "standard_outcomes",
-           "train", "training_attack", "verdict_lines", "write_document"]
+           "machine_line", "matched_attack_gate", "mean_std", "plan", "skip_missing", "standard_correct",
+           "standard_key", "standard_outcomes", "train", "training_attack", "verdict_lines", "write_document"]

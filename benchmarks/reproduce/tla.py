@@ -196,10 +196,11 @@ def main(argv=None) -> int:
         test = [r["pgd100"] for r in rows[arm.label].values() if "pgd100" in r]
         gap_lines.append(f"| {arm.label} | {mean_std(train_adv)} | {mean_std(test)} |")
     n_design = len(args.seeds)
+    spread = {"seed_sd": PILOT["seed_sd"], "image_se": PILOT["image_se"]}
     design = "; ".join(
-        f"TLA − {base} {PAPER[base]:+.2f}: {100 * design_power(PAPER[base], PILOT['seed_sd'], n_design, image_se=PILOT['image_se']):.0f}% "
-        f"with {n_design} seeds (80% needs {seeds_for_power(PAPER[base], PILOT['seed_sd'], image_se=PILOT['image_se']) or '> 50'})"
-        for base in ("AT", "ALP"))
+        f"TLA − {base} {PAPER[base]:+.2f}: "
+        f"{100 * design_power(PAPER[base], spread['seed_sd'], n_design, image_se=spread['image_se']):.0f}% with "
+        f"{n_design} seeds (80% needs {seeds_for_power(PAPER[base], **spread) or '> 50'})" for base in ("AT", "ALP"))
     ablation = {arm.label: rows[arm.label] for arm in arms[len(ARMS):]}
     ablation["TLA, K = 50 (the main arm)"] = {s: r for s, r in rows["TLA"].items() if s == args.seeds[0]}
     command = command_line("tla.py", argv)

@@ -76,7 +76,8 @@ def verify(path: str | os.PathLike, checksums: str | tuple[str, ...] | list[str]
         listed = [checksums] if isinstance(checksums, str) else list(checksums)
         raise DatasetError(f"checksum mismatch for {os.fspath(path)}: sha256 is {sha256_file(path)}, expected "
                            f"{' or '.join(listed)}. The file is corrupt or not the expected one; delete it "
-                           "and load again with download=true (config key data.download; eval --download) to re-fetch it")
+                           "and load again with download=true (config key data.download; eval --download) to re-fetch "
+                           "it")
 
 
 def download(url: str, dest_path: str | os.PathLike, sha256: str | None = None, *, md5: str | None = None) -> Path:
