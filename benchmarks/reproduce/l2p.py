@@ -89,8 +89,9 @@ def gamma_pilot(root: Path, measured_gammas: list[float], epochs: int) -> str:
         return ""
     header = ("| γ | seed | L2P final mean θ | L2P-R final mean θ | largest layer difference | θ gate |\n"
               "|---|---|---|---|---|---|\n")
-    return ("**θ pilot at other γ** (trained with `--gammas G --train-only`, not measured: the θ gate decides "
-            "whether measuring them can show what learning θ does):\n\n" + header + "\n".join(rows) + "\n")
+    return ("**θ pilot at other γ** (`benchmarks/reproduce/l2p.py --gammas G --seeds S --train-only`: trained, not "
+            "measured; the θ gate decides whether measuring them can show what learning θ does):\n\n" + header
+            + "\n".join(rows) + "\n")
 
 
 def theta_gate(l2p_dirs: list[Path], control_dirs: list[Path], control: str, subject: str = "L2P") -> Gate:
