@@ -24,7 +24,6 @@ Runs go to ``--runs`` (finished runs and measurements are reused, interrupted on
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -34,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from protocol import (  # noqa: E402
     ROOT, begin, Arm, arm_table, attack_correct, command_line, compare_arms, comparison_table, finished_epochs,
-    gates_section, headline, load, machine_line, mean_std, Measurements, plan, skip_missing, standard_outcomes, train,
+    gates_section, headline, history, load, machine_line, mean_std, Measurements, plan, skip_missing, standard_outcomes, train,
     verdict_lines, write_document)
 from robustlab.paired import Gate, design_power, floor_gate, masking_gate, mechanism_gate, seeds_for_power  # noqa: E402
 from robustlab.attacks import build_attack  # noqa: E402
@@ -97,8 +96,8 @@ def measure(run_dir: Path, train_eps: float, args) -> dict[str, object]:
 
 
 def discriminator_history(run_dir: Path) -> list[tuple[float, float]]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [(r.get(D_KEYS[0], float("nan")), r.get(D_KEYS[1], float("nan"))) for r in rows]
+    """The discriminator's test accuracy (clean, adversarial features) per epoch, from the run's log or archive."""
+    return [(r.get(D_KEYS[0], float("nan")), r.get(D_KEYS[1], float("nan"))) for r in history(run_dir)]
 
 
 COLUMNS = [("clean", "clean"), ("fgsm0.1", "FGSM ε 0.1"), ("fgsm0.25", "FGSM ε 0.25"), ("pgd0.1", "PGD-40 ε 0.1"),
