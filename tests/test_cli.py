@@ -95,12 +95,13 @@ def test_eval_download_fetches_the_dataset_of_a_user_model_and_the_error_names_t
     import robustlab.data
     from robustlab.errors import DatasetError
 
-    (tmp_path / "my_models.py").write_text(
+    # a module name of its own: imported modules stay cached, and other tests write their own my_models.py
+    (tmp_path / "download_test_models.py").write_text(
         "from robustlab.models import build_model\n\n\n"
         "def net():\n    return build_model('lenet5', in_shape=(1, 28, 28), num_classes=10)\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ROBUSTLAB_DATA", str(tmp_path / "no_data"))
-    argv = ["eval", "--model", "my_models:net", "--dataset", "mnist", "--eps", "0.3"]
+    argv = ["eval", "--model", "download_test_models:net", "--dataset", "mnist", "--eps", "0.3"]
     assert main(argv) == 2
     assert "eval --download" in error_line(capsys)
     asked = {}
