@@ -36,6 +36,7 @@ from robustlab.errors import BrokenModel, CheckpointError, ConfigError, Training
 from robustlab.evaluation import EvalSettings, evaluate
 from robustlab.evaluation.outcome import accuracy
 from robustlab.experiment import config_from_dict, upgrade_stored_config
+from robustlab.passes import count_passes
 from robustlab.run_lock import RunLock
 from robustlab.runs import build_model_for, load_run_data
 from robustlab.scalars import ScalarLog
@@ -327,37 +328,42 @@ class Trainer:
         show = cfg.run.progress and self.dist.is_main
         bar = tqdm(epoch_batches(len(x_all), cfg.data.batch_size, cfg.run.seed, epoch), total=n_batches,
                    desc=f"epoch {epoch + 1}/{cfg.run.epochs}", disable=not show or None, leave=False)
-        for batch_number, global_idx in enumerate(bar):
-            if stepwise:
-                self._set_lr(lr_factor(cfg.schedule, epoch + (batch_number + 1) / n_batches, cfg.run.epochs))
-            idx = shard(global_idx, self.dist)
-            x = x_all[idx].to(self.device, non_blocking=True)
-            y = y_all[idx].to(self.device, non_blocking=True)
-            if cfg.data.augment == "crop_flip":
-                x = random_crop_flip(x)
-            if cfg.run.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            out = defense.step(model, Batch(x, y, idx), ctx)
-            finite = torch.isfinite(out.loss.detach()).float()
-            if self.dist.enabled:  # every process stops together
-                finite = all_reduce_sum(finite, self.dist) / self.dist.world_size
-            if float(finite) < 1:
-                loss = float(out.loss.detach())
-                raise self._diverged(f"the loss is {loss:g} at step {batch_number + 1} of {n_batches}", epoch)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(out.loss).backward()
-            if self.dist.enabled:  # before the scaler's inf check, so every process takes the same decision
-                average_gradients(self.main_params, self.dist.world_size)
-            defense.after_backward_all(ctx)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            defense.after_step_all(model, ctx)
-            ctx.global_step += 1
-            n = len(y)
-            seen += n
-            for key, value in out.metrics.items():
-                sums[key] = sums.get(key, 0) + value.detach().float() * n
-        row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+        with count_passes(model) as passes:
+            for batch_number, global_idx in enumerate(bar):
+                if stepwise:
+                    self._set_lr(lr_factor(cfg.schedule, epoch + (batch_number + 1) / n_batches, cfg.run.epochs))
+                idx = shard(global_idx, self.dist)
+                x = x_all[idx].to(self.device, non_blocking=True)
+                y = y_all[idx].to(self.device, non_blocking=True)
+                if cfg.data.augment == "crop_flip":
+                    x = random_crop_flip(x)
+                if cfg.run.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                out = defense.step(model, Batch(x, y, idx), ctx)
+                finite = torch.isfinite(out.loss.detach()).float()
+                if self.dist.enabled:  # every process stops together
+                    finite = all_reduce_sum(finite, self.dist) / self.dist.world_size
+                if float(finite) < 1:
+                    loss = float(out.loss.detach())
+                    raise self._diverged(f"the loss is {loss:g} at step {batch_number + 1} of {n_batches}", epoch)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(out.loss).backward()
+                if self.dist.enabled:  # before the scaler's inf check, so every process takes the same decision
+                    average_gradients(self.main_params, self.dist.world_size)
+                defense.after_backward_all(ctx)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                defense.after_step_all(model, ctx)
+                ctx.global_step += 1
+                n = len(y)
+                seen += n
+                for key, value in out.metrics.items():
+                    sums[key] = sums.get(key, 0) + value.detach().float() * n
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
+                               # the classifier's own passes per training image (a defense's other networks,
+                               # such as a critic or a discriminator, not counted): the epoch's cost in model passes
+                               "train_forward_per_image": round(passes.forward / max(seen, 1), 2),
+                               "train_backward_per_image": round(passes.backward / max(seen, 1), 2)}
         if self.dist.enabled:
             seen = int(all_reduce_sum(torch.tensor(float(seen), device=self.device), self.dist).item())
             sums = {k: all_reduce_sum(v, self.dist) for k, v in sorted(sums.items())}

@@ -85,8 +85,8 @@ def test_resume_after_interruption_reproduces_uninterrupted_weights(tmp_path, mo
     resumed.fit()
     for key, value in full.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
-    def untimed(history):
-        return [{k: v for k, v in row.items() if "time" not in k} for row in history]
+    def untimed(history):  # cost measurements aside (a resumed epoch adds the attack's 2-image shape probe)
+        return [{k: v for k, v in row.items() if "time" not in k and "per_image" not in k} for row in history]
 
     assert untimed(full.history) == untimed(resumed.history)
 
@@ -259,3 +259,13 @@ def test_a_run_stored_before_a_key_was_renamed_resumes(tmp_path):
     resumed = Trainer(more, resume=True, log=lambda _: None)
     assert resumed.start_epoch == 1
     resumed.fit()
+
+
+def test_each_epoch_logs_the_classifiers_passes_per_training_image(tmp_path):
+    """Standard training costs one forward and one backward pass per image; PGD-AT with k steps adds k of each
+    (every step taken in training), so a clean warm-up epoch reads 1/1 and an adversarial one k + 1 / k + 1."""
+    steps = 2
+    Trainer(tiny_config(tmp_path / "run", run={"epochs": 2, "seed": 3}), log=lambda _: None).fit()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert (rows[0]["train_forward_per_image"], rows[0]["train_backward_per_image"]) == (1.0, 1.0)
+    assert (rows[1]["train_forward_per_image"], rows[1]["train_backward_per_image"]) == (steps + 1, steps + 1)
