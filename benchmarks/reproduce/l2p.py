@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from protocol import (  # noqa: E402
     LEFT_OUT, ROOT, Archive, Arm, Measurements, arm_table, begin, chunked_outcomes, chunks, command_line, compare_arms,
-    comparison_table, epoch_table, finished_epochs, gates_section, headline, history, load, machine_line,
-    matched_attack_gate, mean_std, plan, skip_missing, standard_key, standard_outcomes, train, verdict_lines,
+    comparison_table, draws_correct, epoch_table, finished_epochs, gates_section, headline, history, load,
+    machine_line, matched_attack_gate, mean_std, plan, skip_missing, standard_key, standard_outcomes, train, verdict_lines,
     write_document)
 from robustlab.paired import Gate, floor_gate, masking_gate, mechanism_gate  # noqa: E402
 from robustlab.attacks import build_attack  # noqa: E402
@@ -140,12 +140,6 @@ def parse_args(argv=None):
 def schedule(args) -> tuple[str, ...]:
     return (f"data.train_subset={args.train_subset}", f"schedule.milestones=[{max(1, round(0.8 * args.epochs))}]",
             "eval.every=0")
-
-
-def draws_correct(model, x, y, draws: int) -> np.ndarray:
-    """Per example, the fraction of ``draws`` predictions that are correct (1 or 0 for a deterministic model)."""
-    with torch.no_grad():
-        return np.mean([model(x).argmax(1).eq(y).numpy() for _ in range(draws)], axis=0)
 
 
 def eot_pgd(model, x, y, samples: int, steps: int) -> np.ndarray:

@@ -226,6 +226,12 @@ def attack_correct(model, x, y, attack=None, *, seed: int = 1234) -> tuple[np.nd
     return outcome.correct.cpu().numpy(), {}
 
 
+def draws_correct(model, x, y, draws: int) -> np.ndarray:
+    """Per example, the fraction of ``draws`` predictions that are correct (1 or 0 for a deterministic model)."""
+    with torch.no_grad():
+        return np.mean([model(x).argmax(1).eq(y).numpy() for _ in range(draws)], axis=0)
+
+
 def standard_correct(model, x, y, eps: float, state_dir: Path, *, suite: str = "standard",
                      log: Callable[[str], None] = print) -> tuple[np.ndarray, dict]:
     """Per-example robustness under the AutoAttack-strength suite (resumable in ``state_dir``), with its checks."""
@@ -320,9 +326,10 @@ def compare_arms(metric: str, baseline: str, method: str, paper_effect: float | 
                    gates=tuple(gates))
 
 
-def training_attack(run_dir: Path) -> tuple[str, float, int, float] | None:
-    """(name, ε, steps, step size) of the training attack a run used, from its archived config (the stored config
-    upgraded as a resume reads it, so a default step size it kept is counted); None for a run without one."""
+def training_attack_table(run_dir: Path):
+    """The ``[defense.attack]`` table (an ``AttackTable``: name, ε, options) a run trained against, from its
+    archived config (the stored config upgraded as a resume reads it, so a default step size it kept is counted);
+    None for a run without one (no archive, or a defense with no single training attack)."""
     from robustlab.defenses import build_defense
     from robustlab.experiment import config_from_dict, upgrade_stored_config
 
@@ -331,7 +338,12 @@ def training_attack(run_dir: Path) -> tuple[str, float, int, float] | None:
         return None
     defense = config_from_dict(upgrade_stored_config(raw)).defense
     options = build_defense(defense["name"], {k: v for k, v in defense.items() if k != "name"}).options
-    table = getattr(options, "attack", None)
+    return getattr(options, "attack", None)
+
+
+def training_attack(run_dir: Path) -> tuple[str, float, int, float] | None:
+    """(name, ε, steps, step size) of :func:`training_attack_table`; None for a run without one."""
+    table = training_attack_table(run_dir)
     if table is None:
         return None
     extra = table.options()
@@ -496,7 +508,8 @@ def write_document(path: Path, text: str, comparisons: Sequence[Comparison] = ()
 
 
 __all__ = ["LEFT_OUT", "Archive", "Arm", "Document", "Measurements", "Missing", "ReportRefused", "WeightsNotHere",
-           "arm_table", "attack_correct", "begin", "chunked_outcomes", "chunks", "command_line", "compare_arms",
+           "arm_table", "attack_correct", "begin", "draws_correct", "chunked_outcomes", "chunks", "command_line", "compare_arms",
            "comparison_table", "epoch_table", "finished_epochs", "gates_section", "headline", "history", "load",
            "machine_line", "matched_attack_gate", "mean_std", "plan", "skip_missing", "standard_correct",
-           "standard_key", "standard_outcomes", "train", "training_attack", "verdict_lines", "write_document"]
+           "standard_key", "standard_outcomes", "train", "training_attack", "training_attack_table", "verdict_lines",
+           "write_document"]
