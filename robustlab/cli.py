@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "PGD inputs (the first ε, the run's PGD settings, up to 1000 examples); writes a ROC plot")
     ev.add_argument("--fail-on-check", action="store_true", help="exit with status 1 if a masking check fails")
 
-    demo = sub.add_parser("demo", help="standard training vs PGD-AT of LeNet-5 on MNIST-5k (a few CPU minutes)")
+    demo = sub.add_parser("demo", help="standard training vs PGD-AT of LeNet-5 on MNIST-5k (under 10 CPU-minutes)")
     demo.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     demo.add_argument("--quick", action="store_true", help="a much shorter run, for smoke tests")
 

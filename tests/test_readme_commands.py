@@ -26,12 +26,13 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 def readme_commands() -> list[str]:
     """The command lines of the code blocks of the README and the documentation pages, comments dropped."""
-    lines, inside = [], False
+    lines, fence, commands = [], False, False
     for line in (text for page in PAGES for text in page.read_text().splitlines()):
         if line.startswith("```"):
-            inside = not inside
+            fence = not fence
+            commands = fence and line.strip() != "```text"  # a ```text block shows output, not commands
             continue
-        match = PROMPT.match(line.strip()) if inside else None
+        match = PROMPT.match(line.strip()) if commands else None
         if match:
             lines.append(match["cmd"].split("  #", 1)[0].split(" # ", 1)[0].strip())
     return lines
@@ -91,3 +92,23 @@ def test_the_documentation_site_builds_in_strict_mode(tmp_path):
     home = (tmp_path / "site" / "index.html").read_text()
     assert "Three examples" in home  # the README is the home page
     assert "Robust accuracy of" in (tmp_path / "site" / "api" / "index.html").read_text()  # the API reference
+
+
+def test_the_readme_shows_the_demos_own_output_and_quotes_only_its_numbers():
+    """The block between the demo markers is what ``benchmarks/readme_demo_table.py`` wrote from a demo run; the
+    paragraph under it quotes that table, so a regenerated table cannot leave stale numbers beside it."""
+    import sys
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from readme_demo_table import BEGIN, END, replace_block
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split(BEGIN)[1].split(END)[0]
+    assert block.strip().startswith("```text\nrobustlab demo: LeNet-5 on MNIST-5k") and "SMOKE" not in block
+    assert "Reused" not in block  # a first run's output
+    table_numbers = set(re.findall(r"\d+\.\d", block))
+    reading = readme.split(END)[1].split("\n## ")[0]
+    quoted = set(re.findall(r"(\d+\.\d)%", reading))
+    assert quoted and quoted <= table_numbers, quoted - table_numbers
+    assert replace_block(readme, "new output").split(BEGIN)[1].split(END)[0] == "\n```text\nnew output\n```\n"
+    with pytest.raises(SystemExit, match="must hold"):
+        replace_block(readme.replace(END, ""), "x")

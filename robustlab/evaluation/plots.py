@@ -44,28 +44,58 @@ def _finish(ax, xlabel: str, title: str) -> None:
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
     ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: it hides no point
 
 
 def plot_result(result: EvaluationResult, path: Path, title: str = "Accuracy under attack") -> None:
     """One panel per norm: each attack's accuracy against ε, and the worst case (the robust accuracy) in black."""
     plt = pyplot()
     bounded = result.bounded_rows()
+    if result.cascade:
+        return _plot_cascade(result, bounded, path, title)
     norms = list(dict.fromkeys(r["norm"] for r in bounded)) or [result.norm]
     fig, axes = plt.subplots(1, len(norms), figsize=(6.4 * len(norms), 4.4), squeeze=False)
     for ax, norm in zip(axes[0], norms):
         rows = [r for r in bounded if r["norm"] == norm]
-        if not result.cascade:
-            for i, attack in enumerate(dict.fromkeys(r["attack"] for r in rows)):
-                _series(ax, attack.upper(), result.clean, [(r["eps"], r["accuracy"]) for r in rows
-                                                           if r["attack"] == attack],
-                        marker=MARKERS[i % len(MARKERS)], color=f"C{i % 10}", linewidth=1.2)
+        for i, attack in enumerate(dict.fromkeys(r["attack"] for r in rows)):
+            _series(ax, attack.upper(), result.clean, [(r["eps"], r["accuracy"]) for r in rows
+                                                       if r["attack"] == attack],
+                    marker=MARKERS[i % len(MARKERS)], color=f"C{i % 10}", linewidth=1.2)
         if norm == result.norm:
             _series(ax, f"worst case ({result.suite} suite)", result.clean, list(result.curve.items()),
                     color="black", marker="*", linewidth=2.4)
         _finish(ax, f"ε ({NORM_NAMES.get(norm, norm)})", f"{title} ({NORM_NAMES.get(norm, norm)})")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _plot_cascade(result: EvaluationResult, rows: Sequence[dict], path: Path, title: str) -> None:
+    """A cascade suite (each attack on the examples still robust): the accuracy left after each attack in turn,
+    from the clean accuracy to the robust accuracy, one line per ε, each step labelled with its value."""
+    plt = pyplot()
+    by_eps: dict[float, list[dict]] = {}
+    for r in rows:
+        by_eps.setdefault(r["eps"], []).append(r)
+    stages = list(dict.fromkeys(r["attack"] for r in rows))
+    fig, ax = plt.subplots(figsize=(max(5.2, 1.1 * len(stages) + 2.8), 4.2))
+    xs = list(range(len(stages) + 1))
+    for i, (eps, eps_rows) in enumerate(sorted(by_eps.items())):
+        after = {r["attack"]: r["robust_after"] for r in eps_rows}
+        ys = [100 * result.clean] + [100 * after[a] for a in stages if a in after]
+        ax.step(xs[:len(ys)], ys, where="post", color=f"C{i % 10}", linewidth=1.6, label=f"ε {eps:g}")
+        ax.plot(xs[:len(ys)], ys, linestyle="none", marker="o", color=f"C{i % 10}")
+        for x, y in zip(xs, ys):
+            ax.annotate(f"{y:.1f}", (x, y), xytext=(0, 5), textcoords="offset points", ha="center", fontsize=7)
+    ax.set_xticks(xs, ["clean", *(f"after {a.upper()}" for a in stages)], rotation=20, fontsize=8)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-2, 108)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{title}: the {result.suite} suite, attack by attack ({NORM_NAMES.get(result.norm, result.norm)})",
+                 fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -89,7 +119,7 @@ def plot_models(models: Mapping[str, Sequence[EvaluationResult]], path: Path, ti
                 j += 1
     _finish(ax, xlabel, title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -111,7 +141,7 @@ def plot_rho(rows: Sequence[dict], path: Path, title: str = "ρ_adv per attack")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
