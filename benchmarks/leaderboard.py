@@ -41,9 +41,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent / "reproduce"))
 
 from protocol import (  # noqa: E402
-    ROOT, Arm, Document, Measurements, attack_correct, begin, draws_correct, finished_epochs, history, load,
+    ROOT, Archive, Arm, Document, Measurements, attack_correct, begin, draws_correct, finished_epochs, history, load,
     machine_line, skip_missing, standard_key, standard_outcomes, train, training_attack_table, write_document)
 from robustlab.attacks import build_attack  # noqa: E402
+from robustlab.errors import TrainingDiverged  # noqa: E402
 from robustlab.experiment import load_config  # noqa: E402
 from robustlab.paired import Comparison, Gate, compare, masking_gate, seed_interval  # noqa: E402
 
@@ -86,6 +87,7 @@ class Row:
     config: Path
     results: dict[int, dict] = field(default_factory=dict)  # seed -> measurements
     run_dirs: list[Path] = field(default_factory=list)  # of the measured seeds
+    diverged: dict[int, str] = field(default_factory=dict)  # seed -> why its training stopped
 
     def values(self, key: str) -> dict[int, float]:
         return {s: 100 * float(np.mean(r[key])) for s, r in self.results.items() if key in r}
@@ -161,10 +163,13 @@ def cost(run_dir: Path) -> dict[str, float]:
 
 
 def gates(row: Row, protocol: Protocol) -> list[Gate]:
-    """The row's validity conditions: the suite's masking checks passed on every seed, and the defense does not mask
-    its own training attack (None when it has no single one: the condition does not apply)."""
+    """The row's validity conditions: every seed trained to the end, the suite's masking checks passed on every seed,
+    and the defense does not mask its own training attack (not checked when it has no single one)."""
     failed = sorted({c for r in row.results.values() for c in r["failed_checks"]})
-    out = [Gate("masking checks", row.name, "the standard suite's checks pass on every seed",
+    out = [Gate("stable training", row.name, "every seed trains to its last epoch (no NaN or infinite loss)",
+                "; ".join(f"seed {s} diverged: {why}" for s, why in sorted(row.diverged.items())) or "all finished",
+                not row.diverged),
+           Gate("masking checks", row.name, "the standard suite's checks pass on every seed",
                 "all passed" if not failed else "failed: " + ", ".join(failed), not failed)]
     attack = row.values("training_attack")
     if attack:
@@ -176,6 +181,10 @@ def gates(row: Row, protocol: Protocol) -> list[Gate]:
 
 def mean(values: dict[int, float]) -> float:
     return float(np.mean(list(values.values()))) if values else math.nan
+
+
+def number(value: float, digits: int) -> str:
+    return f"{value:.{digits}f}" if math.isfinite(value) else "–"
 
 
 def span(values: dict[int, float]) -> str:
@@ -197,8 +206,12 @@ def versus_baseline(row: Row, baseline: Row) -> Comparison | None:
 
 def ranked(rows: list[Row], protocol: Protocol) -> list[tuple[Row, list[Gate]]]:
     """Rows that pass every condition first, each group by mean robust accuracy, best first."""
-    measured = [(row, gates(row, protocol)) for row in rows if row.results]
-    return sorted(measured, key=lambda rg: (any(g.passed is False for g in rg[1]), -mean(rg[0].values("robust"))))
+    measured = [(row, gates(row, protocol)) for row in rows if row.results or row.diverged]
+
+    def key(item):
+        robust = mean(item[0].values("robust"))
+        return any(g.passed is False for g in item[1]), -robust if math.isfinite(robust) else math.inf
+    return sorted(measured, key=key)
 
 
 def table(order: list[tuple[Row, list[Gate]]], baseline: Row | None, protocol: Protocol) -> str:
@@ -210,7 +223,8 @@ def table(order: list[tuple[Row, list[Gate]]], baseline: Row | None, protocol: P
         flagged = any(g.passed is False for g in row_gates)
         rank += 0 if flagged else 1
         costs = [cost(d) for d in row.run_dirs]
-        c = {k: float(np.mean([x[k] for x in costs])) for k in costs[0]}
+        c = {k: float(np.mean([x[k] for x in costs])) if costs else math.nan
+             for k in ("cpu_s_epoch", "cpu_s", "forward", "backward")}
         diff = versus_baseline(row, baseline) if baseline is not None else None
         d = "–" if diff is None else (f"{diff.interval.mean:+.1f}" if not math.isfinite(diff.interval.width) else
                                       f"{diff.interval.mean:+.1f} [{diff.interval.low:+.1f}, {diff.interval.high:+.1f}]")
@@ -218,10 +232,12 @@ def table(order: list[tuple[Row, list[Gate]]], baseline: Row | None, protocol: P
         suite = {r["suite"] for r in row.results.values()}
         status = "pass" if not flagged else "**FLAGGED**: " + "; ".join(
             f"{g.name} ({g.measured})" for g in row_gates if g.passed is False)
-        lines.append(f"| {'–' if flagged else rank} | {row.name}{'' if suite == {'standard'} else ' (rand suite)'} | "
-                     f"{len(row.results)} | {span(row.values('clean'))} | {span(row.values('robust'))} | {d} | "
-                     f"{span(attack) if attack else 'none'} | {c['cpu_s_epoch']:.1f} | {c['cpu_s']:.0f} | "
-                     f"{c['forward']:.1f}, {c['backward']:.1f} | {status} |")
+        seeds = f"{len(row.results)}" + (f" (+{len(row.diverged)} diverged)" if row.diverged else "")
+        name = row.name + ("" if suite <= {"standard"} else " (rand suite)")
+        lines.append(f"| {'–' if flagged else rank} | {name} | {seeds} | {span(row.values('clean'))} | "
+                     f"{span(row.values('robust'))} | {d} | {span(attack) if attack else 'none'} | "
+                     f"{number(c['cpu_s_epoch'], 1)} | {number(c['cpu_s'], 0)} | {number(c['forward'], 1)}, "
+                     f"{number(c['backward'], 1)} | {status} |")
     return "\n".join(lines)
 
 
@@ -233,9 +249,11 @@ def plot(order: list[tuple[Row, list[Gate]]], path: Path, protocol: Protocol) ->
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
-    costs = {row.name: float(np.mean([cost(d)["cpu_s"] for d in row.run_dirs])) for row, _ in order}
+    costs = {row.name: float(np.mean([cost(d)["cpu_s"] for d in row.run_dirs])) for row, _ in order if row.results}
     largest = max((v for v in costs.values() if math.isfinite(v)), default=1.0) or 1.0
     for row, row_gates in order:
+        if not row.results:
+            continue
         flagged = any(g.passed is False for g in row_gates)
         clean, robust = (seed_interval(list(row.values(k).values())) for k in ("clean", "robust"))
         error = [[i.mean - i.low, i.high - i.mean] if math.isfinite(i.width) else [0, 0] for i in (clean, robust)]
@@ -283,9 +301,20 @@ def main(argv=None) -> int:
         for seed in protocol.seeds:
             run_dir = arm.run_dir(root, seed)
             compute = row.name in todo and seed in seeds and not Measurements.report_only
+            if Archive.read(run_dir).get("diverged"):  # reported, not retried (delete its archive to retry)
+                row.diverged[seed] = Archive.read(run_dir)["diverged"]
+                Document.runs.add(run_dir.name)
+                continue
             with skip_missing():
                 if compute:
-                    train(arm, seed, root, epochs=config.run.epochs, extra=("run.keep_checkpoints=1",))
+                    try:
+                        train(arm, seed, root, epochs=config.run.epochs, extra=("run.keep_checkpoints=1",))
+                    except TrainingDiverged as exc:  # a row, flagged: the leaderboard goes on
+                        Archive.update(run_dir, diverged=str(exc))
+                        row.diverged[seed] = str(exc)
+                        Document.runs.add(run_dir.name)
+                        print(f"[leaderboard {row.name} seed {seed}] {exc}", flush=True)
+                        continue
                 elif finished_epochs(run_dir) < config.run.epochs:
                     continue
                 saved = Measurements.report_only

@@ -124,3 +124,25 @@ def test_rows_that_break_the_protocol_are_refused_before_anything_runs(tmp_path)
     (tmp_path / "tiny.toml").write_text((tmp_path / "tiny.toml").read_text() + "surprise = 1\n")
     with pytest.raises(SystemExit, match=r"unknown keys \['surprise'\]"):
         run(tmp_path, protocol)
+
+
+def test_a_row_whose_training_diverges_is_flagged_not_fatal_and_stays_in_the_report(tmp_path, monkeypatch):
+    from robustlab.errors import TrainingDiverged
+
+    protocol = write_protocol(tmp_path, ROWS)
+    real_train = leaderboard.train
+
+    def train(arm, seed, root, **kw):
+        if arm.label == "standard" and seed == 1:
+            raise TrainingDiverged("training diverged: the loss is nan at step 3 of 19 in epoch 2")
+        return real_train(arm, seed, root, **kw)
+
+    monkeypatch.setattr(leaderboard, "train", train)
+    assert run(tmp_path, protocol) == 0
+    doc = (tmp_path / "docs" / "leaderboard.md").read_text()
+    standard = next(ln for ln in doc.splitlines() if ln.startswith("| – | standard"))
+    assert "1 (+1 diverged)" in standard and "stable training (seed 1 diverged: training diverged" in standard
+    assert doc.index("| 1 | pgd_at") < doc.index("| – | standard")
+    monkeypatch.setattr(leaderboard, "train", real_train)
+    assert run(tmp_path, protocol, "--report-only") == 0  # the divergence is archived: reported, not retried
+    assert (tmp_path / "docs" / "leaderboard.md").read_text() == doc
