@@ -319,16 +319,17 @@ class Trainer:
         self._set_lr(lr_factor(cfg.schedule, epoch, cfg.run.epochs))
         stepwise = cfg.schedule.name in STEPWISE
         started, cpu_started = time.perf_counter(), time.process_time()
-        defense.on_epoch_start_all(model, ctx)
-        model.train()
-        sums: dict[str, torch.Tensor] = {}
-        seen = 0
-        x_all, y_all = self.dataset.train_x, self.dataset.train_y
-        n_batches = -(-len(x_all) // cfg.data.batch_size)
-        show = cfg.run.progress and self.dist.is_main
-        bar = tqdm(epoch_batches(len(x_all), cfg.data.batch_size, cfg.run.seed, epoch), total=n_batches,
-                   desc=f"epoch {epoch + 1}/{cfg.run.epochs}", disable=not show or None, leave=False)
-        with count_passes(model) as passes:
+        # the classifier's passes from the epoch's start (AT²L crafts its examples there) to its last batch
+        with count_passes(model) as counted:
+            defense.on_epoch_start_all(model, ctx)
+            model.train()
+            sums: dict[str, torch.Tensor] = {}
+            seen = 0
+            x_all, y_all = self.dataset.train_x, self.dataset.train_y
+            n_batches = -(-len(x_all) // cfg.data.batch_size)
+            show = cfg.run.progress and self.dist.is_main
+            bar = tqdm(epoch_batches(len(x_all), cfg.data.batch_size, cfg.run.seed, epoch), total=n_batches,
+                       desc=f"epoch {epoch + 1}/{cfg.run.epochs}", disable=not show or None, leave=False)
             for batch_number, global_idx in enumerate(bar):
                 if stepwise:
                     self._set_lr(lr_factor(cfg.schedule, epoch + (batch_number + 1) / n_batches, cfg.run.epochs))
@@ -362,8 +363,8 @@ class Trainer:
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
                                # the classifier's own passes per training image (a defense's other networks,
                                # such as a critic or a discriminator, not counted): the epoch's cost in model passes
-                               "train_forward_per_image": round(passes.forward / max(seen, 1), 2),
-                               "train_backward_per_image": round(passes.backward / max(seen, 1), 2)}
+                               "train_forward_per_image": round(counted.forward / max(seen, 1), 2),
+                               "train_backward_per_image": round(counted.backward / max(seen, 1), 2)}
         if self.dist.enabled:
             seen = int(all_reduce_sum(torch.tensor(float(seen), device=self.device), self.dist).item())
             sums = {k: all_reduce_sum(v, self.dist) for k, v in sorted(sums.items())}

@@ -264,8 +264,26 @@ def test_a_run_stored_before_a_key_was_renamed_resumes(tmp_path):
 def test_each_epoch_logs_the_classifiers_passes_per_training_image(tmp_path):
     """Standard training costs one forward and one backward pass per image; PGD-AT with k steps adds k of each
     (every step taken in training), so a clean warm-up epoch reads 1/1 and an adversarial one k + 1 / k + 1."""
-    steps = 2
-    Trainer(tiny_config(tmp_path / "run", run={"epochs": 2, "seed": 3}), log=lambda _: None).fit()
+    steps = TINY["defense"]["attack"]["steps"]
+    Trainer(tiny_config(tmp_path / "run", run={"epochs": 2}), log=lambda _: None).fit()
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert (rows[0]["train_forward_per_image"], rows[0]["train_backward_per_image"]) == (1.0, 1.0)
     assert (rows[1]["train_forward_per_image"], rows[1]["train_backward_per_image"]) == (steps + 1, steps + 1)
+
+
+def test_passes_a_defense_runs_through_the_models_parts_are_counted(tmp_path):
+    """TLA embeds its triplets with ``features`` then ``head``, not the model's forward: those passes are charged
+    (at the model's first layer), so with the same attack it costs more than PGD-AT, backward passes included."""
+    def passes(defense):
+        raw = json.loads(json.dumps(TINY))
+        raw["run"].update(epochs=1, out_dir=str(tmp_path / defense["name"]))
+        raw["defense"], raw["eval"]["every"] = defense, 0
+        trainer = Trainer(config_from_dict(raw), log=lambda _: None)
+        trainer.fit()
+        return trainer.history[-1]["train_forward_per_image"], trainer.history[-1]["train_backward_per_image"]
+
+    attack = {"eps": 0.1, "steps": 2, "step_size": 0.05}
+    pgd = passes({"name": "pgd_at", "attack": attack})
+    tla = passes({"name": "tla", "attack": attack, "embedding": "features"})
+    assert pgd == (3.0, 3.0)
+    assert tla[0] >= pgd[0] + 2 and tla[1] >= pgd[1] + 2  # at least the positive and negative embeddings
