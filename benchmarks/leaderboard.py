@@ -12,15 +12,19 @@ anything runs), the seeds, ε, the test images and the gate's threshold. Per row
 * clean accuracy (a randomised model: the mean over ``clean_draws`` predictions per image);
 * robust accuracy under the ``standard`` suite at ε (AutoAttack's attacks and budget; a randomised model gets the
   ``rand`` suite, with EOT), with its masking checks;
-* the defense's own training attack (its ``[defense.attack]`` table) on the same images: the gate "does not mask its
-  own training attack" (its accuracy at most ``max_gap`` points above the suite's);
+* the defense's own training attack (its ``[defense.attack]`` table, AWP's base defense's, AT²L's single attack) on
+  the same images: the gate "does not mask its own training attack" (its accuracy at most ``max_gap`` points above
+  the suite's);
 * the training cost from the run's log: CPU-seconds per epoch and in all, and the classifier's forward and backward
   passes per training image per epoch.
 
-A row's numbers are the mean and the 95% t interval over seeds; its paired difference to the baseline row (PGD-AT)
-is taken seed by seed on the same images (:mod:`robustlab.paired`: the wider of the seed interval and the crossed
-seeds × images bootstrap). Rows that fail a masking check or the gate are shown, flagged, and ranked below every row
-that passes. Runs and measurements are archived beside the document (``docs/leaderboard_runs/``) as the
+The rows must share the protocol's training attack too: every single training attack at ε, every PGD-type one with
+``attack_steps`` steps of 2.5ε/steps, ``eps_ramp_epochs`` of ramp where a defense has one, and no clean warm-up but
+where ``clean_warmup`` allows it (checked before anything runs). A row's numbers are the mean and the 95% t
+interval over seeds; its paired difference to the baseline row (PGD-AT) is taken seed by seed on the same images
+(:mod:`robustlab.paired`: the wider of the seed interval and the crossed seeds × images bootstrap). Rows whose
+training diverged on a seed, or that fail a masking check or the gate, are shown, flagged, and ranked below every
+row that passes. Runs and measurements are archived beside the document (``docs/leaderboard_runs/``) as the
 reproductions do (``benchmarks/reproduce/protocol.py``): a rerun only computes what is missing, and a fresh checkout
 reports from the archive. Writes ``docs/leaderboard.md``, ``.json`` and ``.png``.
 """
@@ -30,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -41,12 +44,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent / "reproduce"))
 
 from protocol import (  # noqa: E402
-    ROOT, Archive, Arm, Document, Measurements, attack_correct, begin, draws_correct, finished_epochs, history, load,
-    machine_line, skip_missing, standard_key, standard_outcomes, train, training_attack_table, write_document)
+    ROOT, Archive, Arm, Document, Measurements, attack_correct, begin, command_line, compare_arms,
+    defense_attack_table, draws_correct, finished_epochs, history, load, machine_line, skip_missing, standard_key,
+    standard_outcomes, this_machine, train, training_attack_table, write_document)
 from robustlab.attacks import build_attack  # noqa: E402
 from robustlab.errors import TrainingDiverged  # noqa: E402
 from robustlab.experiment import load_config  # noqa: E402
-from robustlab.paired import Comparison, Gate, compare, masking_gate, seed_interval  # noqa: E402
+from robustlab.paired import Comparison, Gate, masking_gate, seed_interval  # noqa: E402
 
 SHARED_TABLES = ("data", "optim", "schedule", "eval")  # besides [run] (but its name) and the base model
 RANDOMISED_CHECK = "stable_predictions"  # fails on a noisy model by design: that is what selects the rand suite
@@ -66,6 +70,9 @@ class Protocol:
     test_subset: int
     clean_draws: int
     max_gap: float
+    attack_steps: int
+    eps_ramp_epochs: int
+    clean_warmup: list[str]
 
     @classmethod
     def read(cls, path: Path) -> "Protocol":
@@ -106,6 +113,10 @@ def row_configs(protocol: Protocol, only: list[str] | None) -> list[Row]:
         if differs:
             raise SystemExit(f"{protocol.rows / (name + '.toml')}: {', '.join(differs)} differ from "
                              f"{reference_name}.toml's: every row of the leaderboard shares them")
+    for name, config in configs.items():
+        broken = attack_breaks_protocol(config, protocol, name)
+        if broken:
+            raise SystemExit(f"{protocol.rows / (name + '.toml')}: {broken}")
     if protocol.baseline not in configs:
         raise SystemExit(f"{protocol.path}: the baseline row {protocol.baseline!r} has no config in {protocol.rows}")
     unknown = sorted(set(only or []) - set(configs))
@@ -123,32 +134,58 @@ def shared_part(config) -> dict:
     return {"[run]": run, **{f"[{t}]": raw.get(t) for t in SHARED_TABLES}, "the base model": model}
 
 
+def attack_breaks_protocol(config, protocol: Protocol, name: str) -> str | None:
+    """What in a row's training attack departs from the protocol's, or None."""
+    defense = config.defense
+    table = defense_attack_table(defense)
+    options = {**defense.get("base_options", {}), **defense}  # AWP: its base defense's ramp and warm-up
+    if table is not None and not math.isclose(table.eps, protocol.eps):
+        return f"its training attack's ε {table.eps:g} is not the protocol's {protocol.eps:g}"
+    if table is not None and "steps" in table.options():
+        steps, step = table.options()["steps"], table.options().get("step_size")
+        if steps != protocol.attack_steps or step is None or not math.isclose(step, 2.5 * protocol.eps / steps):
+            return (f"its training attack takes {steps} steps of {step}: the protocol's is {protocol.attack_steps} "
+                    f"of 2.5ε/{protocol.attack_steps} = {2.5 * protocol.eps / protocol.attack_steps:.6g}")
+    if "eps_ramp_epochs" in options and options["eps_ramp_epochs"] != protocol.eps_ramp_epochs:
+        return f"eps_ramp_epochs = {options['eps_ramp_epochs']}: the protocol ramps ε over {protocol.eps_ramp_epochs}"
+    if options.get("warmup_epochs") and name not in protocol.clean_warmup:
+        return (f"warmup_epochs = {options['warmup_epochs']}: no clean warm-up in this protocol (clean_warmup lists "
+                f"the rows whose paper pretrains: {', '.join(protocol.clean_warmup) or 'none'})")
+    return None
+
+
+def measurement_keys(run_dir: Path, protocol: Protocol) -> list[str]:
+    """The archive keys of a run's measurements (a run archived with all of them is not trained again)."""
+    n = protocol.test_subset
+    keys = [f"clean {protocol.clean_draws} draws n={n}", f"{standard_key(protocol.eps)} n={n}"]
+    table = training_attack_table(run_dir)
+    return keys if table is None else [*keys, attack_key(table, n)]
+
+
+def attack_key(table, n: int) -> str:
+    return (f"training attack {table.name} eps={table.eps:g} "
+            + " ".join(f"{k}={v}" for k, v in sorted(table.options().items())) + f" n={n}")
+
+
 def measure(run_dir: Path, protocol: Protocol) -> dict:
     """Per-example outcomes of one finished run (archived under keys that spell out the settings)."""
     model, data = load(run_dir)
     x, y = data.test_x[:protocol.test_subset], data.test_y[:protocol.test_subset]
     m = Measurements(run_dir)
     n = len(x)
-    out: dict = {"clean": m.get(f"clean {protocol.clean_draws} draws n={n}",
-                                lambda: (draws_correct(model, x, y, protocol.clean_draws), {}))}
+    clean_key, standard, *attack = measurement_keys(run_dir, protocol)
+    out: dict = {"clean": m.get(clean_key, lambda: (draws_correct(model, x, y, protocol.clean_draws), {}))}
     robust, failed = standard_outcomes(m, model, x, y, protocol.eps, run_dir, n, chunk=n)
     out["robust"] = robust
-    out["suite"] = m.info(f"{standard_key(protocol.eps)} n={n}").get("suite", "standard")
+    out["suite"] = m.info(standard).get("suite", "standard")
     out["failed_checks"] = [c for c in failed if not (out["suite"] == "rand" and c == RANDOMISED_CHECK)]
-    table = training_attack_table(run_dir)
-    if table is not None:
-        options = table.options()
-        key = f"training attack {table.name} eps={table.eps:g} " + " ".join(
-            f"{k}={v}" for k, v in sorted(options.items())) + f" n={n}"
-        out["training_attack"] = m.get(key, lambda: attack_correct(
-            model, x, y, build_attack(table.name, table.eps, **options)))
-        out["training_attack_name"] = describe_attack(table.name, options)
+    if attack:
+        table = training_attack_table(run_dir)
+        out["training_attack"] = m.get(attack[0], lambda: attack_correct(
+            model, x, y, build_attack(table.name, table.eps, **table.options())))
+        steps = table.options().get("steps")
+        out["training_attack_name"] = f"{table.name.upper()}-{steps}" if steps else table.name.upper()
     return out
-
-
-def describe_attack(name: str, options: dict) -> str:
-    steps = options.get("steps")
-    return f"{name.upper()}-{steps}" if steps else name.upper()
 
 
 def cost(run_dir: Path) -> dict[str, float]:
@@ -195,13 +232,14 @@ def span(values: dict[int, float]) -> str:
     return f"{i.mean:.1f}" if not math.isfinite(i.width) else f"{i.mean:.1f} [{i.low:.1f}, {i.high:.1f}]"
 
 
-def versus_baseline(row: Row, baseline: Row) -> Comparison | None:
-    """The paired difference row − baseline in robust accuracy (points), seed by seed on the same images."""
-    if row.name == baseline.name or not set(row.results) & set(baseline.results):
+def versus_baseline(row: Row, baseline: Row, protocol: Protocol) -> Comparison | None:
+    """The paired difference row − baseline in robust accuracy (points), seed by seed on the same images, behind
+    both rows' gates (a flagged row's difference gets no verdict)."""
+    if row.name == baseline.name:
         return None
-    return compare("robust accuracy", baseline.name, row.name, None, baseline.values("robust"),
-                   row.values("robust"), baseline_outcomes={s: r["robust"] for s, r in baseline.results.items()},
-                   method_outcomes={s: r["robust"] for s, r in row.results.items()})
+    return compare_arms("robust accuracy", baseline.name, row.name, None,
+                        {baseline.name: baseline.results, row.name: row.results}, "robust",
+                        gates=[*gates(baseline, protocol), *gates(row, protocol)])
 
 
 def ranked(rows: list[Row], protocol: Protocol) -> list[tuple[Row, list[Gate]]]:
@@ -225,9 +263,10 @@ def table(order: list[tuple[Row, list[Gate]]], baseline: Row | None, protocol: P
         costs = [cost(d) for d in row.run_dirs]
         c = {k: float(np.mean([x[k] for x in costs])) if costs else math.nan
              for k in ("cpu_s_epoch", "cpu_s", "forward", "backward")}
-        diff = versus_baseline(row, baseline) if baseline is not None else None
-        d = "–" if diff is None else (f"{diff.interval.mean:+.1f}" if not math.isfinite(diff.interval.width) else
-                                      f"{diff.interval.mean:+.1f} [{diff.interval.low:+.1f}, {diff.interval.high:+.1f}]")
+        diff = versus_baseline(row, baseline, protocol) if baseline is not None else None
+        i = None if diff is None else diff.interval
+        d = "–" if i is None else (f"{i.mean:+.1f} [{i.low:+.1f}, {i.high:+.1f}]" if math.isfinite(i.width)
+                                   else f"{i.mean:+.1f}")
         attack = row.values("training_attack")
         suite = {r["suite"] for r in row.results.values()}
         status = "pass" if not flagged else "**FLAGGED**: " + "; ".join(
@@ -257,7 +296,7 @@ def plot(order: list[tuple[Row, list[Gate]]], path: Path, protocol: Protocol) ->
         flagged = any(g.passed is False for g in row_gates)
         clean, robust = (seed_interval(list(row.values(k).values())) for k in ("clean", "robust"))
         error = [[i.mean - i.low, i.high - i.mean] if math.isfinite(i.width) else [0, 0] for i in (clean, robust)]
-        size = 30 + 400 * (costs[row.name] / largest if math.isfinite(costs[row.name]) else 0)
+        size = 30 + 400 * (costs[row.name] / largest if math.isfinite(costs[row.name]) else 0)  # 30: the cheapest
         ax.errorbar(clean.mean, robust.mean, xerr=[[error[0][0]], [error[0][1]]], yerr=[[error[1][0]], [error[1][1]]],
                     fmt="none", ecolor="grey", elinewidth=0.8, zorder=1)
         ax.scatter(clean.mean, robust.mean, s=size, zorder=2, edgecolors="C3" if flagged else "C0",
@@ -265,9 +304,9 @@ def plot(order: list[tuple[Row, list[Gate]]], path: Path, protocol: Protocol) ->
         ax.annotate(row.name + (" (flagged)" if flagged else ""), (clean.mean, robust.mean), fontsize=8,
                     xytext=(5, 5), textcoords="offset points")
     ax.set_xlabel("clean accuracy (%)")
-    ax.set_ylabel(f"robust accuracy (%), standard suite at ε {protocol.eps:g}")
-    ax.set_title(f"{protocol.title}: mean and 95% interval over seeds\nmarker area ∝ training CPU-seconds; hollow "
-                 "red = flagged (a check or gate failed)", fontsize=9)
+    ax.set_ylabel(f"robust accuracy (%), standard suite (rand: randomised) at ε {protocol.eps:g}")
+    ax.set_title(f"{protocol.title}: mean and 95% interval over seeds\nmarker area grows with training CPU-seconds; "
+                 "hollow red = flagged (a check or gate failed)", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -294,6 +333,10 @@ def main(argv=None) -> int:
     rows = row_configs(protocol, None)
     row_configs(protocol, args.rows)  # an unknown --rows name is refused
     todo = {r.name for r in rows if args.rows is None or r.name in args.rows}
+    unknown = sorted(set(args.seeds or []) - set(protocol.seeds))
+    if unknown:
+        raise SystemExit(f"--seeds: {', '.join(map(str, unknown))} not among the protocol's seeds "
+                         f"{', '.join(map(str, protocol.seeds))}")
     seeds = [s for s in protocol.seeds if args.seeds is None or s in args.seeds]
     for row in rows:
         config = load_config(row.config)
@@ -301,16 +344,17 @@ def main(argv=None) -> int:
         for seed in protocol.seeds:
             run_dir = arm.run_dir(root, seed)
             compute = row.name in todo and seed in seeds and not Measurements.report_only
-            if Archive.read(run_dir).get("diverged"):  # reported, not retried (delete its archive to retry)
+            if Archive.read(run_dir).get("diverged"):  # reported, not retried (delete its archive and run to retry)
                 row.diverged[seed] = Archive.read(run_dir)["diverged"]
                 Document.runs.add(run_dir.name)
                 continue
             with skip_missing():
                 if compute:
                     try:
-                        train(arm, seed, root, epochs=config.run.epochs, extra=("run.keep_checkpoints=1",))
+                        train(arm, seed, root, epochs=config.run.epochs, extra=("run.keep_checkpoints=1",),
+                              needs=measurement_keys(run_dir, protocol))
                     except TrainingDiverged as exc:  # a row, flagged: the leaderboard goes on
-                        Archive.update(run_dir, diverged=str(exc))
+                        Archive.update(run_dir, diverged=str(exc), machine=this_machine())
                         row.diverged[seed] = str(exc)
                         Document.runs.add(run_dir.name)
                         print(f"[leaderboard {row.name} seed {seed}] {exc}", flush=True)
@@ -334,11 +378,10 @@ def main(argv=None) -> int:
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     plot(order, out.with_suffix(".png"), protocol)
-    command = "nice -n 10 .venv/bin/python benchmarks/leaderboard.py" + (
-        " " + shlex.join(a for a in (sys.argv[1:] if argv is None else argv) if a != "--report-only")
-        if (sys.argv[1:] if argv is None else argv) else "")
-    missing = [f"{r.name} ({', '.join(str(s) for s in protocol.seeds if s not in r.results)})"
-               for r in rows if set(r.results) != set(protocol.seeds)]
+    command = command_line("leaderboard.py", argv, folder="benchmarks")
+    missing = [f"{r.name} ({', '.join(str(s) for s in protocol.seeds if s not in r.results and s not in r.diverged)})"
+               for r in rows if set(r.results) | set(r.diverged) != set(protocol.seeds)]
+    not_yet = "" if not missing else f"\nNot measured yet (the table holds what is done): {'; '.join(missing)}.\n"
     config = load_config(rows[0].config)
     text = f"""# Leaderboard: {protocol.title}
 
@@ -358,18 +401,21 @@ accuracy under the **standard suite** (AutoAttack's APGD-CE, APGD-T, FAB-T and S
 suite, with EOT, for a randomised model), the suite's masking checks, and the defense's own training attack. Numbers:
 mean [95% t interval] over seeds; robust − {protocol.baseline}: the paired difference seed by seed on the same images
 (the wider of the seed interval and the crossed seeds × images bootstrap). Cost: the training run's CPU-seconds (one
-torch thread) and the classifier's forward and backward passes per training image per epoch (a defense's other
-networks, such as a critic or a discriminator, not counted).
+torch thread) and the classifier's forward and backward passes per training image per epoch, its parts included
+(TLA's embeddings, A3T's features; a defense's other networks, such as a critic or a discriminator, not counted).
 
-A row is **flagged**, and ranked below every row that is not, when the suite's masking checks fail on a seed, or when
-it masks its own training attack: that attack's accuracy more than {protocol.max_gap:g} points above the suite's
-(threshold fixed before the runs: {protocol.path.name} says why).
-{"" if not missing else chr(10) + "Not measured yet (the table holds what is done): " + "; ".join(missing) + "." + chr(10)}
+A row is **flagged**, and ranked below every row that is not, when its training diverged on a seed, when the suite's
+masking checks fail on a seed, or when it masks its own training attack: that attack's accuracy more than
+{protocol.max_gap:g} points above the suite's (threshold fixed before the runs: {protocol.path.name} says why). The
+rank orders the mean robust accuracy; read the intervals before reading a difference of rank as a difference of
+robustness (a row with fewer seeds says so in its seeds column).
+{not_yet}
 {table(order, baseline, protocol)}
 
 ![robust vs clean accuracy]({out.with_suffix(".png").name})
 """
-    comparisons = [c for row, _ in order if baseline is not None and (c := versus_baseline(row, baseline)) is not None]
+    comparisons = [c for row, _ in order
+                   if baseline is not None and (c := versus_baseline(row, baseline, protocol)) is not None]
     write_document(out, text, comparisons)
     return 0
 

@@ -39,7 +39,7 @@ every = 0
 
 ROWS = {
     "standard": '[defense]\nname = "standard"\n',
-    "pgd_at": '[defense]\nname = "pgd_at"\n\n[defense.attack]\neps = 0.1\nsteps = 3\nstep_size = 0.05\n',
+    "pgd_at": '[defense]\nname = "pgd_at"\n\n[defense.attack]\neps = 0.1\nsteps = 2\nstep_size = 0.125\n',
 }
 
 
@@ -50,7 +50,8 @@ def write_protocol(tmp_path: Path, rows: dict[str, str], **changes) -> Path:
         (folder / f"{name}.toml").write_text(SHARED.replace("epochs = 6", changes.get(name, "epochs = 6")) + defense)
     path = tmp_path / "tiny.toml"
     path.write_text('title = "tiny"\nrows = "rows"\nout = "unused.md"\nbaseline = "pgd_at"\neps = 0.1\n'
-                    "seeds = [0, 1]\ntest_subset = 40\nclean_draws = 2\nmax_gap = 40.0\n")
+                    "seeds = [0, 1]\ntest_subset = 40\nclean_draws = 2\nmax_gap = 40.0\nattack_steps = 2\n"
+                    "eps_ramp_epochs = 0\nclean_warmup = []\n")
     return path
 
 
@@ -71,8 +72,8 @@ def test_the_leaderboard_trains_measures_ranks_and_reports_from_its_archive(tmp_
     robust = {name: float(cells[4].split()[0]) for name, cells in body.items()}
     assert robust["pgd_at"] > robust["standard"]
     assert body["standard"][6] == "none" and body["pgd_at"][6] != "none"  # the training attack, where there is one
-    # cost: standard training is 1 forward and 1 backward pass per image; PGD-3 adds 3 of each
-    assert body["standard"][9] == "1.0, 1.0" and body["pgd_at"][9] == "4.0, 4.0"
+    # cost: standard training is 1 forward and 1 backward pass per image; PGD-2 adds 2 of each
+    assert body["standard"][9] == "1.0, 1.0" and body["pgd_at"][9] == "3.0, 3.0"
     assert body["pgd_at"][2] == body["standard"][2] == "2"  # seeds
     assert (tmp_path / "docs" / "leaderboard.png").stat().st_size > 10_000
     summary = json.loads((tmp_path / "docs" / "leaderboard.json").read_text())
@@ -109,7 +110,7 @@ def fake_measure(run_dir: Path) -> dict:
     out = {"clean": np.ones(10), "robust": np.r_[np.ones(3 if masked else 2), np.zeros(7 if masked else 8)],
            "suite": "standard", "failed_checks": []}
     if masked:
-        out.update(training_attack=np.r_[np.ones(9), np.zeros(1)], training_attack_name="PGD-3")
+        out.update(training_attack=np.r_[np.ones(9), np.zeros(1)], training_attack_name="PGD-2")
     return out
 
 
@@ -121,6 +122,15 @@ def test_rows_that_break_the_protocol_are_refused_before_anything_runs(tmp_path)
     with pytest.raises(SystemExit, match="--rows: no config for trades"):
         run(tmp_path, protocol, "--rows", "trades")
     assert not (tmp_path / "runs").exists()
+    with pytest.raises(SystemExit, match="--seeds: 7 not among"):
+        run(tmp_path, protocol, "--seeds", "7")
+    stepped = dict(ROWS, pgd_at=ROWS["pgd_at"].replace("steps = 2\nstep_size = 0.125", "steps = 3\nstep_size = 0.05"))
+    with pytest.raises(SystemExit, match=r"pgd_at.toml: its training attack takes 3 steps of 0.05: the protocol's is 2"):
+        run(tmp_path, write_protocol(tmp_path, stepped))
+    warm = dict(ROWS, pgd_at=ROWS["pgd_at"].replace('name = "pgd_at"\n', 'name = "pgd_at"\nwarmup_epochs = 1\n'))
+    with pytest.raises(SystemExit, match="warmup_epochs = 1: no clean warm-up in this protocol"):
+        run(tmp_path, write_protocol(tmp_path, warm))
+    protocol = write_protocol(tmp_path, ROWS)
     (tmp_path / "tiny.toml").write_text((tmp_path / "tiny.toml").read_text() + "surprise = 1\n")
     with pytest.raises(SystemExit, match=r"unknown keys \['surprise'\]"):
         run(tmp_path, protocol)
@@ -146,3 +156,16 @@ def test_a_row_whose_training_diverges_is_flagged_not_fatal_and_stays_in_the_rep
     monkeypatch.setattr(leaderboard, "train", real_train)
     assert run(tmp_path, protocol, "--report-only") == 0  # the divergence is archived: reported, not retried
     assert (tmp_path / "docs" / "leaderboard.md").read_text() == doc
+
+
+def test_the_shipped_protocol_reads_and_every_row_shares_it():
+    """configs/leaderboard/mnist5k.toml and its 16 rows (one per defense): the same training set-up and training
+    attack, checked as the leaderboard checks them before anything runs."""
+    from robustlab.defenses.base import DEFENSES
+
+    protocol = leaderboard.Protocol.read(ROOT / "configs" / "leaderboard" / "mnist5k.toml")
+    rows = leaderboard.row_configs(protocol, None)
+    assert sorted(r.name for r in rows) == sorted(DEFENSES.names())  # every defense robustlab trains
+    attacks = {r.name: leaderboard.defense_attack_table(leaderboard.load_config(r.config).defense) for r in rows}
+    assert {n for n, t in attacks.items() if t is None} == {"standard", "vat", "margin", "adversary_critic"}
+    assert attacks["awp"].name == "pgd" and attacks["at2l"].name == "fgsm"  # through AWP's base, AT²L's one attack

@@ -40,6 +40,7 @@ from robustlab.checkpoint import (  # noqa: E402
     MANIFEST_FILE, MODEL_FILE, atomic_write_text, find_latest_checkpoint, load_checkpoint)
 from robustlab.config import parse_config  # noqa: E402
 from robustlab.evaluation.outcome import attack_outcome  # noqa: E402
+from robustlab.evaluation.runner import outcome_of  # noqa: E402
 from robustlab.paired import Comparison, Gate, compare, comparison_table, gates_table  # noqa: E402
 from robustlab.runs import load_run_data, load_trained_model  # noqa: E402
 
@@ -227,9 +228,10 @@ def attack_correct(model, x, y, attack=None, *, seed: int = 1234) -> tuple[np.nd
 
 
 def draws_correct(model, x, y, draws: int) -> np.ndarray:
-    """Per example, the fraction of ``draws`` predictions that are correct (1 or 0 for a deterministic model)."""
+    """Per example, the fraction of ``draws`` predictions that are correct (1 or 0 for a deterministic model;
+    non-finite logits are wrong)."""
     with torch.no_grad():
-        return np.mean([model(x).argmax(1).eq(y).numpy() for _ in range(draws)], axis=0)
+        return outcome_of(model, x, y, draws)[0].numpy()
 
 
 def standard_correct(model, x, y, eps: float, state_dir: Path, *, suite: str = "standard",
@@ -326,19 +328,31 @@ def compare_arms(metric: str, baseline: str, method: str, paper_effect: float | 
                    gates=tuple(gates))
 
 
-def training_attack_table(run_dir: Path):
-    """The ``[defense.attack]`` table (an ``AttackTable``: name, ε, options) a run trained against, from its
-    archived config (the stored config upgraded as a resume reads it, so a default step size it kept is counted);
-    None for a run without one (no archive, or a defense with no single training attack)."""
+def defense_attack_table(defense: dict):
+    """The single training attack of a config's ``[defense]`` table as an ``AttackTable`` (name, ε, options): its
+    ``[defense.attack]``, AWP's base defense's, or AT²L's one attack at its ε; None for a defense with none (standard
+    training, VAT, margin, the critic) or several (an AT²L ensemble of attacks)."""
+    from robustlab.config import AttackTable
     from robustlab.defenses import build_defense
+
+    built = build_defense(defense["name"], {k: v for k, v in defense.items() if k != "name"})
+    options = getattr(built, "base", built).options  # AWP perturbs the weights of its base defense's objective
+    table = getattr(options, "attack", None)
+    attacks = getattr(options, "attacks", None)
+    if table is None and attacks is not None and list(attacks) == ["fgsm"]:
+        table = AttackTable(name="fgsm", eps=options.eps)
+    return table
+
+
+def training_attack_table(run_dir: Path):
+    """:func:`defense_attack_table` of a run, from its archived config (else the run's own ``config.json``), the
+    stored config upgraded as a resume reads it, so a default step size it kept is counted; None without one."""
     from robustlab.experiment import config_from_dict, upgrade_stored_config
 
     raw = Archive.read(run_dir).get("config")
-    if raw is None:
-        return None
-    defense = config_from_dict(upgrade_stored_config(raw)).defense
-    options = build_defense(defense["name"], {k: v for k, v in defense.items() if k != "name"}).options
-    return getattr(options, "attack", None)
+    if raw is None and (Path(run_dir) / "config.json").is_file():
+        raw = json.loads((Path(run_dir) / "config.json").read_text())
+    return None if raw is None else defense_attack_table(config_from_dict(upgrade_stored_config(raw)).defense)
 
 
 def training_attack(run_dir: Path) -> tuple[str, float, int, float] | None:
@@ -426,10 +440,10 @@ def gates_section(comparisons: list[Comparison]) -> str:
             "\"no verdict\" and names itself.\n\n" + gates_table(gates))
 
 
-def command_line(script: str, argv: list[str] | None) -> str:
+def command_line(script: str, argv: list[str] | None, folder: str = "benchmarks/reproduce") -> str:
     """The command that reproduces the document (``--report-only`` only renders it: left out)."""
     args = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--report-only"]
-    return f"nice -n 10 .venv/bin/python benchmarks/reproduce/{script}" + (" " + shlex.join(args) if args else "")
+    return f"nice -n 10 .venv/bin/python {folder}/{script}" + (" " + shlex.join(args) if args else "")
 
 
 def this_machine() -> str:
@@ -508,8 +522,8 @@ def write_document(path: Path, text: str, comparisons: Sequence[Comparison] = ()
 
 
 __all__ = ["LEFT_OUT", "Archive", "Arm", "Document", "Measurements", "Missing", "ReportRefused", "WeightsNotHere",
-           "arm_table", "attack_correct", "begin", "draws_correct", "chunked_outcomes", "chunks", "command_line", "compare_arms",
-           "comparison_table", "epoch_table", "finished_epochs", "gates_section", "headline", "history", "load",
-           "machine_line", "matched_attack_gate", "mean_std", "plan", "skip_missing", "standard_correct",
-           "standard_key", "standard_outcomes", "train", "training_attack", "training_attack_table", "verdict_lines",
-           "write_document"]
+           "arm_table", "attack_correct", "begin", "chunked_outcomes", "chunks", "command_line", "compare_arms",
+           "comparison_table", "defense_attack_table", "draws_correct", "epoch_table", "finished_epochs",
+           "gates_section", "headline", "history", "load", "machine_line", "matched_attack_gate", "mean_std", "plan",
+           "skip_missing", "standard_correct", "standard_key", "standard_outcomes", "train", "training_attack",
+           "training_attack_table", "verdict_lines", "write_document"]
