@@ -457,3 +457,32 @@ def test_the_state_is_keyed_by_the_examples_and_ignores_check_settings(trained_d
     again = evaluate(trained_digits_mlp, a, ya, EvalSettings(eps=0.1, tol=0.05, check_subset=10), suite=stages,
                      state_dir=tmp_path)
     assert again.state_dir == first.state_dir and all(r["resumed"] for r in again.rows)
+
+
+def test_a_cascade_plot_puts_each_stage_at_its_own_tick_and_skips_rows_without_an_after(tmp_path, monkeypatch):
+    """The standard suite's picture: the accuracy left after each attack in turn. A stage missing at one ε keeps the
+    next stage on its own tick; a row outside the worst case (no ``robust_after``) is not drawn."""
+    import matplotlib.axes
+
+    from robustlab.evaluation import EvalSettings
+    from robustlab.evaluation.plots import plot_result
+    from robustlab.evaluation.result import EvaluationResult
+
+    def row(attack, eps, after=None):
+        return {"attack": attack, "kind": "bounded", "norm": "linf", "eps": eps, "accuracy": after or 0.5,
+                "alone": attack == "apgd_ce", **({} if after is None else {"robust_after": after})}
+
+    rows = [row("apgd_ce", 0.1, 0.6), row("apgd_t", 0.1, 0.55), row("square", 0.1, 0.5),
+            row("apgd_ce", 0.3, 0.3), row("square", 0.3, 0.2), row("extra_probe", 0.3)]
+    result = EvaluationResult("standard", True, True, "linf", 0.3, 10, 0.9, 0.2, rows, {0.1: 0.5, 0.3: 0.2}, [],
+                              torch.ones(10, dtype=torch.bool), torch.zeros(10, dtype=torch.bool), [None] * 10,
+                              EvalSettings(eps=[0.1, 0.3]))
+    drawn = []
+    original = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda self, *a, **k: (k.get("linestyle") == "none" and drawn.append((list(a[0]), list(a[1]))),
+                                               original(self, *a, **k))[1])  # the markers: one call per ε
+    plot_result(result, tmp_path / "cascade.png")
+    assert (tmp_path / "cascade.png").stat().st_size > 5_000
+    assert [x for x, _ in drawn] == [[0, 1, 2, 3], [0, 1, 3]]  # ε 0.3 has no APGD-T: SQUARE stays on its tick
+    assert [y for _, y in drawn] == [pytest.approx([90, 60, 55, 50]), pytest.approx([90, 30, 20])]

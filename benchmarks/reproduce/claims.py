@@ -50,12 +50,19 @@ def _span(interval: list, digits: int) -> str:
 
 
 def comparisons(name: str, metrics: tuple[str, ...]) -> list[dict] | None:
-    """The headline comparisons of a document's verdict file; None without one (withdrawn), [] for a smoke run."""
+    """The headline comparisons of a document's verdict file; None without one (withdrawn), [] for a smoke run.
+    A full document none of whose comparisons is a headline metric is an error (a metric renamed in its script)."""
     summary = DOCS / f"{name}.json"
     if not summary.is_file():
         return None
     data = json.loads(summary.read_text())
-    return [] if data.get("smoke") else [c for c in data["comparisons"] if c["metric"] in metrics]
+    if data.get("smoke"):
+        return []
+    rows = [c for c in data["comparisons"] if c["metric"] in metrics]
+    if not rows:
+        raise SystemExit(f"{summary.relative_to(ROOT)}: none of its comparisons is a headline metric of claims.py "
+                         f"({', '.join(metrics)}): update CLAIMS")
+    return rows
 
 
 def measured(c: dict, digits: int) -> str:

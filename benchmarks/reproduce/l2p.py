@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from protocol import (  # noqa: E402
     LEFT_OUT, ROOT, Archive, Arm, Measurements, arm_table, begin, chunked_outcomes, chunks, command_line, compare_arms,
     comparison_table, draws_correct, epoch_table, finished_epochs, gates_section, headline, history, load,
-    machine_line, matched_attack_gate, mean_std, plan, skip_missing, standard_key, standard_outcomes, train, verdict_lines,
-    write_document)
+    machine_line, matched_attack_gate, mean_std, plan, skip_missing, standard_key, standard_outcomes, train,
+    verdict_lines, write_document)
 from robustlab.paired import Gate, floor_gate, masking_gate, mechanism_gate  # noqa: E402
 from robustlab.attacks import build_attack  # noqa: E402
 from robustlab.checkpoint import find_latest_checkpoint  # noqa: E402

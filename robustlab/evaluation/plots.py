@@ -74,6 +74,7 @@ def _plot_cascade(result: EvaluationResult, rows: Sequence[dict], path: Path, ti
     """A cascade suite (each attack on the examples still robust): the accuracy left after each attack in turn,
     from the clean accuracy to the robust accuracy, one line per ε, each step labelled with its value."""
     plt = pyplot()
+    rows = [r for r in rows if "robust_after" in r]  # a stage outside the worst case has no "after" of its own
     by_eps: dict[float, list[dict]] = {}
     for r in rows:
         by_eps.setdefault(r["eps"], []).append(r)
@@ -82,10 +83,10 @@ def _plot_cascade(result: EvaluationResult, rows: Sequence[dict], path: Path, ti
     xs = list(range(len(stages) + 1))
     for i, (eps, eps_rows) in enumerate(sorted(by_eps.items())):
         after = {r["attack"]: r["robust_after"] for r in eps_rows}
-        ys = [100 * result.clean] + [100 * after[a] for a in stages if a in after]
-        ax.step(xs[:len(ys)], ys, where="post", color=f"C{i % 10}", linewidth=1.6, label=f"ε {eps:g}")
-        ax.plot(xs[:len(ys)], ys, linestyle="none", marker="o", color=f"C{i % 10}")
-        for x, y in zip(xs, ys):
+        points = [(0, 100 * result.clean)] + [(x, 100 * after[a]) for x, a in enumerate(stages, 1) if a in after]
+        ax.step(*zip(*points), where="post", color=f"C{i % 10}", linewidth=1.6, label=f"ε {eps:g}")
+        ax.plot(*zip(*points), linestyle="none", marker="o", color=f"C{i % 10}")
+        for x, y in points:
             ax.annotate(f"{y:.1f}", (x, y), xytext=(0, 5), textcoords="offset points", ha="center", fontsize=7)
     ax.set_xticks(xs, ["clean", *(f"after {a.upper()}" for a in stages)], rotation=20, fontsize=8)
     ax.set_ylabel("accuracy (%)")
