@@ -161,7 +161,7 @@ def test_a_quick_document_is_titled_a_smoke_run_and_carries_no_verdict(tmp_path,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["l2p", "critic", "tla", "a3t"])
+@pytest.mark.parametrize("name", ["l2p", "critic", "tla", "a3t", "at2l"])
 def test_a_committed_document_regenerates_unchanged_from_its_archive(tmp_path, name):
     """A fresh checkout has no runs/: ``--report-only`` renders the committed document from the archive alone."""
     import importlib.util

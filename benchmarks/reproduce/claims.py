@@ -28,7 +28,8 @@ END = "<!-- end of the claims table -->"
 # (document, the paper's claim, the metrics reported here: the rest are in the document, digits)
 CLAIMS = [
     ("at2l", "AT²L (Li et al., Table 7, FGSM training over models A–D): FGSM error after 10 rounds 42.0 → 34.8 % "
-             "(−7.2)", (), 1),
+             "(−7.2); C&W error +1.8", ("FGSM ε 0.3 error, round 10", "C&W error, round 10 (200 images)",
+                                        "standard-suite error ε 0.3, round 10"), 1),
     ("tla", "TLA (Mao et al. 2019): +2.92 / +1.86 points over AT / ALP under PGD; misclassification-detection AUC "
             "+3.69", ("standard-suite accuracy", "PGD-100 accuracy", "detection AUC (centroid distance)"), 1),
     ("a3t", "A3T (Erraqabi et al. 2018, Table 1): +1.65 points over AT under FGSM ε 0.1",
