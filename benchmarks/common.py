@@ -17,15 +17,16 @@ from robustlab.experiment import load_config  # noqa: E402
 
 
 def train_or_reuse(config_file: str | Path, run_dir: Path, label: str, *, seed: int, overrides: list[str] = (),
-                   epochs: int | None = None, train_subset: int | None = None,
+                   epochs: int | None = None, train_subset: int | None = None, device: str = "cpu",
                    log: Callable[[str], None] = print) -> Trainer:
-    """Train ``config_file`` (relative to the repo) into ``run_dir`` on the CPU, without progress bars.
+    """Train ``config_file`` (relative to the repo) into ``run_dir`` on ``device`` (the CPU by default), without
+    progress bars.
 
     A finished run is reused and an interrupted one resumed from its last checkpoint, so a rerun of a benchmark
     only trains what is missing (training is seeded and deterministic on the CPU: the numbers do not change).
     """
     sets = [*overrides, f"run.seed={seed}", f"run.out_dir={json.dumps(str(run_dir))}", "run.progress=false",
-            'run.device="cpu"']
+            f"run.device={json.dumps(device)}"]
     if epochs:
         sets.append(f"run.epochs={epochs}")
     if train_subset:

@@ -167,10 +167,12 @@ def attack_key(table, n: int) -> str:
             + " ".join(f"{k}={v}" for k, v in sorted(table.options().items())) + f" n={n}")
 
 
-def measure(run_dir: Path, protocol: Protocol) -> dict:
+def measure(run_dir: Path, protocol: Protocol, device: str = "cpu") -> dict:
     """Per-example outcomes of one finished run (archived under keys that spell out the settings)."""
     model, data = load(run_dir)
     x, y = data.test_x[:protocol.test_subset], data.test_y[:protocol.test_subset]
+    if device != "cpu" and not Measurements.report_only:
+        model, x, y = model.to(device), x.to(device), y.to(device)
     m = Measurements(run_dir)
     n = len(x)
     clean_key, standard, *attack = measurement_keys(run_dir, protocol)
@@ -320,6 +322,7 @@ def parse_args(argv=None):
                                                              "from what is done)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="only these of the protocol's seeds")
     p.add_argument("--runs", default="runs/leaderboard")
+    p.add_argument("--device", default="cpu", help="train and measure on this device (cuda for the GPU protocol)")
     p.add_argument("--out", default=None, help="the document (default: the protocol's)")
     p.add_argument("--report-only", action="store_true", help="compute nothing: write the document from what is done")
     return p.parse_args(argv)
@@ -352,7 +355,7 @@ def main(argv=None) -> int:
                 if compute:
                     try:
                         train(arm, seed, root, epochs=config.run.epochs, extra=("run.keep_checkpoints=1",),
-                              needs=measurement_keys(run_dir, protocol))
+                              needs=measurement_keys(run_dir, protocol), device=args.device)
                     except TrainingDiverged as exc:  # a row, flagged: the leaderboard goes on
                         Archive.update(run_dir, diverged=str(exc), machine=this_machine())
                         row.diverged[seed] = str(exc)
@@ -364,7 +367,7 @@ def main(argv=None) -> int:
                 saved = Measurements.report_only
                 Measurements.report_only = saved or not compute
                 try:
-                    row.results[seed] = measure(run_dir, protocol)
+                    row.results[seed] = measure(run_dir, protocol, args.device)
                     row.run_dirs.append(run_dir)
                 finally:
                     Measurements.report_only = saved

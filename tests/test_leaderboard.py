@@ -91,7 +91,7 @@ def test_the_leaderboard_trains_measures_ranks_and_reports_from_its_archive(tmp_
 
 def test_a_row_that_fails_a_gate_is_flagged_and_ranked_below_every_row_that_passes(tmp_path, monkeypatch):
     protocol = write_protocol(tmp_path, ROWS)
-    monkeypatch.setattr(leaderboard, "measure", lambda run_dir, p: fake_measure(run_dir))
+    monkeypatch.setattr(leaderboard, "measure", lambda run_dir, p, device: fake_measure(run_dir))
     monkeypatch.setattr(leaderboard, "train", lambda arm, seed, root, **kw: arm.run_dir(root, seed))
     monkeypatch.setattr(leaderboard, "finished_epochs", lambda run_dir: 6)
     monkeypatch.setattr(leaderboard, "cost", lambda run_dir: {"cpu_s_epoch": 1.0, "cpu_s": 2.0, "forward": 1.0,
@@ -158,12 +158,13 @@ def test_a_row_whose_training_diverges_is_flagged_not_fatal_and_stays_in_the_rep
     assert (tmp_path / "docs" / "leaderboard.md").read_text() == doc
 
 
-def test_the_shipped_protocol_reads_and_every_row_shares_it():
-    """configs/leaderboard/mnist5k.toml and its 16 rows (one per defense): the same training set-up and training
-    attack, checked as the leaderboard checks them before anything runs."""
+@pytest.mark.parametrize("name", ["mnist5k", "cifar10"])
+def test_the_shipped_protocols_read_and_every_row_shares_them(name):
+    """configs/leaderboard/{mnist5k,cifar10}.toml and their 16 rows (one per defense): the same training set-up and
+    training attack, checked as the leaderboard checks them before anything runs."""
     from robustlab.defenses.base import DEFENSES
 
-    protocol = leaderboard.Protocol.read(ROOT / "configs" / "leaderboard" / "mnist5k.toml")
+    protocol = leaderboard.Protocol.read(ROOT / "configs" / "leaderboard" / f"{name}.toml")
     rows = leaderboard.row_configs(protocol, None)
     assert sorted(r.name for r in rows) == sorted(DEFENSES.names())  # every defense robustlab trains
     attacks = {r.name: leaderboard.defense_attack_table(leaderboard.load_config(r.config).defense) for r in rows}

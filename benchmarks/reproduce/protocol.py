@@ -148,7 +148,7 @@ def finished_epochs(run_dir: Path) -> int:
 
 
 def train(arm: Arm, seed: int, root: Path, *, epochs: int, extra: tuple[str, ...] = (), needs: Sequence[str] = (),
-          log: Callable[[str], None] = print) -> Path:
+          device: str = "cpu", log: Callable[[str], None] = print) -> Path:
     """Train (or resume, or reuse) ``arm`` with ``seed`` for ``epochs`` epochs; returns the run directory.
 
     ``needs``: the measurements the caller will take of the run; a run archived as finished with all of them is
@@ -162,7 +162,8 @@ def train(arm: Arm, seed: int, root: Path, *, epochs: int, extra: tuple[str, ...
         log(f"[{arm.label} seed {seed}] trained and measured: reported from {Archive.path(out)}")
         return out
     started = time.perf_counter()
-    train_or_reuse(arm.config, out, arm.label, seed=seed, overrides=[*arm.overrides, *extra], epochs=epochs, log=log)
+    train_or_reuse(arm.config, out, arm.label, seed=seed, overrides=[*arm.overrides, *extra], epochs=epochs,
+                   device=device, log=log)
     if time.perf_counter() - started > 5:
         log(f"[{arm.label} seed {seed}] trained in {time.perf_counter() - started:.0f} s")
     Archive.record_training(out)
