@@ -227,11 +227,14 @@ def number(value: float, digits: int) -> str:
 
 
 def span(values: dict[int, float]) -> str:
-    """"m [low, high]": the mean and its 95% t interval over seeds ("m" alone for one seed)."""
+    """"m [low, high]": the mean of a percentage and its 95% t interval over seeds, clipped to 0–100 ("m" alone
+    for one seed)."""
     if not values:
         return "–"
     i = seed_interval(list(values.values()))
-    return f"{i.mean:.1f}" if not math.isfinite(i.width) else f"{i.mean:.1f} [{i.low:.1f}, {i.high:.1f}]"
+    if not math.isfinite(i.width):
+        return f"{i.mean:.1f}"
+    return f"{i.mean:.1f} [{max(i.low, 0.0):.1f}, {min(i.high, 100.0):.1f}]"
 
 
 def versus_baseline(row: Row, baseline: Row, protocol: Protocol) -> Comparison | None:
@@ -283,30 +286,38 @@ def table(order: list[tuple[Row, list[Gate]]], baseline: Row | None, protocol: P
 
 
 def plot(order: list[tuple[Row, list[Gate]]], path: Path, protocol: Protocol) -> None:
-    """Robust against clean accuracy, one point per defense with its 95% intervals; marker area ∝ training CPU-s;
-    a flagged row hollow."""
+    """Robust against clean accuracy, one point per defense with its 95% intervals; marker area grows with the
+    training CPU-seconds; a flagged row hollow; rows that land on one spot share one label."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    fig, ax = plt.subplots(figsize=(8, 5.8))
     costs = {row.name: float(np.mean([cost(d)["cpu_s"] for d in row.run_dirs])) for row, _ in order if row.results}
     largest = max((v for v in costs.values() if math.isfinite(v)), default=1.0) or 1.0
+    spots: list[tuple[float, float, list[str]]] = []  # label positions, each with the rows it names
     for row, row_gates in order:
         if not row.results:
             continue
         flagged = any(g.passed is False for g in row_gates)
         clean, robust = (seed_interval(list(row.values(k).values())) for k in ("clean", "robust"))
-        error = [[i.mean - i.low, i.high - i.mean] if math.isfinite(i.width) else [0, 0] for i in (clean, robust)]
+        error = [[i.mean - max(i.low, 0.0), min(i.high, 100.0) - i.mean] if math.isfinite(i.width) else [0, 0]
+                 for i in (clean, robust)]  # the intervals clipped to 0–100, as in the table
         size = 30 + 400 * (costs[row.name] / largest if math.isfinite(costs[row.name]) else 0)  # 30: the cheapest
         ax.errorbar(clean.mean, robust.mean, xerr=[[error[0][0]], [error[0][1]]], yerr=[[error[1][0]], [error[1][1]]],
                     fmt="none", ecolor="grey", elinewidth=0.8, zorder=1)
         ax.scatter(clean.mean, robust.mean, s=size, zorder=2, edgecolors="C3" if flagged else "C0",
-                   facecolors="none" if flagged else "C0", alpha=0.8, linewidths=1.5)
-        ax.annotate(row.name + (" (flagged)" if flagged else ""), (clean.mean, robust.mean), fontsize=8,
-                    xytext=(5, 5), textcoords="offset points")
+                   facecolors="none" if flagged else "C0", alpha=0.6, linewidths=1.5)
+        name = row.name + (" (flagged)" if flagged else "")
+        spot = next((s for s in spots if abs(s[0] - clean.mean) < 1.0 and abs(s[1] - robust.mean) < 2.0), None)
+        if spot is None:
+            spots.append((clean.mean, robust.mean, [name]))
+        else:
+            spot[2].append(name)
+    for x, y, names in spots:
+        ax.annotate("\n".join(names), (x, y), fontsize=7, xytext=(6, 4), textcoords="offset points", va="bottom")
     ax.set_xlabel("clean accuracy (%)")
-    ax.set_ylabel(f"robust accuracy (%), standard suite (rand: randomised) at ε {protocol.eps:g}")
+    ax.set_ylabel(f"robust accuracy (%) at ε {protocol.eps:g} (standard suite; rand if randomised)")
     ax.set_title(f"{protocol.title}: mean and 95% interval over seeds\nmarker area grows with training CPU-seconds; "
                  "hollow red = flagged (a check or gate failed)", fontsize=9)
     ax.grid(alpha=0.3)
@@ -401,9 +412,9 @@ epochs with the same optimiser ({config.optim.name}, learning rate {config.optim
 (from its paper, in its row config). Every row is measured on the same first {protocol.test_subset} test images at
 ε {protocol.eps:g}: clean accuracy ({protocol.clean_draws} predictions per image for a randomised model), robust
 accuracy under the **standard suite** (AutoAttack's APGD-CE, APGD-T, FAB-T and Square at their budget; the `rand`
-suite, with EOT, for a randomised model), the suite's masking checks, and the defense's own training attack. Numbers:
-mean [95% t interval] over seeds; robust − {protocol.baseline}: the paired difference seed by seed on the same images
-(the wider of the seed interval and the crossed seeds × images bootstrap). Cost: the training run's CPU-seconds (one
+suite, with EOT, for a randomised model), the suite's masking checks, and the defense's own training attack.
+Numbers: mean [95% t interval, clipped to 0–100] over seeds; robust − {protocol.baseline}: the paired difference
+seed by seed on the same images (the wider of the seed interval and the crossed seeds × images bootstrap). Cost: the training run's CPU-seconds (one
 torch thread) and the classifier's forward and backward passes per training image per epoch, its parts included
 (TLA's embeddings, A3T's features; a defense's other networks, such as a critic or a discriminator, not counted).
 
