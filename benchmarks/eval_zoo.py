@@ -3,6 +3,7 @@
     python benchmarks/eval_zoo.py [--n 300] [--only NAME ...] [--methods standard adaptive reference]
                                   [--device cpu|cuda] [--out docs/results/eval_zoo.md]
                                   [--variant square_probe=0.1 --variant adaptive_targets=4,square_probe=0.3]
+                                  [--variant square_queries=1000@mnist5k_pgd_at_binarised,digits4_pgd_at]
 
 For each model of ``benchmarks/zoo.py`` (trained if missing), on its first ``--n`` test images at its ε, in one
 process with one torch thread: robustlab's `standard` and `adaptive` suites and torchattacks 3.5.1's AutoAttack
@@ -11,7 +12,7 @@ method: robust accuracy, CPU seconds (wall-clock on a GPU), forward/backward pas
 that failed; per pair of methods: the examples robust under one and fooled by the other. Each (model, method)
 result is kept in ``runs/zoo/eval/`` and reused by a rerun (``--fresh`` to measure again), so a change to one
 suite re-measures only that suite. ``--variant`` adds the `adaptive` suite with other settings (a second table:
-compute against strength). Writes ``--out`` and ``<out>.json``.
+compute against strength), on the ``--variants-on`` models, or on the models named after its ``@``. Writes ``--out`` and ``<out>.json``.
 """
 
 from __future__ import annotations
@@ -37,14 +38,20 @@ LABELS = {"standard": "robustlab standard", "adaptive": "robustlab adaptive",
           "reference": "torchattacks AutoAttack"}
 
 
-def parse_variant(text: str) -> dict:
-    """``"square_probe=0.1,adaptive_targets=4"`` -> settings of the adaptive suite."""
+def parse_variant(text: str) -> tuple[dict, list[str] | None]:
+    """``"square_probe=0.1,adaptive_targets=4"`` -> (settings of the adaptive suite, None); a ``@model,model`` tail
+    names the models it is measured on."""
+    text, _, models = text.partition("@")
+    named = [m.strip() for m in models.split(",") if m.strip()] or None
+    unknown = sorted(set(named or []) - set(BY_NAME))
+    if unknown:
+        raise SystemExit(f"--variant {text}@...: no zoo model {', '.join(unknown)} (there: {', '.join(BY_NAME)})")
     options = {}
     for part in text.split(","):
         key, _, value = part.partition("=")
         options[key.strip()] = json.loads(value)
     EvalSettings(**options)  # refused here, not after an hour
-    return options
+    return options, named
 
 
 def measure(entry: ZooModel, method: str, n: int, device: torch.device, fresh: bool,
@@ -121,7 +128,9 @@ def main() -> None:
             record = measure(entry, method, args.n, device, args.fresh)
             results.setdefault(entry.name, {})[method] = record
             report(record)
-        for variant in args.variant if not args.variants_on or entry.name in args.variants_on else []:
+        for variant, named in args.variant:
+            if entry.name not in (named or args.variants_on or [entry.name]):
+                continue
             record = measure(entry, "adaptive", args.n, device, args.fresh, variant)
             results[entry.name][record["method"]] = record
             report(record)
