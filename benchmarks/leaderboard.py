@@ -295,7 +295,7 @@ def plot(order: list[tuple[Row, list[Gate]]], path: Path, protocol: Protocol) ->
     fig, ax = plt.subplots(figsize=(8, 5.8))
     costs = {row.name: float(np.mean([cost(d)["cpu_s"] for d in row.run_dirs])) for row, _ in order if row.results}
     largest = max((v for v in costs.values() if math.isfinite(v)), default=1.0) or 1.0
-    spots: list[tuple[float, float, list[str]]] = []  # label positions, each with the rows it names
+    points: list[tuple[float, float, str]] = []  # (clean, robust, label) of each row drawn
     for row, row_gates in order:
         if not row.results:
             continue
@@ -308,14 +308,17 @@ def plot(order: list[tuple[Row, list[Gate]]], path: Path, protocol: Protocol) ->
                     fmt="none", ecolor="grey", elinewidth=0.8, zorder=1)
         ax.scatter(clean.mean, robust.mean, s=size, zorder=2, edgecolors="C3" if flagged else "C0",
                    facecolors="none" if flagged else "C0", alpha=0.6, linewidths=1.5)
-        name = row.name + (" (flagged)" if flagged else "")
-        spot = next((s for s in spots if abs(s[0] - clean.mean) < 1.0 and abs(s[1] - robust.mean) < 2.0), None)
-        if spot is None:
-            spots.append((clean.mean, robust.mean, [name]))
-        else:
-            spot[2].append(name)
+        points.append((clean.mean, robust.mean, row.name + (" (flagged)" if flagged else "")))
+    # rows close on the axes (a quarter of the clean range, an eighth of the robust range) share one label
+    dx = 0.25 * (max(p[0] for p in points) - min(p[0] for p in points) + 1) if points else 0
+    dy = 0.12 * (max(p[1] for p in points) - min(p[1] for p in points) + 1) if points else 0
+    spots: list[tuple[float, float, list[str]]] = []
+    for x, y, name in sorted(points, key=lambda p: (-p[1], p[0])):
+        spot = next((s for s in spots if abs(s[0] - x) < dx and abs(s[1] - y) < dy), None)
+        spots.append((x, y, [name])) if spot is None else spot[2].append(name)
     for x, y, names in spots:
-        ax.annotate("\n".join(names), (x, y), fontsize=7, xytext=(6, 4), textcoords="offset points", va="bottom")
+        text = "\n".join(", ".join(names[i:i + 2]) for i in range(0, len(names), 2))
+        ax.annotate(text, (x, y), fontsize=7, xytext=(6, 4), textcoords="offset points", va="bottom")
     ax.set_xlabel("clean accuracy (%)")
     ax.set_ylabel(f"robust accuracy (%) at ε {protocol.eps:g} (standard suite; rand if randomised)")
     ax.set_title(f"{protocol.title}: mean and 95% interval over seeds\nmarker area grows with training CPU-seconds; "
