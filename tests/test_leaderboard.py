@@ -170,3 +170,18 @@ def test_the_shipped_protocols_read_and_every_row_shares_them(name):
     attacks = {r.name: leaderboard.defense_attack_table(leaderboard.load_config(r.config).defense) for r in rows}
     assert {n for n, t in attacks.items() if t is None} == {"standard", "vat", "margin", "adversary_critic"}
     assert attacks["awp"].name == "pgd" and attacks["at2l"].name == "fgsm"  # through AWP's base, AT²L's one attack
+
+
+@pytest.mark.slow
+def test_the_committed_leaderboard_regenerates_unchanged_from_its_archive(tmp_path):
+    """A fresh checkout has no runs/: ``--report-only`` renders docs/leaderboard.md from docs/leaderboard_runs/."""
+    import shutil
+
+    shutil.copytree(ROOT / "docs" / "leaderboard_runs", tmp_path / "leaderboard_runs")
+    out = tmp_path / "leaderboard.md"
+    assert leaderboard.main(["--report-only", "--runs", str(tmp_path / "runs"), "--out", str(out)]) == 0
+
+    def body(text):  # the command line and the folder of runs name this test's paths: everything else must match
+        return [line for line in text.splitlines() if "benchmarks/leaderboard.py" not in line
+                and "finished runs and measurements are reused" not in line]
+    assert body(out.read_text()) == body((ROOT / "docs" / "leaderboard.md").read_text())
