@@ -1,4 +1,4 @@
-"""Helpers shared by the reproduction benchmarks: train-or-reuse a run, and mean ± std cells."""
+"""Helpers shared by the benchmarks: train-or-reuse a run, mean ± std cells, generated blocks between markers."""
 
 from __future__ import annotations
 
@@ -49,6 +49,16 @@ def mean_std(values: list[float], digits: int = 1) -> str:
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def between_markers(text: str, begin: str, end: str, block: str, page: str) -> str:
+    """``text`` with what stands between the marker lines ``begin`` and ``end`` replaced by ``block`` (a generated
+    table or output, kept in a page written by hand)."""
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise SystemExit(f"{page} must hold {begin} and then {end}, once each")
+    head, rest = text.split(begin)
+    _, tail = rest.split(end)
+    return f"{head}{begin}\n{block}\n{end}{tail}"
 
 
 def write_report(path: str | Path, lines: list[str]) -> None:

@@ -12,22 +12,20 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ROOT, between_markers  # noqa: E402
+
 BEGIN, END = "<!-- demo output: begin -->", "<!-- demo output: end -->"
 
 
 def replace_block(readme: str, block: str) -> str:
     """``readme`` with the text between the markers replaced by ``block`` (a fenced text block)."""
-    if readme.count(BEGIN) != 1 or readme.count(END) != 1 or readme.index(BEGIN) > readme.index(END):
-        raise SystemExit(f"README.md must hold {BEGIN} and then {END}, once each")
-    head, rest = readme.split(BEGIN)
-    _, tail = rest.split(END)
-    return f"{head}{BEGIN}\n```text\n{block.strip()}\n```\n{END}{tail}"
+    return between_markers(readme, BEGIN, END, f"```text\n{block.strip()}\n```", "README.md")
 
 
 def demo_output(out_dir: Path) -> tuple[str, float]:
     """The end of the demo's printed output (from its title on) and the wall-clock seconds it took."""
-    sys.path.insert(0, str(ROOT))
     from robustlab.demo import run_demo
 
     printed: list[str] = []

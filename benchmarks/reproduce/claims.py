@@ -18,7 +18,10 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import ROOT, between_markers  # noqa: E402
+
 DOCS = ROOT / "docs" / "results" / "reproduction"
 README = ROOT / "README.md"
 PROTOCOL_PAGE = ROOT / "docs" / "reproductions.md"
@@ -66,46 +69,51 @@ def comparisons(name: str, metrics: tuple[str, ...]) -> list[dict] | None:
     return rows
 
 
+WITHDRAWN = "**withdrawn**: the document predates the archive and the validity gates"
+
+
+def paper_effect(c: dict, digits: int) -> str:
+    return "ablation" if c["paper_effect"] is None else f"{c['paper_effect']:+.{max(digits, 2)}f}"
+
+
 def measured(c: dict, digits: int) -> str:
-    paper = "ablation" if c["paper_effect"] is None else f"the paper {c['paper_effect']:+.{max(digits, 2)}f}"
-    return f"{c['mean']:+.{digits}f} {_span(c['interval'], digits)} ({paper})"
+    """The difference and its interval: "+1.0 [+0.2, +1.8]"."""
+    return f"{c['mean']:+.{digits}f} {_span(c['interval'], digits)}"
 
 
-def claims_table(link_prefix: str = "results/reproduction/") -> str:
+def claims_table() -> str:
     """The full table: one row per headline comparison of each document (or one row: withdrawn)."""
     lines = ["| paper's claim | comparison (CPU scale) | measured, 95% CI | the paper | verdict |",
              "|---|---|---|---|---|"]
     for name, claim, metrics, digits in CLAIMS:
-        link = f"[{name}.md]({link_prefix}{name}.md)"
+        link = f"[{name}.md](results/reproduction/{name}.md)"
         rows = comparisons(name, metrics)
         if rows is None:
-            lines.append(f"| {claim} | {link} | – | – | **withdrawn**: the document predates the archive and the "
-                         f"validity gates (it says why) |")
+            lines.append(f"| {claim} | {link} | – | – | {WITHDRAWN} (it says why) |")
             continue
         if not rows:
             lines.append(f"| {claim} | {link} | – | – | **no verdict**: a smoke run (--quick) |")
             continue
         for c in rows:
-            paper = "ablation" if c["paper_effect"] is None else f"{c['paper_effect']:+.{max(digits, 2)}f}"
             lines.append(f"| {claim} | {link}: {c['metric']}, {c['method']} − {c['baseline']} | "
-                         f"{c['mean']:+.{digits}f} {_span(c['interval'], digits)} | {paper} | **{c['verdict']}** |")
+                         f"{measured(c, digits)} | {paper_effect(c, digits)} | **{c['verdict']}** |")
             claim = "〃"
     return "\n".join(lines)
 
 
-def claims_summary(link_prefix: str = "docs/results/reproduction/") -> str:
+def claims_summary() -> str:
     """One row per paper: each comparison with a verdict, and how many have none and which gates withheld them."""
     lines = ["| paper's claim | what these runs support | document |", "|---|---|---|"]
     for name, paper, metrics, digits in CLAIMS:
-        link = f"[{name}.md]({link_prefix}{name}.md)"
+        link = f"[{name}.md](docs/results/reproduction/{name}.md)"
         rows = comparisons(name, metrics)
         if rows is None:
-            lines.append(f"| {paper} | **withdrawn**: the document predates the archive and the validity gates | "
-                         f"{link} |")
+            lines.append(f"| {paper} | {WITHDRAWN} | {link} |")
             continue
         decided = [c for c in rows if not c["verdict"].startswith("no verdict")]
         withheld = [c for c in rows if c["verdict"].startswith("no verdict")]
-        parts = [f"{c['metric']}, {c['method']} − {c['baseline']}: {measured(c, digits)}, **{c['verdict']}**"
+        parts = [f"{c['metric']}, {c['method']} − {c['baseline']}: {measured(c, digits)} "
+                 f"({'' if c['paper_effect'] is None else 'the paper '}{paper_effect(c, digits)}), **{c['verdict']}**"
                  for c in decided]
         if withheld:
             gates = sorted({g.strip().removesuffix(" failed").removesuffix(" not measured")
@@ -117,19 +125,11 @@ def claims_summary(link_prefix: str = "docs/results/reproduction/") -> str:
     return "\n".join(lines)
 
 
-def with_table(text: str, table: str, page: str) -> str:
-    """``text`` with the table between :data:`BEGIN` and :data:`END` replaced by ``table``."""
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{page} has no claims-table markers ({BEGIN!r} ... {END!r})")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{table}\n{END}{tail}"
-
-
 def pages() -> dict[Path, str]:
     """Each page and its text with the table regenerated."""
-    return {README: with_table(README.read_text(), claims_summary(), "README.md"),
-            PROTOCOL_PAGE: with_table(PROTOCOL_PAGE.read_text(), claims_table(), "docs/reproductions.md")}
+    return {README: between_markers(README.read_text(), BEGIN, END, claims_summary(), "README.md"),
+            PROTOCOL_PAGE: between_markers(PROTOCOL_PAGE.read_text(), BEGIN, END, claims_table(),
+                                           "docs/reproductions.md")}
 
 
 def main(argv=None) -> int:
