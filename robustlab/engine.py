@@ -161,6 +161,7 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.log = log if self.dist.is_main else (lambda _msg: None)
         self._warned_one_draw = False  # the one-draw per-epoch robust accuracy of a randomised model, said once
+        self._said_epoch_suite = False  # which suite measures the per-epoch robust accuracy, said once
         self.amp_dtype = resolve_amp_dtype(config.run.amp, self.device)
         self.dataset = dataset_on(load_run_data(config), self.device, config.data.on_device)
         self.model = build_model_for(config, self.dataset).to(self.device)
@@ -391,27 +392,44 @@ class Trainer:
         row = {"test_acc": round(accuracy(self.model, x, y, batch_size=cfg.batch_size, device=self.device), 6)}
         last = epoch + 1 == self.config.run.epochs
         if cfg.every and ((epoch + 1) % cfg.every == 0 or last) and any(e > 0 for e in cfg.eps):
-            # The run's [eval] attacks (the quick suite: each attack on every clean-correct example); a randomised
-            # model also gets EOT-PGD with eval.eot_samples draws per gradient.
-            settings = EvalSettings(eps=[e for e in cfg.eps if e > 0], subset=cfg.subset, batch_size=cfg.batch_size,
-                                    attacks=cfg.attacks, pgd_steps=cfg.pgd_steps, pgd_step_size=cfg.pgd_step_size,
-                                    pgd_restarts=cfg.pgd_restarts, eot_samples=cfg.eot_samples, gallery=0)
-            try:
-                result = evaluate(self.model, x, y, settings, suite="quick", device=self.device, checks=False)
-            except BrokenModel as exc:  # no robustness number: every attack's accuracy counts as 0
-                self.log(f"epoch {epoch + 1}: {exc}")
-                row.update({f"test_{name}_{e:g}_acc": 0.0 for name in cfg.attacks for e in cfg.eps if e > 0})
-            else:
-                row.update({f"test_{name}_0_acc": row["test_acc"] for name in cfg.attacks if 0 in cfg.eps})
-                if result.randomised:
-                    row["test_eot_samples"] = cfg.eot_samples
-                    if cfg.eot_samples == 1 and not self._warned_one_draw:
-                        self._warned_one_draw = True
-                        self.log("randomised model: the per-epoch robust accuracy attacks it with one noise draw "
-                                 "per gradient (eval.eot_samples = 1) and overstates its robustness")
-                for r in result.bounded_rows():
-                    row[f"test_{r['attack']}_{r['eps']:g}_acc"] = round(r["accuracy"], 6)
+            row.update(self._robust_accuracy_of_epoch(epoch, row["test_acc"]))
         row.update(self.defense.evaluate_all(self.model, self.ctx))
+        return row
+
+    def _robust_accuracy_of_epoch(self, epoch: int, clean: float) -> dict[str, float]:
+        """``eval.every_suite`` on the first ``eval.subset`` test examples: "adaptive" (one worst-case column per ε,
+        ``test_adaptive_<ε>_acc``; ``test_adaptive_rand_<ε>_acc`` for a randomised model) or "quick" (a column per
+        attack of ``eval.attacks``). A randomised model is attacked with EOT over ``eval.eot_samples`` draws."""
+        cfg = self.config.eval
+        eps = [e for e in cfg.eps if e > 0]
+        settings = EvalSettings(eps=eps, subset=cfg.subset, batch_size=cfg.batch_size, attacks=cfg.attacks,
+                                pgd_steps=cfg.pgd_steps, pgd_step_size=cfg.pgd_step_size,
+                                pgd_restarts=cfg.pgd_restarts, eot_samples=cfg.eot_samples, gallery=0)
+        try:
+            result = evaluate(self.model, self.dataset.test_x, self.dataset.test_y, settings, suite=cfg.every_suite,
+                              device=self.device, checks=False)
+        except BrokenModel as exc:  # no robustness number: every column counts as 0
+            self.log(f"epoch {epoch + 1}: {exc}")
+            names = cfg.attacks if cfg.every_suite == "quick" else [cfg.every_suite]
+            return {f"test_{name}_{e:g}_acc": 0.0 for name in names for e in eps}
+        if not self._said_epoch_suite:
+            self._said_epoch_suite = True
+            self.log(f"per-epoch robust accuracy: the {result.suite} suite on the first {result.n} test examples"
+                     + (f", EOT over {cfg.eot_samples} draws per gradient" if result.randomised else "")
+                     + " (a monitor, not a claim: `robustlab eval` measures the claimed number)")
+        row: dict[str, float] = {}
+        if result.randomised:
+            row["test_eot_samples"] = cfg.eot_samples
+            if cfg.eot_samples == 1 and not self._warned_one_draw:
+                self._warned_one_draw = True
+                self.log("randomised model: the per-epoch robust accuracy attacks it with one noise draw "
+                         "per gradient (eval.eot_samples = 1) and overstates its robustness")
+        if cfg.every_suite == "quick":
+            row.update({f"test_{name}_0_acc": clean for name in cfg.attacks if 0 in cfg.eps})
+            row.update({f"test_{r['attack']}_{r['eps']:g}_acc": round(r["accuracy"], 6)
+                        for r in result.bounded_rows()})
+        else:
+            row.update({f"test_{result.suite}_{e:g}_acc": round(a, 6) for e, a in result.curve.items()})
         return row
 
 

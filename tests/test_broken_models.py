@@ -82,17 +82,19 @@ class NanInEval(nn.Module):
         return out if self.training else out * float("nan")
 
 
-def test_the_per_epoch_evaluation_counts_a_nan_model_wrong(tmp_path, monkeypatch):
+@pytest.mark.parametrize("suite, columns", [("quick", ("fgsm", "pgd")), ("adaptive", ("adaptive",))])
+def test_the_per_epoch_evaluation_counts_a_nan_model_wrong(tmp_path, monkeypatch, suite, columns):
     import robustlab.engine as engine
 
     monkeypatch.setattr(engine, "build_model_for", lambda *a, **k: NanInEval())
     config = config_from_dict({"run": {"epochs": 1, "progress": False, "out_dir": str(tmp_path / "run")},
                                "data": {"name": "digits"}, "model": {"name": "mlp_a3t"},
                                "optim": {"name": "adam", "lr": 0.01},
-                               "eval": {"eps": [0.1], "every": 1, "subset": 50, "pgd_steps": 2}})
+                               "eval": {"eps": [0.1], "every": 1, "every_suite": suite, "subset": 50,
+                                        "pgd_steps": 2}})
     lines = []
     row = Trainer(config, log=lines.append).fit().history[0]
-    assert row["test_acc"] == 0.0 and row["test_fgsm_0.1_acc"] == 0.0 and row["test_pgd_0.1_acc"] == 0.0
+    assert row["test_acc"] == 0.0 and all(row[f"test_{name}_0.1_acc"] == 0.0 for name in columns)
     assert any("NaN or infinite logits" in line for line in lines)
 
 

@@ -24,7 +24,7 @@ def tiny(tmp_path, **run):
         "model": {"name": "resnet_v1", "depth": 8, "width": 0.25},  # convolutions, batch norm, 8×8 inputs
         "optim": {"name": "adam", "lr": 0.01},
         "defense": {"name": "pgd_at", "warmup_epochs": 1, "attack": {"eps": 0.1, "steps": 3}},
-        "eval": {"every": 4, "subset": 100, "pgd_steps": 5, "eps": [0.1]},
+        "eval": {"every": 4, "every_suite": "quick", "subset": 100, "pgd_steps": 5, "eps": [0.1]},
     })
 
 

@@ -12,6 +12,7 @@ from robustlab.defenses.adversarial import PGDAdversarialTraining
 from robustlab.engine import Trainer, epoch_batches
 from robustlab.errors import CheckpointError, ConfigError
 from robustlab.experiment import config_from_dict
+from robustlab.evaluation import EvalSettings, evaluate
 from robustlab.schedule import lr_factor
 
 # model_d has dropout (RNG state must be restored), Adam has state, PGD-AT has random starts.
@@ -21,7 +22,7 @@ TINY = {
     "model": {"name": "model_d", "hidden": 64, "depth": 2},
     "optim": {"name": "adam", "lr": 0.002},
     "defense": {"name": "pgd_at", "warmup_epochs": 1, "attack": {"eps": 0.1, "steps": 2}},
-    "eval": {"every": 2, "subset": 100, "pgd_steps": 3, "eps": [0.1]},
+    "eval": {"every": 2, "every_suite": "quick", "subset": 100, "pgd_steps": 3, "eps": [0.1]},
 }
 
 
@@ -234,6 +235,35 @@ def test_per_epoch_robust_accuracy_of_a_randomised_model_uses_eot_or_says_it_doe
     assert row["test_eot_samples"] == eot_samples and "test_pgd_0.1_acc" in row
     warned = [line for line in lines if "one noise draw per gradient" in line]
     assert len(warned) == (1 if eot_samples == 1 else 0)
+
+
+def test_the_per_epoch_adaptive_suite_attacks_a_randomised_model_with_eot(tmp_path):
+    noisy = {"name": "noisy", "base": "resnet_v1", "base_options": {"depth": 8, "width": 0.25}}
+    raw = json.loads(json.dumps(TINY))
+    raw["run"].update(out_dir=str(tmp_path / "run"), epochs=1)
+    raw.update(model=noisy, defense={"name": "standard"})
+    raw["eval"] = {"every": 1, "subset": 30, "eps": [0.1], "eot_samples": 2}
+    lines: list[str] = []
+    row = Trainer(config_from_dict(raw), log=lines.append).fit().history[0]
+    assert row["test_eot_samples"] == 2 and 0 <= row["test_adaptive_rand_0.1_acc"] <= row["test_acc"]
+    assert any("the adaptive_rand suite" in line and "EOT over 2 draws" in line for line in lines)
+
+
+def test_the_per_epoch_robust_accuracy_is_the_adaptive_suite_by_default_and_the_log_says_so(tmp_path):
+    raw = json.loads(json.dumps(TINY))
+    raw["run"].update(out_dir=str(tmp_path / "run"), epochs=2)
+    raw["eval"] = {"every": 2, "subset": 60, "eps": [0.1]}
+    lines: list[str] = []
+    trainer = Trainer(config_from_dict(raw), log=lines.append)
+    history = trainer.fit().history
+    assert "test_adaptive_0.1_acc" not in history[0] and not any(k.startswith("test_pgd") for k in history[1])
+    said = [line for line in lines if line.startswith("per-epoch robust accuracy")]
+    assert len(said) == 1 and "the adaptive suite on the first 60 test examples" in said[0] and "not a claim" in said[0]
+    data = trainer.dataset
+    alone = evaluate(trainer.model, data.test_x, data.test_y, EvalSettings(eps=[0.1], subset=60, gallery=0),
+                     suite="adaptive", checks=False)
+    assert history[1]["test_adaptive_0.1_acc"] == round(alone.robust_accuracy, 6)
+    assert alone.robust_accuracy < history[1]["test_acc"]  # the attacks fool some of the 60
 
 
 def test_a_run_stored_before_a_key_was_renamed_resumes(tmp_path):

@@ -126,6 +126,21 @@ def test_randomised_model_gets_the_rand_suite(digits):
     assert not next(c for c in r.checks if c.name == "stable_predictions").passed
 
 
+def test_a_randomised_model_under_adaptive_gets_a_cheap_eot_pass_then_every_stage_of_rand(trained_digits_mlp, digits):
+    torch.manual_seed(0)
+    noisy = nn.Sequential(_Noise(0.1), trained_digits_mlp)
+    x, y = digits.test_x[:40], digits.test_y[:40]
+    settings = EvalSettings(eps=0.1, steps=5, eot_samples=4, adaptive_eot_samples=1, final_draws=3)
+    adaptive = evaluate(noisy, x, y, settings, suite="adaptive", num_classes=10)
+    rand = evaluate(noisy, x, y, settings, suite="rand", num_classes=10)
+    rows = {row["attack"]: row for row in adaptive.rows}
+    assert adaptive.suite == "adaptive_rand" and not adaptive.claim and list(rows) == ["apgd_ce_eot_cheap",
+                                                                                        "apgd_ce_eot", "apgd_dlr_eot"]
+    partly_correct = int((adaptive.clean_correct > 0).sum())
+    assert rows["apgd_ce_eot_cheap"]["attacked"] == partly_correct > rows["apgd_ce_eot"]["attacked"] > 0
+    assert adaptive.robust_accuracy <= rand.robust_accuracy + 1 / 40
+
+
 class _Noise(nn.Module):
     def __init__(self, std):
         super().__init__()
@@ -310,7 +325,8 @@ def test_every_preset_and_a_users_own_stages_run_through_benchmark(trained_digit
         r = robustlab.benchmark(trained_digits_mlp, x, y, eps=0.1, suite=suite, **tiny)
         assert r.n == 30 and 0 <= r.robust_accuracy <= r.clean and r.checks, suite
         claims[suite] = r.claim
-    assert claims == {"standard": True, "adaptive": False, "rand": True, "fast": False, "quick": False}
+    assert claims == {"standard": True, "adaptive": False, "adaptive_rand": False, "rand": True, "fast": False,
+                      "quick": False}
     own = robustlab.benchmark(trained_digits_mlp, x, y, eps=0.1, suite=["fgsm", ("pgd", {"steps": 5})])
     assert [row["attack"] for row in own.rows] == ["fgsm", "pgd"] and own.suite == "custom" and not own.claim
     assert own.rows[1]["attacked"] == round(own.rows[0]["robust_after"] * 30)  # a cascade: only the robust ones

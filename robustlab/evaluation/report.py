@@ -49,7 +49,8 @@ def checks_table(checks: Sequence[Check]) -> str:
 def headline(result: EvaluationResult) -> str:
     """One sentence: the suite, the threat model, clean and robust accuracy, the cost."""
     norm = NORM_NAMES.get(result.norm, result.norm)
-    draws = f", each final point predicted {result.settings.final_draws} times" if result.suite == "rand" else ""
+    draws = (f", each final point predicted {result.settings.final_draws} times"
+             if result.randomised and result.settings.final_draws > 1 else "")
     kind = "AutoAttack-strength" if result.claim else "not a robustness claim"
     eps = ", ".join(f"{e:g}" for e in result.eps_list)
     if not result.curve:

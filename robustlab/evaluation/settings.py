@@ -2,7 +2,7 @@
 
 A preset (:mod:`robustlab.evaluation.suites`) reads the budget fields it uses: ``steps``, ``targets``,
 ``square_queries`` and ``final_draws`` size AutoAttack's ``standard`` and ``rand`` (and, with ``adaptive_targets``
-and ``square_probe``, ``adaptive``); the ``pgd_*``, ``apgd_*``,
+``square_probe`` and ``adaptive_eot_samples``, ``adaptive``); the ``pgd_*``, ``apgd_*``,
 ``cw_*``, ... fields size the exploratory ``fast`` and ``quick`` suites (:meth:`EvalSettings.paper` gives the papers'
 budgets). ``eps`` is one radius or a list of them: a list is a curve, the runner's loop over ε, and the headline is
 its largest ε.
@@ -43,6 +43,7 @@ class EvalSettings:
     final_draws: int = 10                   # rand: repeated predictions of each final point
     adaptive_targets: int = 3               # adaptive: APGD-T's target classes (ranked by a linearisation)
     square_probe: float = 0.1               # adaptive: Square's probe share (escalated on any success or alarm)
+    adaptive_eot_samples: int = 5           # adaptive on a randomised model: the cheap first pass's EOT draws
     # the exploratory suites (fast, quick)
     attacks: list[str] | None = None        # quick: the attacks to run; fast: only these rows (None: all)
     eps_l2: list[float] | None = None       # fast: PGD-L2's radii (None: ε·√d/4 for each L∞ ε)
@@ -98,7 +99,8 @@ class EvalSettings:
                 raise ConfigError(f"{f.name} must be >= 0, got {value}")
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{f.name} must be a finite number, got {value}")
-        for key in ("batch_size", "steps", "targets", "adaptive_targets", "square_queries", "eot_samples",
+        for key in ("batch_size", "steps", "targets", "adaptive_targets", "adaptive_eot_samples", "square_queries",
+                    "eot_samples",
                     "final_draws", "pgd_steps",
                     "pgd_restarts", "ifgsm_steps", "apgd_steps", "apgd_targets"):
             if getattr(self, key) < 1:

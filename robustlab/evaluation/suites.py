@@ -8,24 +8,27 @@ has its own accuracy; the worst case per example is the same). A preset is a fun
 is known about the model (its classes, whether it is randomised, whether a transfer source is given); a new suite
 is one more entry in :data:`PRESETS`, and a user may pass their own list of stages.
 
-================  ========================================================================================  =====
-preset            stages                                                                                     claim
-================  ========================================================================================  =====
-``standard``      AutoAttack's standard version (Croce & Hein 2020) at its settings: APGD-CE (100 iterations),  yes
-                  APGD-T (targeted DLR, 9 most likely other classes × 100), FAB-T (9 × 100), Square (5,000
-                  queries); cascade. A randomised model (two predictions of a batch differ) gets ``rand``.
-``rand``          AutoAttack's rand version: APGD-CE and APGD-DLR with EOT over 20 draws per gradient; each     yes
-                  final point predicted ``final_draws`` times (an example is robust in the fraction of draws
-                  that classify it correctly); the second stage attacks every example still partly robust.
-``adaptive``      APGD-CE; APGD-T toward the 3 classes nearest in a linearisation (MALT's ranking);           not
-                  Square on a probe of the still-robust examples (smallest margins and a random share). If     yet
-                  the probe fools any or a masking alarm rang: Square on all, then APGD-T (9) and FAB-T.
-                  Being validated on the zoo (benchmarks/eval_zoo.py) before it may be a claim.
-``fast``          every attack of the library with cut budgets (FGSM, LL, I-FGSM, I-LL, PGD with restarts,      no
-                  targeted PGD toward a random class, APGD-CE, APGD-DLR-T, PGD-L2, transfer, EOT-PGD; C&W,
-                  DeepFool, the critic attack, few-pixel: ρ_adv), each on every example: curves and ρ
-``quick``         the attacks of a run's ``[eval]`` section (FGSM and PGD), each on every example               no
-================  ========================================================================================  =====
+==================  ========================================================================================  =====
+preset              stages                                                                                    claim
+==================  ========================================================================================  =====
+``standard``        AutoAttack's standard version (Croce & Hein 2020) at its settings: APGD-CE (100           yes
+                    iterations), APGD-T (targeted DLR, 9 most likely other classes × 100), FAB-T (9 × 100),
+                    Square (5,000 queries); cascade. A randomised model (two predictions of a batch
+                    differ) gets ``rand``.
+``rand``            AutoAttack's rand version: APGD-CE and APGD-DLR with EOT over 20 draws per gradient; each yes
+                    final point predicted ``final_draws`` times (an example is robust in the fraction of draws
+                    that classify it correctly); the second stage attacks every example still partly robust.
+``adaptive``        APGD-CE; APGD-T toward the 3 classes nearest in a linearisation (MALT's ranking);         not
+                    Square on a probe of the still-robust examples (smallest margins and a random share). If  yet
+                    the probe fools any or a masking alarm rang: Square on all, then APGD-T (9) and FAB-T.
+                    Being validated on the zoo (benchmarks/eval_zoo.py) before it may be a claim.
+``adaptive_rand``   ``adaptive`` on a randomised model: APGD-CE with EOT over 5 draws on every example, then  not
+                    ``rand``'s stages on the examples it left partly robust.                                  yet
+``fast``            every attack of the library with cut budgets (FGSM, LL, I-FGSM, I-LL, PGD with restarts,  no
+                    targeted PGD toward a random class, APGD-CE, APGD-DLR-T, PGD-L2, transfer, EOT-PGD; C&W,
+                    DeepFool, the critic attack, few-pixel: ρ_adv), each on every example: curves and ρ
+``quick``           the attacks of a run's ``[eval]`` section (FGSM and PGD), each on every example           no
+==================  ========================================================================================  =====
 
 Why the fast suite's C&W learning rate is 10× the paper's: in C&W's tanh space a pixel at exactly 0 or 1 sits at
 w ≈ ±7.25, and Adam moves each w by about ``lr`` per iteration, so with 100 iterations at lr 0.01 the (mostly
@@ -182,7 +185,20 @@ def adaptive(s: EvalSettings, m: ModelFacts) -> Suite:
                         when="escalated" if m.num_classes >= 4 else "always",
                         settings=f"{'escalation: ' if m.num_classes >= 4 else ''}{targets9} target classes × "
                                  f"{s.steps} iterations"))
-    return Suite("adaptive", tuple(stages), cascade=True, claim=False, checks=AA_CHECKS, if_randomised="rand")
+    return Suite("adaptive", tuple(stages), cascade=True, claim=False, checks=AA_CHECKS,
+                 if_randomised="adaptive_rand")
+
+
+def adaptive_rand(s: EvalSettings, m: ModelFacts) -> Suite:
+    """``adaptive`` on a randomised model: APGD-CE with EOT over ``adaptive_eot_samples`` draws per gradient on
+    every example first, then AutoAttack's ``rand`` stages (EOT over ``eot_samples`` draws) on the examples it left
+    partly robust. Each example still meets every stage of ``rand``, unless the cheap pass already fooled it in all
+    ``final_draws`` predictions."""
+    cheap = Stage("apgd_ce_eot_cheap", "apgd_ce", {"steps": s.steps, "eot_samples": s.adaptive_eot_samples},
+                  settings=f"{s.steps} iterations, EOT over {s.adaptive_eot_samples} draws")
+    full = rand(s, m)
+    return Suite("adaptive_rand", (cheap, *full.stages), cascade=True, claim=False, checks=full.checks,
+                 final_draws=s.final_draws)
 
 
 def rand(s: EvalSettings, m: ModelFacts) -> Suite:
@@ -290,7 +306,8 @@ def fast_row_names() -> list[str]:
 
 
 Preset = Callable[[EvalSettings, ModelFacts], Suite]
-PRESETS: dict[str, Preset] = {"standard": standard, "adaptive": adaptive, "rand": rand, "fast": fast, "quick": quick}
+PRESETS: dict[str, Preset] = {"standard": standard, "adaptive": adaptive, "adaptive_rand": adaptive_rand, "rand": rand,
+                               "fast": fast, "quick": quick}
 
 
 def available_suites() -> list[str]:
