@@ -25,8 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from a3t import machine_facts  # noqa: E402
-from common import train_or_reuse, write_report  # noqa: E402
+from common import between_markers, train_or_reuse, write_report  # noqa: E402
 from robustlab.passes import count_passes  # noqa: E402
+from robustlab.strict_json import strict_dumps  # noqa: E402
 from robustlab.runs import load_trained_model  # noqa: E402
 from robustlab.evaluation import EvalSettings, available_suites, evaluate  # noqa: E402
 
@@ -42,6 +43,31 @@ class Clock:
             torch.cuda.synchronize(self.device)
             return time.perf_counter()
         return time.process_time()
+
+
+DEFAULT_OUT = ROOT / "docs/results/eval_speed.md"
+README_BEGIN, README_END = "<!-- suites table -->", "<!-- /suites table -->"
+
+
+def suites_table(record: dict) -> str:
+    """The README's table of the suites: what each ran on the demo model, its robust accuracy, its cost, and
+    whether its number is a claim (from ``docs/results/eval_speed.json``)."""
+    base = record["suites"][0]["seconds"]
+    lines = [f"| suite | stages, in order (on the demo model) | robust accuracy | CPU s ({record['n']} images) | "
+             f"time / `{record['suites'][0]['suite']}` | a robustness claim? |", "|---|---|---|---|---|---|"]
+    for r in record["suites"]:
+        if all(row["alone"] for row in r["rows"]):  # not a cascade: each attack on every example
+            stages = ", ".join(st["name"] for st in r["stages"]) + " (each on every example)"
+        else:  # a cascade: each stage on what the ones before it left, with what it did here
+            done = {row["attack"]: row for row in r["rows"]}
+            stages = " → ".join(
+                st["name"] + " (" + ("if escalated; " if st["when"] == "escalated" else "")
+                + (f"a {100 * st['probe']:g}% probe first; " if st["probe"] < 1 else "")
+                + f"{done[st['name']]['attacked']} attacked, {done[st['name']]['fooled']} fooled)"
+                for st in r["stages"])
+        lines.append(f"| `{r['suite']}` | {stages} | {100 * r['robust_accuracy']:.1f}% | {r['seconds']:.0f} | "
+                     f"{r['seconds'] / base:.2f} | {'yes' if r['claim'] else 'no'} |")
+    return "\n".join(lines)
 
 
 def reference_autoattack(model, x, y, eps: float, norm: str, n_classes: int, device, batch_size: int):
@@ -79,7 +105,7 @@ def main() -> None:
     parser.add_argument("--suites", nargs="+", default=["standard", "adaptive"], choices=available_suites(),
                         help="robustlab's suites to time (the first is compared with the reference)")
     parser.add_argument("--skip-reference", action="store_true", help="time robustlab only")
-    parser.add_argument("--out", default=str(ROOT / "docs/results/eval_speed.md"))
+    parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -147,6 +173,16 @@ def main() -> None:
         lines += ["", "Masking checks: " + "; ".join(f"{c.name} {c.status}" for c in result.checks)]
     write_report(args.out, lines)
     print("\n".join(lines))
+    record = {"model": str(run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir), "n": args.n,
+              "eps": args.eps, "norm": args.norm, "device": device_name,
+              "suites": [{"suite": suite, "claim": result.claim, "robust_accuracy": result.robust_accuracy,
+                          "seconds": row[2], **row[3].per_image(args.n), "stages": result.stages,
+                          "rows": result.rows} for (suite, result), row in zip(results.items(), rows)]}
+    Path(args.out).with_suffix(".json").write_text(strict_dumps(record, indent=1))
+    if Path(args.out) == DEFAULT_OUT and not args.checkpoint:  # the demo model's run: the README quotes it
+        readme = ROOT / "README.md"
+        readme.write_text(between_markers(readme.read_text(), README_BEGIN, README_END, suites_table(record),
+                                          "README.md"))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, write_report  # noqa: E402
+from common import ROOT, between_markers, write_report  # noqa: E402
 from eval_speed import Clock, reference_autoattack  # noqa: E402
 from zoo import BY_NAME, RUNS, ZOO, ZooModel, load, train  # noqa: E402
 
@@ -95,6 +95,25 @@ def disagreement(a: dict, b: dict) -> str:
     return f"{int((ra & ~rb).sum())} / {int((rb & ~ra).sum())}"
 
 
+DEFAULT_OUT = ROOT / "docs/results/eval_zoo.md"
+README_BEGIN, README_END = "<!-- zoo table -->", "<!-- /zoo table -->"
+
+
+def readme_table(results: dict[str, dict[str, dict]]) -> str:
+    """The README's short zoo table: each model's robust accuracy under `standard` and `adaptive`, and what
+    `adaptive` cost as a share of `standard`'s time and forward passes (from ``docs/results/eval_zoo.json``)."""
+    lines = ["| zoo model | kind | standard | adaptive | adaptive's time / standard's | forward passes |",
+             "|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        if not {"standard", "adaptive"} <= set(r):
+            continue
+        std, ada = r["standard"], r["adaptive"]
+        lines.append(f"| {name} | {BY_NAME[name].kind} | {100 * std['robust_accuracy']:.1f} | "
+                     f"{100 * ada['robust_accuracy']:.1f} | {ada['seconds'] / std['seconds']:.2f} | "
+                     f"{ada['forward_per_image'] / std['forward_per_image']:.2f} |")
+    return "\n".join(lines)
+
+
 def report(record: dict) -> None:
     print(f"{record['model']:>26} {record['method']:>9}: {100 * record['robust_accuracy']:5.1f}% in "
           f"{record['seconds']:7.1f} s ({record['forward_per_image']:.0f} fwd, "
@@ -113,7 +132,7 @@ def main() -> None:
                         help="the adaptive suite with these settings too, e.g. square_probe=0.1 (repeatable)")
     parser.add_argument("--variants-on", nargs="*", choices=list(BY_NAME),
                         help="measure the variants on these models only (default: every model measured)")
-    parser.add_argument("--out", default=str(ROOT / "docs/results/eval_zoo.md"))
+    parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -179,6 +198,10 @@ def main() -> None:
             lines.append(f"| {entry.name} | {100 * base['robust_accuracy']:.1f} | " + " | ".join(cells) + " |")
     write_report(args.out, lines)
     Path(args.out).with_suffix(".json").write_text(strict_dumps(results, indent=1))
+    if Path(args.out) == DEFAULT_OUT and not args.only:  # the full zoo's run: the README quotes it
+        readme = ROOT / "README.md"
+        readme.write_text(between_markers(readme.read_text(), README_BEGIN, README_END, readme_table(results),
+                                          "README.md"))
 
 
 if __name__ == "__main__":

@@ -112,3 +112,19 @@ def test_the_readme_shows_the_demos_own_output_and_quotes_only_its_numbers():
     assert replace_block(readme, "new output").split(BEGIN)[1].split(END)[0] == "\n```text\nnew output\n```\n"
     with pytest.raises(SystemExit, match="must hold"):
         replace_block(readme.replace(END, ""), "x")
+
+
+@pytest.mark.parametrize("script, table, results", [("eval_speed", "suites_table", "docs/results/eval_speed.json"),
+                                                    ("eval_zoo", "readme_table", "docs/results/eval_zoo.json")])
+def test_the_readme_suite_and_zoo_tables_are_the_committed_measurements(script, table, results):
+    """The suites table (the demo model) and the zoo table in the README are what the benchmarks wrote from the
+    measurements committed beside their documents."""
+    import importlib
+    import json
+    import sys
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    module = importlib.import_module(script)
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split(module.README_BEGIN)[1].split(module.README_END)[0]
+    expected = getattr(module, table)(json.loads((ROOT / results).read_text()))
+    assert block.strip() == expected.strip() and expected.count("\n") >= 3

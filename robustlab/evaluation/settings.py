@@ -43,7 +43,7 @@ class EvalSettings:
     final_draws: int = 10                   # rand: repeated predictions of each final point
     adaptive_targets: int = 3               # adaptive: APGD-T's target classes (ranked by a linearisation)
     square_probe: float = 0.1               # adaptive: Square's probe share (escalated on any success or alarm)
-    adaptive_eot_samples: int = 5           # adaptive on a randomised model: the cheap first pass's EOT draws
+    adaptive_eot_samples: int = 2           # adaptive on a randomised model: the cheap first pass's EOT draws
     # the exploratory suites (fast, quick)
     attacks: list[str] | None = None        # quick: the attacks to run; fast: only these rows (None: all)
     eps_l2: list[float] | None = None       # fast: PGD-L2's radii (None: ε·√d/4 for each L∞ ε)

@@ -22,7 +22,7 @@ preset              stages                                                      
                     Square on a probe of the still-robust examples (smallest margins and a random share). If  yet
                     the probe fools any or a masking alarm rang: Square on all, then APGD-T (9) and FAB-T.
                     Being validated on the zoo (benchmarks/eval_zoo.py) before it may be a claim.
-``adaptive_rand``   ``adaptive`` on a randomised model: APGD-CE with EOT over 5 draws on every example, then  not
+``adaptive_rand``   ``adaptive`` on a randomised model: APGD-CE with EOT over 2 draws on every example, then  not
                     ``rand``'s stages on the examples it left partly robust.                                  yet
 ``fast``            every attack of the library with cut budgets (FGSM, LL, I-FGSM, I-LL, PGD with restarts,  no
                     targeted PGD toward a random class, APGD-CE, APGD-DLR-T, PGD-L2, transfer, EOT-PGD; C&W,
