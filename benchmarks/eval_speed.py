@@ -7,8 +7,9 @@ The model is the demo's PGD-AT LeNet-5 on MNIST-5k (trained with the demo recipe
 `--checkpoint` for another run). The reference is torchattacks 3.5.1's AutoAttack standard composition — APGD-CE,
 APGD-T (9 target classes), FAB-T (9 target classes), Square (5,000 queries), each on the examples still robust —
 with every iteration count set to 100 explicitly (its own AutoAttack wrapper leaves them at 10). robustlab's
-``--suites`` (default: ``standard`` and ``adaptive``) and the reference run in one process, one after the other, with one torch thread; each is timed in CPU seconds of this process on the CPU
-(so a busy machine does not skew the ratio) and in wall-clock seconds on a GPU. Passes are counted with
+``--suites`` (default: ``standard`` and ``adaptive``) and the reference run in one process, one after the other,
+with one torch thread; each is timed in CPU seconds of this process on the CPU (so a busy machine does not skew
+the ratio) and in wall-clock seconds on a GPU. Passes are counted with
 `robustlab.passes.count_passes` around the same model for all. Writes the markdown report to `--out`.
 """
 

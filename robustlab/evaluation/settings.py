@@ -100,9 +100,8 @@ class EvalSettings:
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{f.name} must be a finite number, got {value}")
         for key in ("batch_size", "steps", "targets", "adaptive_targets", "adaptive_eot_samples", "square_queries",
-                    "eot_samples",
-                    "final_draws", "pgd_steps",
-                    "pgd_restarts", "ifgsm_steps", "apgd_steps", "apgd_targets"):
+                    "eot_samples", "final_draws", "pgd_steps", "pgd_restarts", "ifgsm_steps", "apgd_steps",
+                    "apgd_targets"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
         if not 0 < self.square_probe <= 1:
