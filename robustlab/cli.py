@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Robust accuracy under an attack suite, with the masking checks. --suite "
                                     "standard (default): AutoAttack's standard attacks and settings (APGD-CE, APGD-T, "
                                     "FAB-T, Square), the headline number; rand: EOT attacks for randomised models "
-                                    "(chosen automatically); fast: every attack of the library with cut budgets "
+                                    "(chosen automatically); adaptive: AutoAttack's attacks where an outcome can "
+                                    "still change (a cut-down suite, not yet a claim; adaptive_rand on a randomised "
+                                    "model); fast: every attack of the library with cut budgets "
                                     "(ρ_adv, curves; not a robustness claim); quick: the run's [eval] attacks. "
                                     "An interrupted evaluation continues from its saved state when rerun; each suite, "
                                     "threat model and ε keeps its own state and report files.")
@@ -56,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="--model: download the dataset if it is not there (sha256-checked), as data.download does "
                          "for training")
     ev.add_argument("--suite", help="a preset of robustlab/evaluation/suites.py: standard (default; fast with "
-                                    "--paper), rand, fast or quick (robustlab list attacks lists them)")
+                                    "--paper), rand, adaptive, adaptive_rand, fast or quick (robustlab list attacks "
+                                    "lists them)")
     ev.add_argument("--norm", choices=["linf", "l2"], default="linf", help="the threat model (default linf)")
     ev.add_argument("--fresh", action="store_true",
                     help="discard the saved state of an interrupted evaluation of these settings")
