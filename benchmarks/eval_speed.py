@@ -1,13 +1,13 @@
 """robustlab's suites against torchattacks' AutoAttack composition, on the same model and examples.
 
-    .venv/bin/python benchmarks/eval_speed.py [--n 500] [--eps 0.3] [--device cpu|cuda] [--suites standard adaptive]
+    .venv/bin/python benchmarks/eval_speed.py [--n 500] [--eps 0.3] [--device cpu|cuda] [--suites standard ...]
                                               [--out docs/results/eval_speed.md]
 
 The model is the demo's PGD-AT LeNet-5 on MNIST-5k (trained with the demo recipe if `runs/demo/pgd_at` is missing;
 `--checkpoint` for another run). The reference is torchattacks 3.5.1's AutoAttack standard composition — APGD-CE,
 APGD-T (9 target classes), FAB-T (9 target classes), Square (5,000 queries), each on the examples still robust —
 with every iteration count set to 100 explicitly (its own AutoAttack wrapper leaves them at 10). robustlab's
-``--suites`` (default: ``standard`` and ``adaptive``) and the reference run in one process, one after the other,
+``--suites`` (default: ``standard``, ``adaptive``, ``quick`` and ``fast``) and the reference run in one process, one after the other,
 with one torch thread; each is timed in CPU seconds of this process on the CPU (so a busy machine does not skew
 the ratio) and in wall-clock seconds on a GPU. Passes are counted with
 `robustlab.passes.count_passes` around the same model for all. Writes the markdown report to `--out`.
@@ -47,6 +47,7 @@ class Clock:
 
 
 DEFAULT_OUT = ROOT / "docs/results/eval_speed.md"
+DEFAULT_SUITES = ["standard", "adaptive", "quick", "fast"]
 README_BEGIN, README_END = "<!-- suites table -->", "<!-- /suites table -->"
 
 
@@ -54,7 +55,8 @@ def suites_table(record: dict) -> str:
     """The README's table of the suites: what each ran on the demo model, its robust accuracy, its cost, and
     whether its number is a claim (from ``docs/results/eval_speed.json``)."""
     base = record["suites"][0]["seconds"]
-    lines = [f"| suite | stages, in order (on the demo model) | robust accuracy | CPU s ({record['n']} images) | "
+    unit = "CPU s" if record["device_type"] == "cpu" else "GPU wall-clock s"
+    lines = [f"| suite | stages, in order (on the demo model) | robust accuracy | {unit} ({record['n']} images) | "
              f"time / `{record['suites'][0]['suite']}` | a robustness claim? |", "|---|---|---|---|---|---|"]
     for r in record["suites"]:
         if all(row["alone"] for row in r["rows"]):  # not a cascade: each attack on every example
@@ -103,7 +105,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--suites", nargs="+", default=["standard", "adaptive"], choices=available_suites(),
+    parser.add_argument("--suites", nargs="+", default=DEFAULT_SUITES, choices=available_suites(),
                         help="robustlab's suites to time (the first is compared with the reference)")
     parser.add_argument("--skip-reference", action="store_true", help="time robustlab only")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
@@ -175,12 +177,13 @@ def main() -> None:
     write_report(args.out, lines)
     print("\n".join(lines))
     record = {"model": str(run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir), "n": args.n,
-              "eps": args.eps, "norm": args.norm, "device": device_name,
+              "eps": args.eps, "norm": args.norm, "device": device_name, "device_type": device.type,
               "suites": [{"suite": suite, "claim": result.claim, "robust_accuracy": result.robust_accuracy,
                           "seconds": row[2], **row[3].per_image(args.n), "stages": result.stages,
                           "rows": result.rows} for (suite, result), row in zip(results.items(), rows)]}
     Path(args.out).with_suffix(".json").write_text(strict_dumps(record, indent=1))
-    if Path(args.out) == DEFAULT_OUT and not args.checkpoint:  # the demo model's run: the README quotes it
+    documented = (args.n, args.eps, args.norm, device.type, args.suites) == (500, 0.3, "linf", "cpu", DEFAULT_SUITES)
+    if Path(args.out) == DEFAULT_OUT and not args.checkpoint and documented:  # the run the README describes
         readme = ROOT / "README.md"
         readme.write_text(between_markers(readme.read_text(), README_BEGIN, README_END, suites_table(record),
                                           "README.md"))

@@ -170,9 +170,9 @@ class EvalConfig(Options):
     subset: int = Field(1000, ge=0)  # test examples attacked (0 = all)
     batch_size: int = Field(500, gt=0)
     every: int = Field(0, ge=0)  # robust accuracy on the first ``subset`` test examples every N epochs (0 = only clean)
-    # The per-epoch robust accuracy's suite: "adaptive" (AutoAttack's attacks at a fraction of the cost; a
-    # randomised model gets "adaptive_rand") or "quick" (each of ``attacks`` alone: per-attack curves, as in a
-    # paper's figure).
+    # The per-epoch robust accuracy's suite: "adaptive" (AutoAttack's attacks with its shortcuts, at its own budget:
+    # ``attacks`` and ``pgd_*`` are not used; a randomised model gets "adaptive_rand") or "quick" (each of
+    # ``attacks`` alone: per-attack curves, as in a paper's figure; far cheaper and far weaker).
     every_suite: Literal["adaptive", "quick"] = "adaptive"
     # A randomised model (two predictions differ) is attacked per epoch with each gradient averaged over this many
     # noise draws (EOT); 1 attacks it with one draw per gradient, which overstates its robustness (logged).

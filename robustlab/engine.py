@@ -221,6 +221,11 @@ class Trainer:
         if differ:
             raise CheckpointError(f"--resume would continue another experiment: {self.run_dir} was trained with a "
                               f"different " + "; ".join(differ) + " (start a new run.out_dir for a new experiment)")
+        if self.config.eval.every and self.config.eval.every_suite != "quick" \
+                and "every_suite" not in saved_config.get("eval", {}):
+            self.log(f"{self.run_dir} began before eval.every_suite existed: its earlier epochs hold a column per "
+                     f"attack (the quick suite); its next ones the {self.config.eval.every_suite} suite's "
+                     f"(--set eval.every_suite='\"quick\"' keeps the old columns)")
         self.model.load_state_dict(model_state)
         self.optimizer.load_state_dict(state["optimizer"])
         for name, module in self.defense.all_aux_modules().items():
@@ -398,25 +403,26 @@ class Trainer:
 
     def _robust_accuracy_of_epoch(self, epoch: int, clean: float) -> dict[str, float]:
         """``eval.every_suite`` on the first ``eval.subset`` test examples: "adaptive" (one worst-case column per ε,
-        ``test_adaptive_<ε>_acc``; ``test_adaptive_rand_<ε>_acc`` for a randomised model) or "quick" (a column per
-        attack of ``eval.attacks``). A randomised model is attacked with EOT over ``eval.eot_samples`` draws."""
+        ``test_adaptive_<ε>_acc``, whether the model is deterministic or randomised, when ``test_eot_samples`` is
+        logged too) or "quick" (a column per attack of ``eval.attacks``). A randomised model is attacked with EOT over
+        ``eval.eot_samples`` draws per gradient."""
         cfg = self.config.eval
         eps = [e for e in cfg.eps if e > 0]
         settings = EvalSettings(eps=eps, subset=cfg.subset, batch_size=cfg.batch_size, attacks=cfg.attacks,
                                 pgd_steps=cfg.pgd_steps, pgd_step_size=cfg.pgd_step_size,
                                 pgd_restarts=cfg.pgd_restarts, eot_samples=cfg.eot_samples, gallery=0)
+        names = cfg.attacks if cfg.every_suite == "quick" else [cfg.every_suite]
         try:
             result = evaluate(self.model, self.dataset.test_x, self.dataset.test_y, settings, suite=cfg.every_suite,
                               device=self.device, checks=False)
         except BrokenModel as exc:  # no robustness number: every column counts as 0
             self.log(f"epoch {epoch + 1}: {exc}")
-            names = cfg.attacks if cfg.every_suite == "quick" else [cfg.every_suite]
             return {f"test_{name}_{e:g}_acc": 0.0 for name in names for e in eps}
         if not self._said_epoch_suite:
             self._said_epoch_suite = True
-            self.log(f"per-epoch robust accuracy: the {result.suite} suite on the first {result.n} test examples"
-                     + (f", EOT over {cfg.eot_samples} draws per gradient" if result.randomised else "")
-                     + " (a monitor, not a claim: `robustlab eval` measures the claimed number)")
+            stages = "; ".join(f"{st['name']}: {st['settings']}" for st in result.stages)
+            self.log(f"per-epoch robust accuracy: the {result.suite} suite on the first {result.n} test examples "
+                     f"({stages}); a monitor, not a claim: `robustlab eval` measures the claimed number")
         row: dict[str, float] = {}
         if result.randomised:
             row["test_eot_samples"] = cfg.eot_samples
@@ -428,8 +434,8 @@ class Trainer:
             row.update({f"test_{name}_0_acc": clean for name in cfg.attacks if 0 in cfg.eps})
             row.update({f"test_{r['attack']}_{r['eps']:g}_acc": round(r["accuracy"], 6)
                         for r in result.bounded_rows()})
-        else:
-            row.update({f"test_{result.suite}_{e:g}_acc": round(a, 6) for e, a in result.curve.items()})
+        else:  # one name for a deterministic and a randomised model (adaptive_rand): a run keeps its column
+            row.update({f"test_{cfg.every_suite}_{e:g}_acc": round(a, 6) for e, a in result.curve.items()})
         return row
 
 

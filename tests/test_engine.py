@@ -242,11 +242,14 @@ def test_the_per_epoch_adaptive_suite_attacks_a_randomised_model_with_eot(tmp_pa
     raw = json.loads(json.dumps(TINY))
     raw["run"].update(out_dir=str(tmp_path / "run"), epochs=1)
     raw.update(model=noisy, defense={"name": "standard"})
-    raw["eval"] = {"every": 1, "subset": 30, "eps": [0.1], "eot_samples": 2}
+    raw["eval"] = {"every": 1, "subset": 30, "eps": [0.1], "eot_samples": 3}
     lines: list[str] = []
     row = Trainer(config_from_dict(raw), log=lines.append).fit().history[0]
-    assert row["test_eot_samples"] == 2 and 0 <= row["test_adaptive_rand_0.1_acc"] <= row["test_acc"]
-    assert any("the adaptive_rand suite" in line and "EOT over 2 draws" in line for line in lines)
+    assert row["test_eot_samples"] == 3 and 0 <= row["test_adaptive_0.1_acc"] <= 1
+    said = [line for line in lines if line.startswith("per-epoch robust accuracy: the adaptive_rand suite")]
+    # the cheap pass at adaptive_eot_samples' 2 draws, then rand's stages at the run's eval.eot_samples
+    assert len(said) == 1 and "apgd_ce_eot_cheap: 100 iterations, EOT over 2 draws" in said[0]
+    assert "apgd_ce_eot: 100 iterations, EOT over 3 draws" in said[0]
 
 
 def test_the_per_epoch_robust_accuracy_is_the_adaptive_suite_by_default_and_the_log_says_so(tmp_path):
@@ -259,11 +262,30 @@ def test_the_per_epoch_robust_accuracy_is_the_adaptive_suite_by_default_and_the_
     assert "test_adaptive_0.1_acc" not in history[0] and not any(k.startswith("test_pgd") for k in history[1])
     said = [line for line in lines if line.startswith("per-epoch robust accuracy")]
     assert len(said) == 1 and "the adaptive suite on the first 60 test examples" in said[0] and "not a claim" in said[0]
+    assert "apgd_t: targeted DLR, the 3 classes nearest in a linearisation" in said[0]
     data = trainer.dataset
     alone = evaluate(trainer.model, data.test_x, data.test_y, EvalSettings(eps=[0.1], subset=60, gallery=0),
                      suite="adaptive", checks=False)
     assert history[1]["test_adaptive_0.1_acc"] == round(alone.robust_accuracy, 6)
-    assert alone.robust_accuracy < history[1]["test_acc"]  # the attacks fool some of the 60
+    assert alone.robust_accuracy < alone.clean  # the attacks fool some of the 60
+
+
+def test_a_run_begun_before_every_suite_existed_says_on_resume_that_its_columns_change(tmp_path):
+    from robustlab.checkpoint import MANIFEST_FILE, sha256_of
+
+    adaptive = {"every_suite": "adaptive", "subset": 20}
+    Trainer(tiny_config(tmp_path / "run", run={"epochs": 1}, eval=adaptive), log=lambda _: None).fit()
+    for ckpt_config in (tmp_path / "run" / "checkpoints").glob("epoch-*/config.json"):
+        raw = json.loads(ckpt_config.read_text())
+        del raw["eval"]["every_suite"]  # as a version before the key wrote it, with its manifest
+        ckpt_config.write_text(json.dumps(raw))
+        manifest_file = ckpt_config.parent / MANIFEST_FILE
+        manifest = json.loads(manifest_file.read_text())
+        manifest["config.json"] = sha256_of(ckpt_config)
+        manifest_file.write_text(json.dumps(manifest))
+    lines: list[str] = []
+    Trainer(tiny_config(tmp_path / "run", run={"epochs": 2}, eval=adaptive), resume=True, log=lines.append).fit()
+    assert any("began before eval.every_suite existed" in line for line in lines)
 
 
 def test_a_run_stored_before_a_key_was_renamed_resumes(tmp_path):

@@ -185,3 +185,14 @@ def test_the_committed_leaderboard_regenerates_unchanged_from_its_archive(tmp_pa
         return [line for line in text.splitlines() if "benchmarks/leaderboard.py" not in line
                 and "finished runs and measurements are reused" not in line]
     assert body(out.read_text()) == body((ROOT / "docs" / "leaderboard.md").read_text())
+
+
+def test_the_readme_reading_of_the_leaderboard_quotes_only_the_documents_numbers():
+    """The README's paragraph on the leaderboard cites numbers; each must stand in docs/leaderboard.md, so a
+    regenerated table cannot leave a stale number beside it."""
+    import re
+
+    section = (ROOT / "README.md").read_text().split("## Which defense? The leaderboard")[1].split("\n## ")[0]
+    document = (ROOT / "docs" / "leaderboard.md").read_text()
+    quoted, present = set(re.findall(r"\d+\.\d+", section)), set(re.findall(r"\d+\.\d+", document))
+    assert quoted and quoted <= present, quoted - present

@@ -50,7 +50,7 @@ def headline(result: EvaluationResult) -> str:
     """One sentence: the suite, the threat model, clean and robust accuracy, the cost."""
     norm = NORM_NAMES.get(result.norm, result.norm)
     draws = (f", each final point predicted {result.settings.final_draws} times"
-             if result.randomised and result.settings.final_draws > 1 else "")
+             if result.suite in ("rand", "adaptive_rand") else "")
     kind = "AutoAttack-strength" if result.claim else "not a robustness claim"
     eps = ", ".join(f"{e:g}" for e in result.eps_list)
     if not result.curve:
