@@ -10,9 +10,11 @@ process with one torch thread: robustlab's `standard` and `adaptive` suites and 
 standard composition with every iteration count set to AutoAttack's (``eval_speed.reference_autoattack``). Per
 method: robust accuracy, CPU seconds (wall-clock on a GPU), forward/backward passes per image, the masking checks
 that failed; per pair of methods: the examples robust under one and fooled by the other. Each (model, method)
-result is kept in ``runs/zoo/eval/`` and reused by a rerun (``--fresh`` to measure again), so a change to one
-suite re-measures only that suite. ``--variant`` adds the `adaptive` suite with other settings (a second table:
-compute against strength), on the ``--variants-on`` models, or on the models named after its ``@``. Writes ``--out`` and ``<out>.json``.
+result is kept in ``runs/zoo/eval/<model>/<method>_n<n>_<device>.json`` and reused by a rerun: the record is named
+by the method, not by the suite's definition, so after changing a suite delete its records (or pass ``--fresh``).
+``--variant`` adds the `adaptive` suite with other settings (a second table: compute against strength), on the
+``--variants-on`` models, or on the models named after its ``@``. Writes ``--out`` and ``<out>.json``, and the
+README's zoo table when it is the README's run (the whole zoo, 300 images, the CPU).
 """
 
 from __future__ import annotations
