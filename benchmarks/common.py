@@ -61,6 +61,11 @@ def between_markers(text: str, begin: str, end: str, block: str, page: str) -> s
     return f"{head}{begin}\n{block}\n{end}{tail}"
 
 
+def write_between_markers(path: Path, begin: str, end: str, block: str) -> None:
+    """Rewrite the page ``path`` with ``block`` between its marker lines (:func:`between_markers`)."""
+    path.write_text(between_markers(path.read_text(), begin, end, block, path.name))
+
+
 def write_report(path: str | Path, lines: list[str]) -> None:
     """Write a markdown report (parent folders created), one trailing newline."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)

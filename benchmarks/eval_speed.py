@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from a3t import machine_facts  # noqa: E402
-from common import between_markers, train_or_reuse, write_report  # noqa: E402
+from common import train_or_reuse, write_between_markers, write_report  # noqa: E402
 from robustlab.passes import count_passes  # noqa: E402
 from robustlab.strict_json import strict_dumps  # noqa: E402
 from robustlab.runs import load_trained_model  # noqa: E402
@@ -184,9 +184,7 @@ def main() -> None:
     Path(args.out).with_suffix(".json").write_text(strict_dumps(record, indent=1))
     documented = (args.n, args.eps, args.norm, device.type, args.suites) == (500, 0.3, "linf", "cpu", DEFAULT_SUITES)
     if Path(args.out) == DEFAULT_OUT and not args.checkpoint and documented:  # the run the README describes
-        readme = ROOT / "README.md"
-        readme.write_text(between_markers(readme.read_text(), README_BEGIN, README_END, suites_table(record),
-                                          "README.md"))
+        write_between_markers(ROOT / "README.md", README_BEGIN, README_END, suites_table(record))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, between_markers, write_report  # noqa: E402
+from common import ROOT, write_between_markers, write_report  # noqa: E402
 from eval_speed import Clock, reference_autoattack  # noqa: E402
 from zoo import BY_NAME, RUNS, ZOO, ZooModel, load, train  # noqa: E402
 
@@ -202,9 +202,7 @@ def main() -> None:
     write_report(args.out, lines)
     Path(args.out).with_suffix(".json").write_text(strict_dumps(results, indent=1))
     if Path(args.out) == DEFAULT_OUT and not args.only and (args.n, device.type) == (300, "cpu"):  # the README's run
-        readme = ROOT / "README.md"
-        readme.write_text(between_markers(readme.read_text(), README_BEGIN, README_END, readme_table(results),
-                                          "README.md"))
+        write_between_markers(ROOT / "README.md", README_BEGIN, README_END, readme_table(results))
 
 
 if __name__ == "__main__":
