@@ -35,8 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from protocol import (  # noqa: E402
-    LEFT_OUT, ROOT, Archive, Arm, Measurements, arm_table, begin, chunked_outcomes, chunks, command_line, compare_arms,
-    comparison_table, draws_correct, epoch_table, finished_epochs, gates_section, headline, history, load,
+    LEFT_OUT, ROOT, Archive, Arm, Measurements, Missing, arm_table, begin, chunked_outcomes, chunks, command_line,
+    compare_arms, comparison_table, draws_correct, epoch_table, finished_epochs, gates_section, headline, history, load,
     machine_line, matched_attack_gate, mean_std, plan, skip_missing, standard_key, standard_outcomes, train,
     verdict_lines, write_document)
 from robustlab.paired import Gate, floor_gate, masking_gate, mechanism_gate  # noqa: E402
@@ -50,6 +50,7 @@ L2P = Arm("L2P", "configs/l2p/cpu/l2p.toml")
 ARMS = [Arm("PGD-AT", "configs/l2p/cpu/pgd_at.toml"), Arm("PNI", "configs/l2p/cpu/pni.toml"), L2P,
         Arm("L2P-R", "configs/l2p/cpu/l2p_r.toml")]
 ROBUST_METRICS = {"suite": "rand / standard suite", "eot_pgd": "EOT-PGD", "worst": "worst of the two, per example"}
+PGD7 = ("pgd7", "PGD-7 without EOT")  # the paper's Table 1 attack: one noise draw per gradient step
 # L2P − baseline in the paper (Table 1; the fixed-noise arm is compared with L2P-R's effect, the closest control)
 PAPER = {"PGD-AT": 51.13 - 39.1, "PNI": 53.34 - 48.65, "L2P-R": 51.13 - 50.23, "fixed noise": 51.13 - 50.23}
 # gate thresholds, fixed before the runs are read
@@ -151,12 +152,24 @@ def eot_pgd(model, x, y, samples: int, steps: int) -> np.ndarray:
     return draws_correct(model, attack(model, x, y), y, 10)
 
 
+def pgd7_no_eot(model, x, y) -> np.ndarray:
+    """Per example, the fraction of 10 draws correct at the point of PGD-7 with one noise draw per step (the paper's
+    Table 1 attack, step 0.01 at ε 8/255; here its ratio to ε as in the PGD-AT arm's training attack, 2.5ε/7)."""
+    torch.manual_seed(1234)
+    attack = build_attack("pgd", EPS, steps=7, step_size=2.5 * EPS / 7)
+    return draws_correct(model, attack(model, x, y), y, 10)
+
+
 def clean_key(n: int) -> str:
     return f"clean 10 draws n={n}"
 
 
 def eot_key(samples: int) -> str:
     return f"eot_pgd {samples}x20 eps={EPS}"
+
+
+def pgd7_key() -> str:
+    return f"pgd-7 no eot eps={EPS}"
 
 
 def check_key(samples: int, steps: int) -> str:
@@ -171,7 +184,7 @@ EOT_CHECK_IMAGES = 200
 def needs(args, eot_check: bool = False) -> list[str]:
     """Every measurement :func:`measure` (and, with ``eot_check``, the EOT check) takes of a run."""
     n = args.test_subset
-    keys = [clean_key(n)] + [k for prefix in (standard_key(EPS), eot_key(args.eot_samples))
+    keys = [clean_key(n)] + [k for prefix in (standard_key(EPS), eot_key(args.eot_samples), pgd7_key())
                              for k, _, _ in chunks(prefix, n, CHUNK)]
     if eot_check:
         keys += [k for s, t in EOT_CHECK for k, _, _ in chunks(check_key(s, t), EOT_CHECK_IMAGES, CHUNK)]
@@ -191,6 +204,12 @@ def measure(run_dir: Path, args) -> dict:
         eot_pgd(model, x[a:b], y[a:b], args.eot_samples, 20), {}), chunk=CHUNK)
     # per example, the stronger of the two attacks (the attacker picks per example, as AutoAttack's worst case)
     out["worst"] = np.minimum(out["suite"], out["eot_pgd"])
+    try:  # measured after the rest (its runs retrained for it): a report from an archive without it omits it
+        out[PGD7[0]] = chunked_outcomes(m, pgd7_key(), len(x), lambda a, b: (pgd7_no_eot(model, x[a:b], y[a:b]), {}),
+                                        chunk=CHUNK)
+    except Missing:
+        if not Measurements.report_only:
+            raise
     return out
 
 
@@ -295,6 +314,10 @@ def main(argv=None) -> int:
     metrics = (("worst", "robust accuracy, worst of suite and EOT-PGD"),
                ("suite", "robust accuracy, rand/standard suite"),
                ("eot_pgd", f"EOT-PGD ({args.eot_samples} draws × 20 steps)"))
+    with_pgd7 = [r for by_seed in results.values() for r in by_seed.values() if PGD7[0] in r]
+    all_runs = sum(len(by_seed) for by_seed in results.values())
+    if with_pgd7 and len(with_pgd7) == all_runs:  # compared only once every measured run has it
+        metrics += ((PGD7[0], f"{PGD7[1]} (the paper's Table 1 attack)"),)
     comparisons = [c for base in base_labels if base != "L2P" for key, name in metrics
                    if (c := compare_arms(name, base, "L2P", PAPER[base], results, key,
                                          gates=[*arm_gates.get(base, []), *arm_gates.get("L2P", []),
@@ -309,11 +332,17 @@ def main(argv=None) -> int:
                         if (c := compare_arms(name, control.label, method.label, PAPER["L2P-R"], results, key,
                                               gates=gates)) is not None]
     failed = sorted({c for by_seed in results.values() for r in by_seed.values() for c in r["failed_checks"]})
-    points = ["| arm | seed | clean | " + " | ".join(ROBUST_METRICS.values()) + " |", "|---" * 6 + "|"]
+    columns = {**ROBUST_METRICS, PGD7[0]: PGD7[1]} if with_pgd7 else ROBUST_METRICS
+    points = ["| arm | seed | clean | " + " | ".join(columns.values()) + " |", "|---" * (len(columns) + 3) + "|"]
     for label, by_seed in rows.items():
         for s, r in by_seed.items():
-            points.append(f"| {label} | {s} | {r['clean']:.1f} | " + " | ".join(f"{r[k]:.1f}" for k in ROBUST_METRICS)
-                          + " |")
+            points.append(f"| {label} | {s} | {r['clean']:.1f} | " + " | ".join(
+                f"{r[k]:.1f}" if k in r else "–" for k in columns) + " |")
+    pgd7_note = "" if not with_pgd7 else (
+        f"{PGD7[1]} (PGD-7, step 2.5ε/7, random start, one noise draw per step, the final point predicted 10 "
+        f"times): measured on {len(with_pgd7)} of the {all_runs} runs"
+        + (" (the paper's Table 1 attack: compared below like the others)." if len(with_pgd7) == all_runs else
+           "; compared once every run has it (the runs are retrained for it: their weights are not kept).")) + "\n\n"
     plot = ROOT / Path(args.out).with_name(f"{Path(args.out).stem}_robust_vs_clean.png")
     plot_robust_vs_clean(rows, plot)
     gaps = [f"{label} {mean_std([r['suite'] - r['eot_pgd'] for r in by_seed.values()])}"
@@ -394,9 +423,9 @@ not learned, and L2P − L2P-R cannot show what learning it does).
 
 ## Accuracy (%), mean ± std over seeds
 
-{arm_table(rows, [("clean", "clean"), *ROBUST_METRICS.items()])}
+{arm_table(rows, [("clean", "clean"), *columns.items()])}
 
-Masking checks: {"all passed" if not failed else "failed: " + ", ".join(failed)}. Clean accuracy change over the
+{pgd7_note}Masking checks: {"all passed" if not failed else "failed: " + ", ".join(failed)}. Clean accuracy change over the
 last 3 epochs (points; near 0 = plateau): {"; ".join(plateau)}. The rand / standard suite minus EOT-PGD (points,
 mean ± std over seeds; positive = EOT-PGD the stronger attack): {"; ".join(gaps)}.
 
