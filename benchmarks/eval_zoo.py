@@ -40,6 +40,17 @@ LABELS = {"standard": "robustlab standard", "adaptive": "robustlab adaptive",
           "reference": "torchattacks AutoAttack"}
 
 
+def top_level_parts(text: str) -> list[str]:
+    """``text`` split at the commas outside brackets: ``"a=1,b=[[500,0.65],[1000,0.45]]"`` -> two parts."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return parts + [text[start:]]
+
+
 def parse_variant(text: str) -> tuple[dict, list[str] | None]:
     """``"square_probe=0.1,adaptive_targets=4"`` -> (settings of the adaptive suite, None); a ``@model,model`` tail
     names the models it is measured on."""
@@ -49,7 +60,7 @@ def parse_variant(text: str) -> tuple[dict, list[str] | None]:
     if unknown:
         raise SystemExit(f"--variant {text}@...: no zoo model {', '.join(unknown)} (there: {', '.join(BY_NAME)})")
     options = {}
-    for part in text.split(","):
+    for part in top_level_parts(text):
         key, _, value = part.partition("=")
         options[key.strip()] = json.loads(value)
     EvalSettings(**options)  # refused here, not after an hour

@@ -3,7 +3,7 @@
     python benchmarks/square_trace.py [--n 300] [--only NAME ...] [--out docs/results/square_trace.md]
 
 For each deterministic model of ``benchmarks/zoo.py`` (and the demo's PGD-AT model, ``runs/demo/pgd_at``, when it is
-there), on its first ``--n`` test images at its ε, one torch thread: APGD-CE (100 iterations) and APGD-T toward the
+there; on its first 500), on its first ``--n`` test images at its ε, one torch thread: APGD-CE (100 iterations) and APGD-T toward the
 3 classes nearest in a linearisation (the white-box stages of the ``adaptive`` suite), then Square (L∞, 5,000
 queries, margin loss, the suites' settings) on every clean-correct example, recording each example's best margin
 z_y − max_{j≠y} z_j at a set of query counts and the query that fooled it. The question it answers: could Square
@@ -38,6 +38,7 @@ QUERIES = 5000
 CHECKPOINTS = (1, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000)  # queries at which margins are kept
 DETERMINISTIC = [name for name, entry in BY_NAME.items() if entry.name != "mnist5k_random_resize"]
 DEMO = ZooModel("demo_pgd_at", "demo", 0.3, "adversarially trained (the demo's model)")
+DEMO_N = 500  # the demo's own evaluation images (README)
 
 
 @contextlib.contextmanager
@@ -104,11 +105,12 @@ def trace(entry: ZooModel, n: int, fresh: bool) -> dict:
     return record
 
 
-def rule_outcome(record: dict, checkpoint: int, keep_ratio: float) -> tuple[int, int, float]:
-    """Discard at ``checkpoint`` queries every example not yet fooled whose best margin is above ``keep_ratio`` ×
-    its margin at the initial point: (Square successes on white-box survivors in the full run, those lost, share
-    of the survivors' Square queries saved)."""
-    m0, mq = record["margins"]["1"], record["margins"][str(checkpoint)]
+def rule_outcome(record: dict, rule: list[tuple[int, float]]) -> tuple[int, int, float]:
+    """Square with the discarding ``rule`` (checkpoints (q, r) as ``Square``'s ``give_up``: at q queries, an
+    example not yet fooled whose best margin is above r × its margin at the initial point stops), replayed on the
+    trace: (Square's successes on the white-box survivors in the full run, those the rule loses, the share of
+    the survivors' Square queries it saves)."""
+    margins = record["margins"]
     wanted = lost = 0
     spent = saved = 0.0
     for i, survives in enumerate(record["white_survives"]):
@@ -117,14 +119,19 @@ def rule_outcome(record: dict, checkpoint: int, keep_ratio: float) -> tuple[int,
         fooled = record["fooled_at"][i]
         used = fooled if fooled > 0 else QUERIES
         spent += used
-        discarded = (fooled < 0 or fooled > checkpoint) and mq[i] is not None and m0[i] is not None \
-            and mq[i] > keep_ratio * m0[i]
-        if discarded:
-            saved += used - checkpoint
+        stop = next((q for q, r in rule if (fooled < 0 or fooled > q) and margins[str(q)][i] is not None
+                     and margins[str(q)][i] > r * margins["1"][i]), None)
+        if stop is not None:
+            saved += used - stop
         if fooled > 0:
             wanted += 1
-            lost += int(discarded)
+            lost += int(stop is not None)
     return wanted, lost, saved / spent if spent else 0.0
+
+
+RULES = [[(q, r)] for q in (200, 500, 1000) for r in (0.5, 0.65, 0.8)] + [
+    [(500, 0.65), (1000, 0.45)], [(500, 0.65), (1000, 0.45), (2000, 0.35)],
+    [(200, 0.85), (500, 0.65), (1000, 0.45), (2000, 0.35), (3000, 0.3)]]
 
 
 def main() -> None:
@@ -142,26 +149,25 @@ def main() -> None:
         if entry is DEMO and not (ROOT / "runs" / "demo" / "pgd_at").exists():
             print(f"[square_trace] {name}: runs/demo/pgd_at is not there (make demo): skipped", flush=True)
             continue
-        record = trace(entry, args.n, args.fresh)
+        record = trace(entry, DEMO_N if entry is DEMO else args.n, args.fresh)
         survivors = sum(record["white_survives"])
         late = sum(1 for s, f in zip(record["white_survives"], record["fooled_at"]) if s and f > 0)
         print(f"[square_trace] {name}: {survivors} white-box survivors, Square fools {late} of them "
               f"({record['cpu_seconds']:.0f} CPU-s)", flush=True)
         records.append(record)
-    rules = [(q, r) for q in (100, 200, 300, 500, 1000) for r in (0.5, 0.7, 0.8, 0.9, 0.95)]
-    header = "| rule: discard at q queries if margin > r × initial | " + " | ".join(
+    header = "| rule: at q queries, stop if margin > r × initial | " + " | ".join(
         rec["model"] for rec in records) + " |"
     lines = [header, "|---" * (len(records) + 1) + "|"]
-    for q, r in rules:
+    for rule in RULES:
         cells = []
         for rec in records:
-            wanted, lost, saved = rule_outcome(rec, q, r)
+            wanted, lost, saved = rule_outcome(rec, rule)
             cells.append(f"{lost}/{wanted} lost, {100 * saved:.0f}% saved")
-        lines.append(f"| q {q}, r {r:g} | " + " | ".join(cells) + " |")
+        lines.append("| " + ", ".join(f"({q}, {r:g})" for q, r in rule) + " | " + " | ".join(cells) + " |")
     command = "python benchmarks/square_trace.py" + (f" --n {args.n}" if args.n != 300 else "")
     text = f"""# Square's margin over its queries on the examples the white-box stages leave
 
-`{command}` (one torch thread; the first {args.n} test images of each model). Per model: the white-box
+`{command}` (one torch thread; the first {args.n} test images of each zoo model, {DEMO_N} of the demo's). Per model: the white-box
 survivors (APGD-CE, then APGD-T toward 3 linearisation-ranked classes), how many of them Square (5,000 queries)
 fools, and for each discarding rule the survivors' Square successes it would lose and the share of the survivors'
 Square queries it would save.

@@ -275,6 +275,10 @@ def test_registry_and_defaults():
     ({"p_init": 1.5}, r"p_init must be in \(0, 1\]"),
     ({"seed": 1.5}, "seed must be an integer or None"),
     ({"model_mode": "test"}, "model_mode must be one of"),
+    ({"queries": 100, "give_up": [(100, 0.5)]}, r"queries must be an integer in \[2, 100\)"),
+    ({"give_up": [(50, 0.0)]}, r"margin ratio must be in \(0, 1\]"),
+    ({"give_up": [(500, 0.5), (200, 0.4)]}, "increasing order of queries"),
+    ({"give_up": [(500,)]}, r"each checkpoint is \(queries, ratio\)"),
 ])
 def test_invalid_options_raise(kwargs, message):
     kwargs = {"eps": 0.1, **kwargs}
@@ -295,3 +299,50 @@ def test_model_mode_is_restored(trained_digits_mlp, digits):
         assert all(m.training for m in trained_digits_mlp.modules())
     finally:
         trained_digits_mlp.eval()
+
+
+class StalledOrMoving(torch.nn.Module):
+    """Two classes, label 0. An image whose last pixel is bright (> 0.5: 1 stays above, 0 below, under ε 0.3) gets
+    constant logits (margin 5: Square cannot move it); the others get margin 1 + 10·Σx, which Square lowers but
+    never to 0 at ε 0.3 on mid-grey images."""
+
+    def forward(self, x):
+        bright = x[:, 0, -1, -1] > 0.5
+        margin = torch.where(bright, torch.full_like(bright, 5.0, dtype=x.dtype), 1 + 10 * x.flatten(1).sum(1))
+        return torch.stack([margin, torch.zeros_like(margin)], 1)
+
+
+def _stalled_and_moving(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.full((2 * n, 1, 8, 8), 0.5)
+    x[:, 0, -1, -1] = 0.0  # the moving images: last pixel dark, in [0, 0.3] under ε 0.3
+    x[n:, 0, -1, -1] = 1.0
+    return x, torch.zeros(2 * n, dtype=torch.long)
+
+
+def test_give_up_stops_exactly_the_stalled_examples_at_the_checkpoint():
+    x, y = _stalled_and_moving(3)
+    model = CountingModel(StalledOrMoving())
+    x_adv = Square(0.3, queries=100, seed=0, give_up=[(20, 0.999)])(model, x, y)
+    # after the boundary's probe and the clean pass: 6 rows for the initial point and queries 2-20, then only the
+    # 3 examples whose margin moved for queries 21-100
+    assert model.calls[2:] == [6] * 20 + [3] * 80
+    assert _linf(x_adv, x).max() <= 0.3 + 1e-6 and _pred(model.model, x_adv).eq(y).all()
+
+
+def test_give_up_at_ratio_one_changes_nothing():
+    """A best margin never rises above the initial one: ratio 1 stops no example, and the run is the same run."""
+    x, y = _stalled_and_moving(3)
+    plain = Square(0.3, queries=60, seed=0)(StalledOrMoving(), x, y)
+    counted = CountingModel(StalledOrMoving())
+    assert torch.equal(Square(0.3, queries=60, seed=0, give_up=[(10, 1.0), (30, 1.0)])(counted, x, y), plain)
+    assert counted.calls[2:] == [6] * 60
+
+
+def test_give_up_keeps_the_successes_found_before_it(trained_digits_mlp, digits):
+    """Discarding only stops examples: an example fooled before the first checkpoint is fooled the same way."""
+    x, y = digits.test_x[:80], digits.test_y[:80]
+    plain = Square(0.1, queries=300, seed=0)(trained_digits_mlp, x, y)
+    early = Square(0.1, queries=300, seed=0, give_up=[(299, 0.01)])(trained_digits_mlp, x, y)
+    fooled_plain, fooled_early = _pred(trained_digits_mlp, plain).ne(y), _pred(trained_digits_mlp, early).ne(y)
+    assert fooled_plain.sum() > 5
+    assert torch.equal(fooled_early, fooled_plain)

@@ -205,7 +205,9 @@ def test_benchmark_refuses_bad_inputs_with_one_clear_error(trained_digits_mlp, x
                                             ({"eps": 0.1, "suite": [("pgd", {"stepz": 3})]}, "has no option 'stepz'"),
                                             ({"eps": 0.1, "norm": "l2", "suite": ["pgd"]}, "works in the linf norm"),
                                             ({"eps": 0.1, "adaptive_eot_samples": 0}, "adaptive_eot_samples must be >= 1"),
-                                            ({"eps": 0.1, "square_probe": 0.0}, "square_probe must be in")])
+                                            ({"eps": 0.1, "square_probe": 0.0}, "square_probe must be in"),
+                                            ({"eps": 0.1, "square_give_up": [[5000, 0.5]]},
+                                             r"square_give_up: .*integer in \[2, 5000\)")])
 def test_benchmark_refuses_bad_settings(trained_digits_mlp, digits, options, match):
     with pytest.raises(ValueError, match=match):
         robustlab.benchmark(trained_digits_mlp, digits.test_x[:4], digits.test_y[:4], **options)

@@ -23,11 +23,17 @@ range over all h − s + 1 offsets (the reference code's ``randint(0, h − s)``
 Examples misclassified at the clean input (or already at their target) are returned unchanged; restarts run as
 copies of the batch through :func:`robustlab.attacks.active.run_copies`, and each example leaves as soon as one
 copy fools the model. An independent implementation written from the paper.
+
+``give_up`` (off by default; the ``adaptive`` suite's option): online discarding, as A³ (Liu et al. 2022) does for
+its white-box attack, applied to the random search. At each checkpoint (q, r), an example not yet fooled whose best
+margin is still above r × its margin at the initial point stops there, unfooled: the queries go to the examples
+whose margin is moving. ``benchmarks/square_trace.py`` measures, on the zoo, which rules lose a success.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -47,6 +53,23 @@ def p_schedule(p_init: float, it: int, queries: int) -> float:
     int(it / queries · 10 000)."""
     scaled = int(it / queries * 10000)
     return p_init / 2 ** sum(scaled > t for t in P_HALVINGS)
+
+
+def check_give_up(give_up: Sequence[Sequence[float]], queries: int) -> dict[int, float]:
+    """``[(q, r), ...]`` → {q: r}: each q an integer in [2, queries), increasing, each r in (0, 1]."""
+    checkpoints: dict[int, float] = {}
+    for item in give_up:
+        if len(item) != 2:
+            raise ValueError(f"give_up: each checkpoint is (queries, ratio), got {item!r}")
+        q, r = item
+        if isinstance(q, bool) or int(q) != q or not 2 <= q < queries:
+            raise ValueError(f"give_up: a checkpoint's queries must be an integer in [2, {queries}), got {q!r}")
+        if not 0 < float(r) <= 1:
+            raise ValueError(f"give_up: a checkpoint's margin ratio must be in (0, 1], got {r!r}")
+        if checkpoints and int(q) <= max(checkpoints):
+            raise ValueError(f"give_up: checkpoints must be in increasing order of queries, got {list(give_up)!r}")
+        checkpoints[int(q)] = float(r)
+    return checkpoints
 
 
 def _margin(logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
@@ -111,7 +134,8 @@ class Square(Attack):
 
     ``queries``: forward passes per example and restart (including the initial point); ``p_init``: the initial
     fraction of pixels per window (default 0.8 for L∞, 0.3 for L2); ``restarts`` run as batch copies;
-    ``targeted``: ``y`` holds the target labels. ``seed``: each call runs under ``rng.seeded(seed)`` (reproducible,
+    ``targeted``: ``y`` holds the target labels; ``give_up``: online discarding checkpoints (queries, margin ratio),
+    see the module docstring. ``seed``: each call runs under ``rng.seeded(seed)`` (reproducible,
     the caller's RNG left as it was); None draws from the global RNG.
 
     ``reference_offsets`` (class attribute, False): draw window offsets as the reference code (paper's repository,
@@ -124,7 +148,8 @@ class Square(Attack):
     needs_images = True
 
     def __init__(self, eps: float, *, norm: str = "linf", queries: int = 5000, p_init: float | None = None,
-                 restarts: int = 1, targeted: bool = False, seed: int | None = None, model_mode: str = "eval"):
+                 restarts: int = 1, targeted: bool = False, seed: int | None = None, model_mode: str = "eval",
+                 give_up: Sequence[Sequence[float]] = ()):
         super().__init__(model_mode=model_mode)
         key = parse_norm(norm, SQUARE_NORMS)
         self.eps = check_epsilon(eps, key)
@@ -141,6 +166,7 @@ class Square(Attack):
         self.restarts = int(restarts)
         self.targeted = bool(targeted)
         self.seed = check_seed(seed)
+        self.give_up = check_give_up(give_up, self.queries)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[2] < 2 or x.shape[3] < 2:
@@ -156,9 +182,15 @@ class Square(Attack):
                 logits = model_(x_best)
                 margin = _margin(logits, active.y, self.targeted)
                 x_best, margin = active.retire(success_mask(logits, active.y, self.targeted), x_best, x_best, margin)
+                initial = margin
                 for it in range(self.queries - 1):
                     if active.empty:
                         return
+                    if it + 1 in self.give_up:  # it + 1 queries spent: the stalled examples stop here
+                        stalled = margin.gt(self.give_up[it + 1] * initial)
+                        x_best, margin, initial = active.give_up(stalled, x_best, x_best, margin, initial)
+                        if active.empty:
+                            return
                     p = p_schedule(self.p_init, it, self.queries)
                     x_new = step(active.x, x_best, p)
                     logits = model_(x_new)
@@ -167,7 +199,7 @@ class Square(Attack):
                     better = m_new.lt(margin) | fooled
                     x_best = torch.where(better.view(-1, 1, 1, 1), x_new, x_best)
                     margin = torch.where(better, m_new, margin)
-                    x_best, margin = active.retire(fooled, x_best, x_best, margin)
+                    x_best, margin, initial = active.retire(fooled, x_best, x_best, margin, initial)
                 active.finish(x_best)
 
             out, _ = run_copies(model, x, y, core, restarts=self.restarts, skip=skip)

@@ -2,7 +2,7 @@
 
 A preset (:mod:`robustlab.evaluation.suites`) reads the budget fields it uses: ``steps``, ``targets``,
 ``square_queries`` and ``final_draws`` size AutoAttack's ``standard`` and ``rand`` (and, with ``adaptive_targets``
-``square_probe`` and ``adaptive_eot_samples``, ``adaptive``); the ``pgd_*``, ``apgd_*``,
+``square_probe``, ``square_give_up`` and ``adaptive_eot_samples``, ``adaptive``); the ``pgd_*``, ``apgd_*``,
 ``cw_*``, ... fields size the exploratory ``fast`` and ``quick`` suites (:meth:`EvalSettings.paper` gives the papers'
 budgets). ``eps`` is one radius or a list of them: a list is a curve, the runner's loop over ε, and the headline is
 its largest ε.
@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 
 from robustlab.attacks.base import check_epsilon, parse_norm
+from robustlab.attacks.square import check_give_up
 from robustlab.errors import ConfigError
 
 DEFAULT_TOL = 0.01  # masking checks: allowed accuracy difference (+ one example)
@@ -44,6 +45,8 @@ class EvalSettings:
     adaptive_targets: int = 3               # adaptive: APGD-T's target classes (ranked by a linearisation)
     square_probe: float = 0.1               # adaptive: Square's probe share (escalated on any success or alarm)
     adaptive_eot_samples: int = 2           # adaptive on a randomised model: the cheap first pass's EOT draws
+    square_give_up: list[list[float]] = field(default_factory=list)  # adaptive: Square's discarding [queries, ratio]
+    escalate_fab: bool = True               # adaptive: FAB-T among the escalation stages (after APGD-T, 9 classes)
     # the exploratory suites (fast, quick)
     attacks: list[str] | None = None        # quick: the attacks to run; fast: only these rows (None: all)
     eps_l2: list[float] | None = None       # fast: PGD-L2's radii (None: ε·√d/4 for each L∞ ε)
@@ -106,6 +109,10 @@ class EvalSettings:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
         if not 0 < self.square_probe <= 1:
             raise ConfigError(f"square_probe must be in (0, 1], got {self.square_probe}")
+        try:
+            check_give_up(self.square_give_up, self.square_queries)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"square_give_up: {exc}") from None
         if self.pgd_step_size < 0:
             raise ConfigError(f"pgd_step_size must be >= 0 (0: 2.5·ε/steps), got {self.pgd_step_size}")
 

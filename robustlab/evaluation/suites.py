@@ -161,7 +161,8 @@ def adaptive(s: EvalSettings, m: ModelFacts) -> Suite:
     of the 9 most likely; Square at its full budget on a probe of the examples still robust (:class:`Stage`'s
     ``probe``). When the probe fools an example, or a masking alarm rang before the suite, every shortcut is
     dropped: Square attacks every example still robust, then AutoAttack's own APGD-T (9 most likely classes) and
-    FAB-T run on what is left.
+    FAB-T (unless ``escalate_fab`` is off) run on what is left. ``square_give_up`` (off by default): Square's online
+    discarding (:mod:`robustlab.attacks.square`), an example whose margin has stalled stops early.
 
     Not a robustness claim until the validation zoo (``benchmarks/eval_zoo.py``) shows it never weaker than
     ``standard``: its number is printed as a cut-down suite's."""
@@ -173,18 +174,22 @@ def adaptive(s: EvalSettings, m: ModelFacts) -> Suite:
                                                    "target_order": "linear", "batched": s.batched_targets},
                             settings=f"targeted DLR, the {targets} classes nearest in a linearisation × "
                                      f"{s.steps} iterations"))
-    stages.append(Stage("square", "square", {"queries": s.square_queries}, probe=s.square_probe,
+    give_up = {"give_up": [list(c) for c in s.square_give_up]} if s.square_give_up else {}
+    stopping = "; an example stops at " + ", ".join(f"{q:g} queries if its margin is above {r:g}× its first" for q, r
+                                                    in s.square_give_up) if s.square_give_up else ""
+    stages.append(Stage("square", "square", {"queries": s.square_queries, **give_up}, probe=s.square_probe,
                         settings=f"{s.square_queries} queries, margin loss; a {100 * s.square_probe:g}% probe first, "
-                                 f"every example when it fools any"))
+                                 f"every example when it fools any{stopping}"))
     if m.num_classes >= 4:
         stages.append(Stage("apgd_t9", "apgd_dlr", {"steps": s.steps, "top_targets": targets9,
                                                     "batched": s.batched_targets}, when="escalated",
                             settings=f"escalation: targeted DLR, {targets9} most likely classes × {s.steps} "
                                      f"iterations"))
-    stages.append(Stage("fab_t", "fab", {"steps": s.steps, "top_targets": targets9, "batched": s.batched_targets},
-                        when="escalated" if m.num_classes >= 4 else "always",
-                        settings=f"{'escalation: ' if m.num_classes >= 4 else ''}{targets9} target classes × "
-                                 f"{s.steps} iterations"))
+    if s.escalate_fab or m.num_classes < 4:
+        stages.append(Stage("fab_t", "fab", {"steps": s.steps, "top_targets": targets9, "batched": s.batched_targets},
+                            when="escalated" if m.num_classes >= 4 else "always",
+                            settings=f"{'escalation: ' if m.num_classes >= 4 else ''}{targets9} target classes × "
+                                     f"{s.steps} iterations"))
     return Suite("adaptive", tuple(stages), cascade=True, claim=False, checks=AA_CHECKS,
                  if_randomised="adaptive_rand")
 
