@@ -61,3 +61,22 @@ def test_the_probe_takes_the_lowest_margins_and_a_random_share():
     assert margin[rest].tolist() == sorted(margin[rest].tolist())  # the rest: smallest margin first
     again, _ = probe_split(todo, margin, 0.2, seed=1)
     assert torch.equal(again, probe)
+
+
+def test_square_give_up_and_an_escalation_without_fab_reach_the_suite_and_cut_work_on_a_masked_model(
+        zoo_digits_pgd_at):
+    """On the binarised digits model (escalated: Square on every survivor), discarding the stalled examples spends
+    fewer Square queries, and dropping FAB-T from the escalation removes its stage; neither is weaker here."""
+    model, data = zoo_digits_pgd_at
+    model = masked(model, "input_quantizer", levels=1)
+    x, y = data.test_x[:120], data.test_y[:120]
+    plain = robustlab.benchmark(model, x, y, eps=0.1, suite="adaptive", square_queries=1000)
+    lean = robustlab.benchmark(model, x, y, eps=0.1, suite="adaptive", square_queries=1000, escalate_fab=False,
+                               square_give_up=[[100, 0.65], [200, 0.45], [400, 0.35]])
+    square = {run: next(r for r in result.rows if r["attack"] == "square") for run, result in
+              (("plain", plain), ("lean", lean))}
+    assert "stops at 100 queries" in square["lean"]["settings"]
+    assert square["lean"]["attacked"] == square["plain"]["attacked"]
+    assert square["lean"]["forward_per_image"] < 0.8 * square["plain"]["forward_per_image"]
+    assert "fab_t" in {r["attack"] for r in plain.rows} and "fab_t" not in {r["attack"] for r in lean.rows}
+    assert lean.robust_accuracy <= plain.robust_accuracy + 0.001, (lean.rows, plain.rows)

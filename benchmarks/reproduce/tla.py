@@ -276,6 +276,19 @@ The gate "mechanism engaged" above reads the last epoch of this table.
 {arm_table(ablation, [("clean", "clean"), ("pgd100", "PGD-100"), ("auc_centroid", "AUC centroid")])
  if not args.no_ablation else "(not run)"}
 
+## What would decide it
+
+No comparison here has a verdict: at this scale the AT and ALP baselines and TLA itself fail the masking gate, and
+TLA's hinge is active on nearly every triplet. A second CPU recipe was measured and fails the same gate: the
+leaderboard's (`configs/leaderboard/mnist5k.toml`: LeNet-5, Adam 1e-3, batch 64, PGD-7 ramped over 5 epochs, 10
+epochs, seeds 0–2, trained by `benchmarks/leaderboard.py`), with PGD-100 × 0.01 on the same 500 images as its
+standard suite (`robustlab eval --checkpoint runs/leaderboard/mnist5k/<row>_seed<s> --suite quick --attacks pgd
+--pgd-steps 100 --subset 500 --eps 0.3`), mean over the 3 seeds (PGD-100, suite, gap from the unrounded means):
+PGD-AT 44.9, 30.3, 14.6 points (passes); TLA 47.5, 28.7, 18.9 and ALP 49.9, 25.7, 24.2 (fail); TLA's hinge active on 0.93, 0.96 and 0.94 of its triplets at
+the last epoch. A verdict needs the paper's scale — its CNN on all 60,000 MNIST images with PGD-40 training
+(`configs/tla/full/mnist_{{at,alp,tla}}.toml`) or the CIFAR-10 fine-tuning (`configs/tla/full/cifar10_*.toml`) —
+which needs a GPU; none was lent to this work.
+
 ## Deviations from the paper
 
 - LeNet-5 instead of the TLA CNN and 4,000 training images × {args.epochs} epochs instead of 60,000 × 84; PGD-7 for
