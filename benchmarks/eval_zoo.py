@@ -71,7 +71,8 @@ def measure(entry: ZooModel, method: str, n: int, device: torch.device, fresh: b
             variant: dict | None = None) -> dict:
     """One (model, method) measurement, cached in runs/zoo/eval/<model>/<method>.json (a variant of the adaptive
     suite: ``adaptive[key=value,...]``)."""
-    name = method if not variant else "adaptive[" + ",".join(f"{k}={v}" for k, v in sorted(variant.items())) + "]"
+    name = method if not variant else "adaptive[" + ",".join(
+        f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in sorted(variant.items())) + "]"  # as --variant
     cache = RUNS / "eval" / entry.name / f"{name}_n{n}_{device.type}.json"
     if cache.exists() and not fresh:
         return json.loads(cache.read_text())

@@ -44,8 +44,8 @@ DEMO_N = 500  # the demo's own evaluation images (README)
 @contextlib.contextmanager
 def traced_square(n: int):
     """Record, while Square runs, each example's best margin at :data:`CHECKPOINTS` and the query that fooled it:
-    Square calls ``ActiveSet.retire(fooled, x_best, x_best, margin)`` once per query (the first for the initial
-    point), with the rows' example indices in ``active.example``."""
+    Square calls ``ActiveSet.retire(fooled, x_best, x_best, margin[, initial])`` once per query (the first for the
+    initial point), with the rows' example indices in ``active.example``; the margin is the second state tensor."""
     margins = {q: torch.full((n,), float("nan")) for q in CHECKPOINTS}
     fooled_at = torch.full((n,), -1, dtype=torch.long)
     calls = {"query": 0}
@@ -53,7 +53,7 @@ def traced_square(n: int):
 
     def retire(self, fooled, x_rows, *state):
         calls["query"] += 1
-        q, margin = calls["query"], state[-1]
+        q, margin = calls["query"], state[1]
         if q in margins:
             margins[q][self.example] = margin.float()
         fooled_at[self.example[fooled]] = q

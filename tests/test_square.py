@@ -338,11 +338,26 @@ def test_give_up_at_ratio_one_changes_nothing():
     assert counted.calls[2:] == [6] * 60
 
 
-def test_give_up_keeps_the_successes_found_before_it(trained_digits_mlp, digits):
-    """Discarding only stops examples: an example fooled before the first checkpoint is fooled the same way."""
+def test_give_up_keeps_the_successes_found_before_it_and_stops_the_rest(trained_digits_mlp, digits):
+    """Discarding only stops examples: every example the plain run fooled by the checkpoint is fooled the same way,
+    and the examples left stop there (the trace of ``benchmarks/square_trace.py`` says when each was fooled)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from square_trace import traced_square
+
     x, y = digits.test_x[:80], digits.test_y[:80]
-    plain = Square(0.1, queries=300, seed=0)(trained_digits_mlp, x, y)
-    early = Square(0.1, queries=300, seed=0, give_up=[(299, 0.01)])(trained_digits_mlp, x, y)
-    fooled_plain, fooled_early = _pred(trained_digits_mlp, plain).ne(y), _pred(trained_digits_mlp, early).ne(y)
-    assert fooled_plain.sum() > 5
-    assert torch.equal(fooled_early, fooled_plain)
+    with traced_square(len(x)) as (margins, fooled_at):
+        Square(0.1, queries=300, seed=0)(trained_digits_mlp, x, y)
+    recorded = ~margins[200].isnan()
+    # the trace reads the best margin (never above the first, and moving), not another state tensor
+    assert (margins[200][recorded] <= margins[1][recorded]).all()
+    assert (margins[200][recorded] < 0.9 * margins[1][recorded]).any()
+    by_checkpoint = (fooled_at > 0) & (fooled_at <= 200)
+    assert by_checkpoint.sum() > 5 and (fooled_at < 0).sum() > 5
+    counted = CountingModel(trained_digits_mlp)
+    early = Square(0.1, queries=300, seed=0, give_up=[(200, 1e-6)])(counted, x, y)
+    assert _pred(trained_digits_mlp, early).ne(y)[by_checkpoint].all()
+    # after the boundary's probe, the clean pass and 200 queries, no example is left
+    assert len(counted.calls) == 2 + 200

@@ -86,7 +86,10 @@ class ActiveSet:
             first = _first_per_example(ex, len(self.out))
             self.out[ex[first]] = x_rows[rows[first]].to(self.out.dtype)
             self.success[ex] = True
-        keep = ~self.success[self.example]
+        return self._keep(~self.success[self.example], state)
+
+    def _keep(self, keep: torch.Tensor, state: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        """Restrict the rows (and ``state``, ``None`` entries passing through) to ``keep``."""
         if bool(keep.all()):
             return list(state)
         self.x, self.y, self.example, self.copy = self.x[keep], self.y[keep], self.example[keep], self.copy[keep]
@@ -96,18 +99,15 @@ class ActiveSet:
 
     def give_up(self, rows: torch.Tensor, x_rows: torch.Tensor, *state: torch.Tensor | None
                 ) -> list[torch.Tensor | None]:
-        """Rows ``rows`` (bool per row) stop unfooled: their examples keep those rows' points (unless another row
-        fools them later) and the rows leave. Returns ``state`` restricted to the rows that stay."""
+        """Rows ``rows`` (bool per row) stop unfooled and leave; their examples keep those rows' points, unless
+        another row of the same example (a restart) fools it later or ends after them (:meth:`finish`). Returns
+        ``state`` restricted to the rows that stay."""
         if not bool(rows.any()):
             return list(state)
         ex = self.example[rows]
         first = _first_per_example(ex, len(self.out))
         self.out[ex[first]] = x_rows[rows][first].to(self.out.dtype)
-        keep = ~rows
-        self.x, self.y, self.example, self.copy = self.x[keep], self.y[keep], self.example[keep], self.copy[keep]
-        if self.target is not None:
-            self.target = self.target[keep]
-        return [None if s is None else s[keep] for s in state]
+        return self._keep(~rows, state)
 
     def finish(self, x_rows: torch.Tensor) -> None:
         """The examples nobody fooled get the final point of their first remaining row."""

@@ -26,8 +26,8 @@ copy fools the model. An independent implementation written from the paper.
 
 ``give_up`` (off by default; the ``adaptive`` suite's option): online discarding, as A³ (Liu et al. 2022) does for
 its white-box attack, applied to the random search. At each checkpoint (q, r), an example not yet fooled whose best
-margin is still above r × its margin at the initial point stops there, unfooled: the queries go to the examples
-whose margin is moving. ``benchmarks/square_trace.py`` measures, on the zoo, which rules lose a success.
+margin is still above r × its margin at the initial point stops there, unfooled (with restarts, each copy is judged
+on its own margin): the queries go to the examples whose margin is moving. ``benchmarks/square_trace.py`` measures, on the zoo, which rules lose a success.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ class Square(Attack):
         self.restarts = int(restarts)
         self.targeted = bool(targeted)
         self.seed = check_seed(seed)
-        self.give_up = check_give_up(give_up, self.queries)
+        self.give_up_at = check_give_up(give_up, self.queries)  # {queries: margin ratio}
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[2] < 2 or x.shape[3] < 2:
@@ -186,8 +186,8 @@ class Square(Attack):
                 for it in range(self.queries - 1):
                     if active.empty:
                         return
-                    if it + 1 in self.give_up:  # it + 1 queries spent: the stalled examples stop here
-                        stalled = margin.gt(self.give_up[it + 1] * initial)
+                    if it + 1 in self.give_up_at:  # it + 1 queries spent: the stalled examples stop here
+                        stalled = margin.gt(self.give_up_at[it + 1] * initial)
                         x_best, margin, initial = active.give_up(stalled, x_best, x_best, margin, initial)
                         if active.empty:
                             return

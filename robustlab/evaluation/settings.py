@@ -46,7 +46,7 @@ class EvalSettings:
     square_probe: float = 0.1               # adaptive: Square's probe share (escalated on any success or alarm)
     adaptive_eot_samples: int = 2           # adaptive on a randomised model: the cheap first pass's EOT draws
     square_give_up: list[list[float]] = field(default_factory=list)  # adaptive: Square's discarding [queries, ratio]
-    escalate_fab: bool = True               # adaptive: FAB-T among the escalation stages (after APGD-T, 9 classes)
+    escalate_fab: bool = True               # adaptive: FAB-T among the escalation stages (< 4 classes: always)
     # the exploratory suites (fast, quick)
     attacks: list[str] | None = None        # quick: the attacks to run; fast: only these rows (None: all)
     eps_l2: list[float] | None = None       # fast: PGD-L2's radii (None: ε·√d/4 for each L∞ ε)
