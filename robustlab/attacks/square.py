@@ -27,7 +27,8 @@ copy fools the model. An independent implementation written from the paper.
 ``give_up`` (off by default; the ``adaptive`` suite's option): online discarding, as A³ (Liu et al. 2022) does for
 its white-box attack, applied to the random search. At each checkpoint (q, r), an example not yet fooled whose best
 margin is still above r × its margin at the initial point stops there, unfooled (with restarts, each copy is judged
-on its own margin): the queries go to the examples whose margin is moving. ``benchmarks/square_trace.py`` measures, on the zoo, which rules lose a success.
+on its own margin): the queries go to the examples whose margin is moving. ``benchmarks/square_trace.py``
+measures, on the zoo, which rules lose a success.
 """
 
 from __future__ import annotations
