@@ -2,9 +2,9 @@
 
     python benchmarks/square_trace.py [--n 300] [--only NAME ...] [--out docs/results/square_trace.md]
 
-For each deterministic model of ``benchmarks/zoo.py`` (and the demo's PGD-AT model, ``runs/demo/pgd_at``, when it is
-there; on its first 500), on its first ``--n`` test images at its ε, one torch thread: APGD-CE (100 iterations) and APGD-T toward the
-3 classes nearest in a linearisation (the white-box stages of the ``adaptive`` suite), then Square (L∞, 5,000
+For each deterministic model of ``benchmarks/zoo.py`` on its first ``--n`` test images at its ε (and the demo's
+PGD-AT model, ``runs/demo/pgd_at``, when it is there, on its first 500), one torch thread: APGD-CE (100
+iterations) and APGD-T toward the 3 classes nearest in a linearisation (the white-box stages of the ``adaptive`` suite), then Square (L∞, 5,000
 queries, margin loss, the suites' settings) on every clean-correct example, recording each example's best margin
 z_y − max_{j≠y} z_j at a set of query counts and the query that fooled it. The question it answers: could Square
 stop early on the examples whose margin has barely moved (online discarding, as A³ does for its white-box
@@ -167,8 +167,8 @@ def main() -> None:
     command = "python benchmarks/square_trace.py" + (f" --n {args.n}" if args.n != 300 else "")
     text = f"""# Square's margin over its queries on the examples the white-box stages leave
 
-`{command}` (one torch thread; the first {args.n} test images of each zoo model, {DEMO_N} of the demo's). Per model: the white-box
-survivors (APGD-CE, then APGD-T toward 3 linearisation-ranked classes), how many of them Square (5,000 queries)
+`{command}` (one torch thread; the first {args.n} test images of each zoo model, {DEMO_N} of the demo's).
+Per model: the white-box survivors (APGD-CE, then APGD-T toward 3 linearisation-ranked classes), how many of them Square (5,000 queries)
 fools, and for each discarding rule the survivors' Square successes it would lose and the share of the survivors'
 Square queries it would save.
 
