@@ -327,19 +327,20 @@ def main(argv=None) -> int:
     all_runs = sum(len(by_seed) for by_seed in results.values())
     if with_pgd7 and len(with_pgd7) == all_runs:  # compared only once every measured run has it
         metrics += ((PGD7[0], f"{PGD7[1]} (the paper's Table 1 attack)"),)
-    # the paper's attack is a measurement to check too: one noise draw per step can overstate a noisy arm, and a
-    # comparison under it gets a verdict only where it is not far above the suite in both arms
-    metric_gates = {key: {label: [masking_gate(label, float(np.mean([r["suite"] for r in by_seed.values()])),
-                                               float(np.mean([r[key] for r in by_seed.values()])), MAX_GAP,
-                                               attack=PGD7[1])]
-                          for label, by_seed in rows.items() if by_seed}
-                    for key, _ in metrics if key == PGD7[0]}
+
+    def metric_gates(key: str, *labels: str) -> list[Gate]:
+        """The paper's attack is a measurement to check too: one noise draw per step can overstate a noisy arm, so
+        a comparison under it gets a verdict only where it is not far above the suite in both arms."""
+        if key != PGD7[0]:
+            return []
+        return [masking_gate(label, float(np.mean([r["suite"] for r in rows[label].values()])),
+                             float(np.mean([r[key] for r in rows[label].values()])), MAX_GAP, attack=PGD7[1])
+                for label in labels if rows[label]]
     comparisons = [c for base in base_labels if base != "L2P" for key, name in metrics
                    if (c := compare_arms(name, base, "L2P", PAPER[base], results, key,
                                          gates=[*arm_gates.get(base, []), *arm_gates.get("L2P", []),
-                                                *pair_gates.get(base, []),
-                                                *metric_gates.get(key, {}).get(base, []),
-                                                *metric_gates.get(key, {}).get("L2P", [])])) is not None]
+                                                *pair_gates.get(base, []), *metric_gates(key, base, "L2P")]))
+                   is not None]
     for method, control in gammas:  # learned vs not learned at another γ: the θ gate decides whether it can tell
         m_dirs = [run_dirs[method.label][s] for s in measured if s in run_dirs[method.label]]
         c_dirs = [run_dirs[control.label][s] for s in measured if s in run_dirs[control.label]]
@@ -348,8 +349,7 @@ def main(argv=None) -> int:
                  theta_gate(m_dirs, c_dirs, control.label, method.label)]
         comparisons += [c for key, name in metrics
                         if (c := compare_arms(name, control.label, method.label, PAPER["L2P-R"], results, key,
-                                              gates=[*gates, *metric_gates.get(key, {}).get(control.label, []),
-                                                     *metric_gates.get(key, {}).get(method.label, [])]))
+                                              gates=[*gates, *metric_gates(key, control.label, method.label)]))
                         is not None]
     failed = sorted({c for by_seed in results.values() for r in by_seed.values() for c in r["failed_checks"]})
     columns = {**ROBUST_METRICS, PGD7[0]: PGD7[1]} if with_pgd7 else ROBUST_METRICS  # per run: as measured

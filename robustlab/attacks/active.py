@@ -81,12 +81,14 @@ class ActiveSet:
         that stay (``None`` entries pass through), and restricts ``x``, ``y``, ``target`` and ``example``.
         """
         if bool(fooled.any()):
-            rows = fooled.nonzero().squeeze(1)
-            ex = self.example[rows]
-            first = _first_per_example(ex, len(self.out))
-            self.out[ex[first]] = x_rows[rows[first]].to(self.out.dtype)
-            self.success[ex] = True
+            self._store(self.example[fooled], x_rows[fooled])
+            self.success[self.example[fooled]] = True
         return self._keep(~self.success[self.example], state)
+
+    def _store(self, examples: torch.Tensor, points: torch.Tensor) -> None:
+        """Each example among ``examples`` (one per row) gets the point of its first row in ``points``."""
+        first = _first_per_example(examples, len(self.out))
+        self.out[examples[first]] = points[first].to(self.out.dtype)
 
     def _keep(self, keep: torch.Tensor, state: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
         """Restrict the rows (and ``state``, ``None`` entries passing through) to ``keep``."""
@@ -104,17 +106,14 @@ class ActiveSet:
         ``state`` restricted to the rows that stay."""
         if not bool(rows.any()):
             return list(state)
-        ex = self.example[rows]
-        first = _first_per_example(ex, len(self.out))
-        self.out[ex[first]] = x_rows[rows][first].to(self.out.dtype)
+        self._store(self.example[rows], x_rows[rows])
         return self._keep(~rows, state)
 
     def finish(self, x_rows: torch.Tensor) -> None:
         """The examples nobody fooled get the final point of their first remaining row."""
         if self.empty:
             return
-        first = _first_per_example(self.example, len(self.out))
-        self.out[self.example[first]] = x_rows[first].to(self.out.dtype)
+        self._store(self.example, x_rows)
 
 
 # core(model, active) runs the attack's iterations on the rows of ``active`` and calls ``active.finish``.
