@@ -73,17 +73,19 @@ def suites_table(record: dict) -> str:
     return "\n".join(lines)
 
 
-def reference_autoattack(model, x, y, eps: float, norm: str, n_classes: int, device, batch_size: int):
-    """torchattacks' AutoAttack standard composition with 100 iterations: (robust accuracy, per-example robust)."""
+def reference_autoattack(model, x, y, eps: float, norm: str, n_classes: int, device, batch_size: int,
+                         seed: int = 0):
+    """torchattacks' AutoAttack standard composition with 100 iterations, every attack seeded with ``seed``:
+    (robust accuracy, per-example robust)."""
     import torchattacks
 
     norm_name = "Linf" if norm == "linf" else "L2"
-    attacks = [torchattacks.APGD(model, norm=norm_name, eps=eps, steps=100, n_restarts=1, loss="ce", seed=0),
+    attacks = [torchattacks.APGD(model, norm=norm_name, eps=eps, steps=100, n_restarts=1, loss="ce", seed=seed),
                torchattacks.APGDT(model, norm=norm_name, eps=eps, steps=100, n_restarts=1, n_classes=n_classes,
-                                  seed=0),
+                                  seed=seed),
                torchattacks.FAB(model, norm=norm_name, eps=eps, steps=100, n_restarts=1, multi_targeted=True,
-                                n_classes=n_classes, seed=0),
-               torchattacks.Square(model, norm=norm_name, eps=eps, n_queries=5000, n_restarts=1, seed=0)]
+                                n_classes=n_classes, seed=seed),
+               torchattacks.Square(model, norm=norm_name, eps=eps, n_queries=5000, n_restarts=1, seed=seed)]
     multi = torchattacks.MultiAttack(attacks)
     multi.set_model_training_mode(model_training=False)
     robust = []

@@ -69,10 +69,12 @@ def parse_variant(text: str) -> tuple[dict, list[str] | None]:
 
 def measure(entry: ZooModel, method: str, n: int, device: torch.device, fresh: bool,
             variant: dict | None = None) -> dict:
-    """One (model, method) measurement, cached in runs/zoo/eval/<model>/<method>.json (a variant of the adaptive
-    suite: ``adaptive[key=value,...]``)."""
-    name = method if not variant else "adaptive[" + ",".join(
+    """One (model, method) measurement, cached in runs/zoo/eval/<model>/<method>.json (with other settings:
+    ``adaptive[key=value,...]``; the reference takes ``seed`` only)."""
+    name = method if not variant else f"{method}[" + ",".join(
         f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in sorted(variant.items())) + "]"  # as --variant
+    if method == "reference" and set(variant or {}) - {"seed"}:
+        raise ValueError(f"the reference takes a seed only, got {variant}")
     cache = RUNS / "eval" / entry.name / f"{name}_n{n}_{device.type}.json"
     if cache.exists() and not fresh:
         return json.loads(cache.read_text())
@@ -84,7 +86,8 @@ def measure(entry: ZooModel, method: str, n: int, device: torch.device, fresh: b
     t0 = clock.now()
     with count_passes(model) as passes:
         if method == "reference":
-            accuracy, robust = reference_autoattack(model, x, y, entry.eps, "linf", data.num_classes, device, 500)
+            accuracy, robust = reference_autoattack(model, x, y, entry.eps, "linf", data.num_classes, device, 500,
+                                                    seed=(variant or {}).get("seed", 0))
             suite, failed, rows = "torchattacks", [], []
         else:
             result = evaluate(model, x, y, EvalSettings(eps=entry.eps, **(variant or {})), suite=method,
@@ -129,6 +132,40 @@ def readme_table(results: dict[str, dict[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def seed_of(method: str) -> int | None:
+    """The seed of a record measured by ``--seeds`` (``standard[seed=2]`` -> 2), 0 for the default record, None
+    for a variant with other settings."""
+    if "[" not in method:
+        return 0
+    settings = method[method.index("[") + 1:-1]
+    return int(settings.removeprefix("seed=")) if settings.startswith("seed=") and "," not in settings else None
+
+
+def seeds_table(results: dict[str, dict[str, dict]], entries: list[ZooModel], methods: list[str]) -> list[str]:
+    """Per model measured at several seeds, per method: the robust accuracy at each seed, their mean and the mean
+    time relative to `standard`'s (empty when no model has a second seed)."""
+    seeds = sorted({seed_of(m) for r in results.values() for m in r} - {None})
+    if len(seeds) < 2:
+        return []
+    lines = ["", "**Over seeds** (`--seeds`: every method again with another seed for its random starts and "
+             "draws): robust accuracy (%) per seed, the mean, and the mean time relative to `standard`'s.", "",
+             "| model | method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | time / standard's |",
+             "|---|---|" + "---|" * (len(seeds) + 2)]
+    for entry in entries:
+        r = results[entry.name]
+        for method in methods:
+            at = {seed_of(m): rec for m, rec in r.items() if m.split("[")[0] == method and seed_of(m) is not None}
+            std = {seed_of(m): rec for m, rec in r.items() if m.split("[")[0] == "standard" and seed_of(m) is not None}
+            if len(at) < 2:
+                continue
+            mean = sum(rec["robust_accuracy"] for rec in at.values()) / len(at)
+            both = sorted(set(at) & set(std))
+            ratio = (f"{sum(at[s]['seconds'] / std[s]['seconds'] for s in both) / len(both):.2f}" if both else "–")
+            cells = [f"{100 * at[s]['robust_accuracy']:.1f}" if s in at else "–" for s in seeds]
+            lines.append(f"| {entry.name} | {LABELS[method]} | " + " | ".join(cells) + f" | {100 * mean:.2f} | {ratio} |")
+    return lines
+
+
 def report(record: dict) -> None:
     print(f"{record['model']:>26} {record['method']:>9}: {100 * record['robust_accuracy']:5.1f}% in "
           f"{record['seconds']:7.1f} s ({record['forward_per_image']:.0f} fwd, "
@@ -147,12 +184,18 @@ def main() -> None:
                         help="the adaptive suite with these settings too, e.g. square_probe=0.1 (repeatable)")
     parser.add_argument("--variants-on", nargs="*", choices=list(BY_NAME),
                         help="measure the variants on these models only (default: every model measured)")
+    parser.add_argument("--seeds", nargs="*", type=int, default=[],
+                        help="measure every method again at these seeds (a third table: the spread over seeds)")
+    parser.add_argument("--seeds-on", nargs="*", choices=list(BY_NAME),
+                        help="measure the seeds on these models only (default: every model measured)")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     variant_args = "".join(f" --variant {v}" for v in args.variant) + (
-        " --variants-on " + " ".join(args.variants_on) if args.variants_on and args.variant else "")
+        " --variants-on " + " ".join(args.variants_on) if args.variants_on and args.variant else "") + (
+        " --seeds " + " ".join(map(str, args.seeds)) if args.seeds else "") + (
+        " --seeds-on " + " ".join(args.seeds_on) if args.seeds_on and args.seeds else "")
     args.variant = [parse_variant(v) for v in args.variant]
     entries = [BY_NAME[n] for n in args.only] if args.only else ZOO
     results: dict[str, dict[str, dict]] = {}
@@ -168,6 +211,11 @@ def main() -> None:
             record = measure(entry, "adaptive", args.n, device, args.fresh, variant)
             results[entry.name][record["method"]] = record
             report(record)
+        for seed in args.seeds if entry.name in (args.seeds_on or [entry.name]) else []:
+            for method in args.methods:
+                record = measure(entry, method, args.n, device, args.fresh, {"seed": seed})
+                results[entry.name][record["method"]] = record
+                report(record)
     unit = "GPU wall-clock s" if device.type == "cuda" else "CPU s"
     lines = ["# The adaptive suite on the validation zoo", "",
              f"`python benchmarks/eval_zoo.py --n {args.n}" + (f" --device {args.device}" if device.type != "cpu"
@@ -211,6 +259,7 @@ def main() -> None:
             cells = [f"{100 * r[m]['robust_accuracy']:.1f} ({r[m]['seconds'] / base['seconds']:.2f}×)" if m in r
                      else "–" for m in ["adaptive", *variants]]
             lines.append(f"| {entry.name} | {100 * base['robust_accuracy']:.1f} | " + " | ".join(cells) + " |")
+    lines += seeds_table(results, entries, args.methods)
     write_report(args.out, lines)
     Path(args.out).with_suffix(".json").write_text(strict_dumps(results, indent=1))
     if Path(args.out) == DEFAULT_OUT and not args.only and (args.n, device.type) == (300, "cpu"):  # the README's run
