@@ -56,15 +56,17 @@ def p_schedule(p_init: float, it: int, queries: int) -> float:
     return p_init / 2 ** sum(scaled > t for t in P_HALVINGS)
 
 
-def check_give_up(give_up: Sequence[Sequence[float]], queries: int) -> dict[int, float]:
-    """``[(q, r), ...]`` → {q: r}: each q an integer in [2, queries), increasing, each r in (0, 1]."""
+def check_give_up(give_up: Sequence[Sequence[float]], queries: int | None) -> dict[int, float]:
+    """``[(q, r), ...]`` → {q: r}: each q an integer in [2, queries) (``queries`` None: no upper bound),
+    increasing, each r in (0, 1]."""
     checkpoints: dict[int, float] = {}
     for item in give_up:
         if len(item) != 2:
             raise ValueError(f"give_up: each checkpoint is (queries, ratio), got {item!r}")
         q, r = item
-        if isinstance(q, bool) or int(q) != q or not 2 <= q < queries:
-            raise ValueError(f"give_up: a checkpoint's queries must be an integer in [2, {queries}), got {q!r}")
+        if isinstance(q, bool) or int(q) != q or q < 2 or (queries is not None and q >= queries):
+            bound = f"in [2, {queries})" if queries is not None else ">= 2"
+            raise ValueError(f"give_up: a checkpoint's queries must be an integer {bound}, got {q!r}")
         if not 0 < float(r) <= 1:
             raise ValueError(f"give_up: a checkpoint's margin ratio must be in (0, 1], got {r!r}")
         if checkpoints and int(q) <= max(checkpoints):

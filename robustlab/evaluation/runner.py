@@ -100,10 +100,11 @@ def takes_option(cls: type, name: str) -> bool:
     return False
 
 
-def build_stage_attack(unit: Unit, *, transfer_source: nn.Module | None) -> Attack:
-    """The attack of ``unit``: the stage's attack at the unit's radius, in its norm where the attack takes one."""
+def build_stage_attack(unit: Unit, *, transfer_source: nn.Module | None, probe: bool = False) -> Attack:
+    """The attack of ``unit``: the stage's attack at the unit's radius, in its norm where the attack takes one
+    (``probe``: with the stage's ``probe_options``)."""
     st = unit.stage
-    options = dict(st.options)
+    options = {**st.options, **(st.probe_options if probe else {})}
     if st.kind == "minimal":
         attack = build_attack(st.attack, **options)
     else:
@@ -219,6 +220,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalS
     units = plan_units(spec, s)
     check_image_shape(spec, x)
     attacks = {u.name: build_stage_attack(u, transfer_source=transfer_source) for u in units}  # refused up front
+    attacks.update({f"{u.name} probe": build_stage_attack(u, transfer_source=transfer_source, probe=True)
+                    for u in units if u.stage.probe_options})
     xs, ys = x[lo:hi], y[lo:hi]
     folder = None
     if state_dir is not None:
@@ -328,10 +331,16 @@ def _smallest_margin(k: int, unit: Unit, units: list[Unit], state: EvaluationSta
 def _escalate(run: "_Run", k: int, robust_before: torch.Tensor, batches: list, probe: torch.Tensor,
               rest: torch.Tensor, stats: dict, done: int) -> None:
     """Probe and escalate: once the probe's batches are done, if it fooled any example, the rest of the stage's
-    examples are attacked too, and the suite is escalated (its ``when="escalated"`` stages run)."""
+    examples are attacked too, and the suite is escalated (its ``when="escalated"`` stages run). A probe with its
+    own options (:class:`Stage`'s ``probe_options``) hands the examples it left robust to the full attack too;
+    which those are is kept in ``stats`` (a resumed run must rebuild the same batches after they were attacked)."""
     if stats["probe"] is None or done != len(split_batches(probe, run.s.batch_size)) or stats["escalated"]:
         return
     if bool((run.state.outcome[k, probe] < robust_before[probe]).any()):
+        if run.units[k].stage.probe_options:
+            if "again" not in stats:
+                stats["again"] = probe[run.state.outcome[k, probe] >= robust_before[probe]].tolist()
+            rest = torch.cat([torch.tensor(stats["again"], dtype=rest.dtype), rest])
         batches += split_batches(rest, run.s.batch_size)
         stats["attacked"] += len(rest)
         stats["escalated"] = run.escalated = True
@@ -394,7 +403,9 @@ def _run_unit(run: _Run, k: int, unit: Unit) -> None:
     stats = state.stats.setdefault(unit.name, {"seconds": 0.0, "forward": 0, "backward": 0})
     stats.update(attacked=len(first_part), probe=len(first_part) if probing else None, escalated=False)
     done_before = state.done.get(unit.name, 0)
-    attack = run.attacks[unit.name]
+    if not done_before:
+        stats.pop("again", None)
+    probe_batches = len(batches) if probing and st.probe_options else 0  # these run the probe's own attack
     label = unit.name if unit.eps is None or "@" in unit.name else f"{unit.name} ε={unit.eps:g}"
     seconds_now = 0.0
     bar = tqdm(total=len(todo), desc=label, disable=not run.progress, leave=False, unit="ex")
@@ -412,6 +423,7 @@ def _run_unit(run: _Run, k: int, unit: Unit) -> None:
         if run.nhwc:
             xb = xb.contiguous(memory_format=torch.channels_last)
         first = idx < keep
+        attack = run.attacks[f"{unit.name} probe" if b <= probe_batches else unit.name]
         with seeded(derived_seed(s.seed, st.name, b - 1), dev):  # the final draws too: a resume draws the same
             if st.kind == "minimal":
                 res = attack.run(model, xb, yb)

@@ -2,7 +2,7 @@
 
 A preset (:mod:`robustlab.evaluation.suites`) reads the budget fields it uses: ``steps``, ``targets``,
 ``square_queries`` and ``final_draws`` size AutoAttack's ``standard`` and ``rand`` (and, with ``adaptive_targets``
-``square_probe``, ``square_give_up`` and ``adaptive_eot_samples``, ``adaptive``); the ``pgd_*``, ``apgd_*``,
+``square_probe``, ``probe_give_up``, ``square_give_up`` and ``adaptive_eot_samples``, ``adaptive``); the ``pgd_*``, ``apgd_*``,
 ``cw_*``, ... fields size the exploratory ``fast`` and ``quick`` suites (:meth:`EvalSettings.paper` gives the papers'
 budgets). ``eps`` is one radius or a list of them: a list is a curve, the runner's loop over ε, and the headline is
 its largest ε.
@@ -19,6 +19,9 @@ from robustlab.attacks.square import check_give_up
 from robustlab.errors import ConfigError
 
 DEFAULT_TOL = 0.01  # masking checks: allowed accuracy difference (+ one example)
+# adaptive: Square's discarding in the probe, [queries spent, margin ratio] (docs/results/square_trace.md: it lets
+# go of none of the successes Square found on the zoo's traces)
+PROBE_GIVE_UP = ((500, 0.65), (1000, 0.45), (2000, 0.35))
 
 # The papers' budgets for the exploratory suites (slow on a CPU): ``EvalSettings.paper()``.
 PAPER_BUDGETS = dict(pgd_steps=40, pgd_restarts=1, apgd_steps=100, apgd_targets=9, cw_iterations=1000,
@@ -45,6 +48,7 @@ class EvalSettings:
     adaptive_targets: int = 3               # adaptive: APGD-T's target classes (ranked by a linearisation)
     square_probe: float = 0.1               # adaptive: Square's probe share (escalated on any success or alarm)
     adaptive_eot_samples: int = 2           # adaptive on a randomised model: the cheap first pass's EOT draws
+    probe_give_up: list[list[float]] = field(default_factory=lambda: [list(c) for c in PROBE_GIVE_UP])
     square_give_up: list[list[float]] = field(default_factory=list)  # adaptive: Square's discarding [queries, ratio]
     escalate_fab: bool = True               # adaptive: FAB-T among the escalation stages (< 4 classes: always)
     # the exploratory suites (fast, quick)
@@ -109,10 +113,11 @@ class EvalSettings:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
         if not 0 < self.square_probe <= 1:
             raise ConfigError(f"square_probe must be in (0, 1], got {self.square_probe}")
-        try:
-            check_give_up(self.square_give_up, self.square_queries)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"square_give_up: {exc}") from None
+        for key, budget in (("probe_give_up", None), ("square_give_up", self.square_queries)):
+            try:  # the probe's checkpoints at or past the query budget are left out (a smaller budget keeps its own)
+                check_give_up(getattr(self, key), budget)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{key}: {exc}") from None
         if self.pgd_step_size < 0:
             raise ConfigError(f"pgd_step_size must be >= 0 (0: 2.5·ε/steps), got {self.pgd_step_size}")
 

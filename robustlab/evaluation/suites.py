@@ -66,6 +66,9 @@ class Stage:
     smallest logit margin seen so far and a random p/2 share of the others; if the probe fools any example, it
     attacks the rest too and the suite is escalated: its ``when="escalated"`` stages run. A masking alarm before
     the suite (randomised predictions, zero input gradients) escalates it from the start (no probing).
+    ``probe_options``: options that the probe's attack adds to ``options`` (a cheaper probe, e.g. Square's
+    discarding); on escalation the probe's examples it left robust are attacked again with ``options`` alone, so
+    an escalated stage is as strong as without them.
     """
 
     name: str
@@ -81,6 +84,7 @@ class Stage:
     step_rule: tuple[float, float] | None = None  # (cap, fraction): step_size = min(cap, fraction × ε) at each ε
     probe: float = 1.0  # < 1: probe and escalate
     when: str = "always"  # "escalated": only after a probe fooled an example or a masking alarm rang
+    probe_options: dict = field(default_factory=dict)  # added to ``options`` in the probe only
 
     def __post_init__(self):
         if self.kind not in ("bounded", "minimal"):
@@ -89,13 +93,18 @@ class Stage:
             raise ConfigError(f"stage {self.name!r}: probe must be in (0, 1], got {self.probe}")
         if self.when not in ("always", "escalated"):
             raise ConfigError(f"stage {self.name!r}: when must be 'always' or 'escalated', got {self.when!r}")
+        if self.probe_options and self.probe == 1:
+            raise ConfigError(f"stage {self.name!r}: probe_options need a probe (probe < 1)")
 
     @property
     def in_worst_case(self) -> bool:
         return self.kind == "bounded" and self.worst_case and not self.radii
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        spec = dataclasses.asdict(self)
+        if not self.probe_options:  # a stage without them keeps the identity (and saved state) it always had
+            del spec["probe_options"]
+        return spec
 
 
 @dataclass(frozen=True)
@@ -161,8 +170,10 @@ def adaptive(s: EvalSettings, m: ModelFacts) -> Suite:
     of the 9 most likely; Square at its full budget on a probe of the examples still robust (:class:`Stage`'s
     ``probe``). When the probe fools an example, or a masking alarm rang before the suite, every shortcut is
     dropped: Square attacks every example still robust, then AutoAttack's own APGD-T (9 most likely classes) and
-    FAB-T (unless ``escalate_fab`` is off) run on what is left. ``square_give_up`` (off by default): Square's online
-    discarding (:mod:`robustlab.attacks.square`), an example whose margin has stalled stops early.
+    FAB-T (unless ``escalate_fab`` is off) run on what is left. ``probe_give_up``: Square's online discarding
+    (:mod:`robustlab.attacks.square`) in the probe only, an example whose margin has stalled stops early; on
+    escalation the probe's examples it left robust meet Square again at its full budget. ``square_give_up`` (off
+    by default): the discarding everywhere, escalated Square too (weaker on the zoo's MART model).
 
     Not a robustness claim until the validation zoo (``benchmarks/eval_zoo.py``) shows it never weaker than
     ``standard``: its number is printed as a cut-down suite's."""
@@ -175,9 +186,15 @@ def adaptive(s: EvalSettings, m: ModelFacts) -> Suite:
                             settings=f"targeted DLR, the {targets} classes nearest in a linearisation × "
                                      f"{s.steps} iterations"))
     give_up = {"give_up": [list(c) for c in s.square_give_up]} if s.square_give_up else {}
-    stopping = "; an example stops at " + ", ".join(f"{q:g} queries if its margin is above {r:g}× its first" for q, r
-                                                    in s.square_give_up) if s.square_give_up else ""
+    probe_checkpoints = [list(c) for c in s.probe_give_up if c[0] < s.square_queries]  # those within the budget
+    probe_give_up = ({"give_up": probe_checkpoints}
+                     if probe_checkpoints and not s.square_give_up and s.square_probe < 1 else {})
+    stopping = "; an example stops at " + _give_up_text(s.square_give_up) if s.square_give_up else ""
+    if probe_give_up:
+        stopping = ("; in the probe an example stops at " + _give_up_text(probe_checkpoints)
+                    + " (escalated: those meet the full budget again)")
     stages.append(Stage("square", "square", {"queries": s.square_queries, **give_up}, probe=s.square_probe,
+                        probe_options=probe_give_up,
                         settings=f"{s.square_queries} queries, margin loss; a {100 * s.square_probe:g}% probe first, "
                                  f"every example when it fools any{stopping}"))
     if m.num_classes >= 4:
@@ -192,6 +209,10 @@ def adaptive(s: EvalSettings, m: ModelFacts) -> Suite:
                                      f"{s.steps} iterations"))
     return Suite("adaptive", tuple(stages), cascade=True, claim=False, checks=AA_CHECKS,
                  if_randomised="adaptive_rand")
+
+
+def _give_up_text(checkpoints: list[list[float]]) -> str:
+    return ", ".join(f"{q:g} queries if its margin is above {r:g}× its first" for q, r in checkpoints)
 
 
 def adaptive_rand(s: EvalSettings, m: ModelFacts) -> Suite:
