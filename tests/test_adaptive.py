@@ -11,7 +11,11 @@ import torch
 
 import robustlab
 from robustlab.engine import Trainer
+from robustlab.errors import ConfigError
+from robustlab.evaluation import EvalSettings, evaluate
 from robustlab.evaluation.runner import probe_split
+from robustlab.evaluation.state import EvaluationState
+from robustlab.evaluation.suites import ModelFacts, Stage, Suite, adaptive
 from robustlab.experiment import load_config
 from robustlab.models.masked import masked
 from robustlab.runs import load_trained_model
@@ -80,3 +84,71 @@ def test_square_give_up_and_an_escalation_without_fab_reach_the_suite_and_cut_wo
     assert square["lean"]["forward_per_image"] < 0.8 * square["plain"]["forward_per_image"]
     assert "fab_t" in {r["attack"] for r in plain.rows} and "fab_t" not in {r["attack"] for r in lean.rows}
     assert lean.robust_accuracy <= plain.robust_accuracy + 0.001, (lean.rows, plain.rows)
+
+
+def _pgd_suite(probe_options: dict | None) -> Suite:
+    """PGD-20 without a random start (each example's outcome does not depend on its batch), behind a probe whose
+    own attack is weaker (``probe_options``), or on every example (None)."""
+    options = {"steps": 20, "random_start": False}
+    stage = (Stage("pgd", "pgd", options, probe=0.5, probe_options=probe_options) if probe_options is not None
+             else Stage("pgd", "pgd", options))
+    return Suite("probe_test", (stage,), cascade=True, checks=())
+
+
+def test_an_escalated_probe_attacks_again_at_full_strength_what_its_cheaper_attack_left(trained_digits_mlp, digits):
+    x, y = digits.test_x[:64], digits.test_y[:64]
+    settings = EvalSettings(eps=0.15, batch_size=8)
+    full = evaluate(trained_digits_mlp, x, y, settings, suite=_pgd_suite(None), checks=False)
+    weak = {"steps": 1, "step_size": 0.06}
+    one_step = evaluate(trained_digits_mlp, x, y, settings, suite=Suite("one", (Stage("pgd", "pgd", {
+        **weak, "random_start": False}),), checks=()), checks=False)
+    assert 0 < full.robust_accuracy < one_step.robust_accuracy - 0.5  # one small step leaves many that PGD-20 fools
+    probed = evaluate(trained_digits_mlp, x, y, settings, suite=_pgd_suite(weak), checks=False)
+    row = probed.rows[0]
+    assert row["attacked"] == int(full.clean * len(x))  # escalated: every clean-correct example, each counted once
+    assert torch.equal(probed.robust, full.robust)  # the probe's survivors met PGD-20 too
+
+
+def test_a_probe_with_its_own_options_resumes_to_the_same_outcome(trained_digits_mlp, digits, tmp_path,
+                                                                  monkeypatch):
+    x, y = digits.test_x[:64], digits.test_y[:64]
+    settings = EvalSettings(eps=0.15, batch_size=8)
+    suite = _pgd_suite({"steps": 1, "step_size": 0.06})
+    saves = []
+    real_save = EvaluationState.save
+    monkeypatch.setattr(EvaluationState, "save", lambda self: (saves.append(1), real_save(self))[1])
+    whole = evaluate(trained_digits_mlp, x, y, settings, suite=suite, checks=False, state_dir=tmp_path / "whole")
+
+    class Stop(RuntimeError):
+        pass
+
+    def stop_late(self):  # the state is saved after the clean pass and after every batch: stop before the last two
+        if len(saves) == total - 2:
+            raise Stop
+        saves.append(1)
+        real_save(self)
+
+    total, saves[:] = len(saves), []
+    monkeypatch.setattr(EvaluationState, "save", stop_late)
+    with pytest.raises(Stop):
+        evaluate(trained_digits_mlp, x, y, settings, suite=suite, checks=False, state_dir=tmp_path / "cut")
+    monkeypatch.setattr(EvaluationState, "save", real_save)
+    resumed = evaluate(trained_digits_mlp, x, y, settings, suite=suite, checks=False, state_dir=tmp_path / "cut")
+    assert resumed.rows[0]["resumed"] and torch.equal(resumed.robust, whole.robust)
+    assert resumed.rows[0]["attacked"] == whole.rows[0]["attacked"]
+
+
+def test_probe_options_need_a_probe_and_the_adaptive_probe_gives_up_within_the_budget():
+    with pytest.raises(ConfigError, match="probe_options need a probe"):
+        Stage("pgd", "pgd", {"steps": 20}, probe_options={"steps": 1})
+    facts = ModelFacts(num_classes=10, in_shape=(1, 8, 8))
+    square = {q: next(st for st in adaptive(EvalSettings(square_queries=q), facts).stages if st.name == "square")
+              for q in (5000, 1000, 400)}
+    assert square[5000].probe_options == {"give_up": [[500, 0.65], [1000, 0.45], [2000, 0.35]]}
+    assert square[1000].probe_options == {"give_up": [[500, 0.65]]}  # the checkpoints within 1,000 queries
+    assert square[400].probe_options == {} and square[5000].options == {"queries": 5000}
+    everywhere = next(st for st in adaptive(EvalSettings(square_give_up=[[100, 0.5]]), facts).stages
+                      if st.name == "square")
+    assert everywhere.probe_options == {} and everywhere.options["give_up"] == [[100, 0.5]]
+    with pytest.raises(ConfigError, match="probe_give_up"):
+        EvalSettings(probe_give_up=[[1, 0.5]])

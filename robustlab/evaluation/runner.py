@@ -337,12 +337,12 @@ def _escalate(run: "_Run", k: int, robust_before: torch.Tensor, batches: list, p
     if stats["probe"] is None or done != len(split_batches(probe, run.s.batch_size)) or stats["escalated"]:
         return
     if bool((run.state.outcome[k, probe] < robust_before[probe]).any()):
+        stats["attacked"] += len(rest)  # examples, each counted once
         if run.units[k].stage.probe_options:
             if "again" not in stats:
                 stats["again"] = probe[run.state.outcome[k, probe] >= robust_before[probe]].tolist()
             rest = torch.cat([torch.tensor(stats["again"], dtype=rest.dtype), rest])
         batches += split_batches(rest, run.s.batch_size)
-        stats["attacked"] += len(rest)
         stats["escalated"] = run.escalated = True
 
 
