@@ -162,7 +162,8 @@ def seeds_table(results: dict[str, dict[str, dict]], entries: list[ZooModel], me
             both = sorted(set(at) & set(std))
             ratio = (f"{sum(at[s]['seconds'] / std[s]['seconds'] for s in both) / len(both):.2f}" if both else "–")
             cells = [f"{100 * at[s]['robust_accuracy']:.1f}" if s in at else "–" for s in seeds]
-            lines.append(f"| {entry.name} | {LABELS[method]} | " + " | ".join(cells) + f" | {100 * mean:.2f} | {ratio} |")
+            lines.append(f"| {entry.name} | {LABELS[method]} | " + " | ".join(cells)
+                         + f" | {100 * mean:.2f} | {ratio} |")
     return lines
 
 

@@ -1,11 +1,11 @@
 """The settings of an evaluation: one type for every suite (the threat model, the examples, the budgets, the checks).
 
 A preset (:mod:`robustlab.evaluation.suites`) reads the budget fields it uses: ``steps``, ``targets``,
-``square_queries`` and ``final_draws`` size AutoAttack's ``standard`` and ``rand`` (and, with ``adaptive_targets``
-``square_probe``, ``probe_give_up``, ``square_give_up`` and ``adaptive_eot_samples``, ``adaptive``); the ``pgd_*``, ``apgd_*``,
-``cw_*``, ... fields size the exploratory ``fast`` and ``quick`` suites (:meth:`EvalSettings.paper` gives the papers'
-budgets). ``eps`` is one radius or a list of them: a list is a curve, the runner's loop over ε, and the headline is
-its largest ε.
+``square_queries`` and ``final_draws`` size AutoAttack's ``standard`` and ``rand`` (and, with ``adaptive_targets``,
+``square_probe``, ``probe_give_up``, ``square_give_up``, ``escalate_fab`` and ``adaptive_eot_samples``,
+``adaptive``); the ``pgd_*``, ``apgd_*``, ``cw_*``, ... fields size the exploratory ``fast`` and ``quick`` suites
+(:meth:`EvalSettings.paper` gives the papers' budgets). ``eps`` is one radius or a list of them: a list is a curve,
+the runner's loop over ε, and the headline is its largest ε.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class EvalSettings:
     adaptive_targets: int = 3               # adaptive: APGD-T's target classes (ranked by a linearisation)
     square_probe: float = 0.1               # adaptive: Square's probe share (escalated on any success or alarm)
     adaptive_eot_samples: int = 2           # adaptive on a randomised model: the cheap first pass's EOT draws
+    # adaptive: Square's discarding in the probe only [queries, ratio] (escalated: the full budget again)
     probe_give_up: list[list[float]] = field(default_factory=lambda: [list(c) for c in PROBE_GIVE_UP])
     square_give_up: list[list[float]] = field(default_factory=list)  # adaptive: Square's discarding [queries, ratio]
     escalate_fab: bool = True               # adaptive: FAB-T among the escalation stages (< 4 classes: always)
