@@ -4,6 +4,7 @@
                                   [--device cpu|cuda] [--out docs/results/eval_zoo.md]
                                   [--variant square_probe=0.1 --variant adaptive_targets=4,square_probe=0.3]
                                   [--variant square_queries=1000@mnist5k_pgd_at_binarised,digits4_pgd_at]
+                                  [--seeds 1 2 --seeds-on mnist5k_mart]
 
 For each model of ``benchmarks/zoo.py`` (trained if missing), on its first ``--n`` test images at its ε, in one
 process with one torch thread: robustlab's `standard` and `adaptive` suites and torchattacks 3.5.1's AutoAttack
@@ -13,7 +14,9 @@ that failed; per pair of methods: the examples robust under one and fooled by th
 result is kept in ``runs/zoo/eval/<model>/<method>_n<n>_<device>.json`` and reused by a rerun: the record is named
 by the method, not by the suite's definition, so after changing a suite delete its records (or pass ``--fresh``).
 ``--variant`` adds the `adaptive` suite with other settings (a second table: compute against strength), on the
-``--variants-on`` models, or on the models named after its ``@``. Writes ``--out`` and ``<out>.json``, and the
+``--variants-on`` models, or on the models named after its ``@``. ``--seeds`` measures every method again with
+other seeds (``standard[seed=1]``, ...; a third table: the spread over seeds, its mean), on the ``--seeds-on``
+models. Writes ``--out`` and ``<out>.json``, and the
 README's zoo table when it is the README's run (the whole zoo, 300 images, the CPU).
 """
 
