@@ -167,13 +167,13 @@ def standard(s: EvalSettings, m: ModelFacts) -> Suite:
 def adaptive(s: EvalSettings, m: ModelFacts) -> Suite:
     """AutoAttack's strength for a fraction of its compute, when nothing says the gradients mislead: APGD-CE;
     APGD-T toward the ``adaptive_targets`` classes nearest in a linearisation of the model (MALT's ranking) instead
-    of the 9 most likely; Square at its full budget on a probe of the examples still robust (:class:`Stage`'s
-    ``probe``). When the probe fools an example, or a masking alarm rang before the suite, every shortcut is
-    dropped: Square attacks every example still robust, then AutoAttack's own APGD-T (9 most likely classes) and
-    FAB-T (unless ``escalate_fab`` is off) run on what is left. ``probe_give_up``: Square's online discarding
-    (:mod:`robustlab.attacks.square`) in the probe only, an example whose margin has stalled stops early; on
-    escalation the probe's examples it left robust meet Square again at its full budget. ``square_give_up`` (off
-    by default): the discarding everywhere, escalated Square too (weaker on the zoo's MART model).
+    of the 9 most likely; Square on a probe of the examples still robust (:class:`Stage`'s ``probe``), where an
+    example whose margin has stalled stops early (``probe_give_up``: Square's online discarding,
+    :mod:`robustlab.attacks.square`). When the probe fools an example, or a masking alarm rang before the suite,
+    every shortcut is dropped: Square at its full budget attacks every example still robust (the probe's too), then
+    AutoAttack's own APGD-T (9 most likely classes) and FAB-T (unless ``escalate_fab`` is off) run on what is left.
+    ``square_give_up`` (off by default; it overrides ``probe_give_up``): the discarding everywhere, the escalated
+    Square too (weaker on the zoo's MART model).
 
     Not a robustness claim until the validation zoo (``benchmarks/eval_zoo.py``) shows it never weaker than
     ``standard``: its number is printed as a cut-down suite's."""
