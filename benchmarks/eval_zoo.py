@@ -250,7 +250,7 @@ def main() -> None:
         lines.append(f"| {entry.name} | {entry.kind} | {entry.eps:g} | {cell('standard')} | {cell('adaptive')} | "
                      f"{cell('reference')} | {ratio} | {pair('standard', 'adaptive')} | "
                      f"{pair('standard', 'reference')} | {failed or 'none'} |")
-    variants = sorted({m for r in results.values() for m in r if m.startswith("adaptive[")})
+    variants = sorted({m for r in results.values() for m in r if m.startswith("adaptive[") and seed_of(m) is None})
     if variants:
         lines += ["", "**Variants of the adaptive suite** (compute against strength): robust accuracy (%) and time "
                   "relative to `standard`, per model.", "",
