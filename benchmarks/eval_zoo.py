@@ -156,9 +156,11 @@ def seeds_table(results: dict[str, dict[str, dict]], entries: list[ZooModel], me
              "|---|---|" + "---|" * (len(seeds) + 2)]
     for entry in entries:
         r = results[entry.name]
+        per_seed = lambda method: {seed_of(m): rec for m, rec in r.items()  # noqa: E731
+                                   if m.split("[")[0] == method and seed_of(m) is not None}
+        std = per_seed("standard")
         for method in methods:
-            at = {seed_of(m): rec for m, rec in r.items() if m.split("[")[0] == method and seed_of(m) is not None}
-            std = {seed_of(m): rec for m, rec in r.items() if m.split("[")[0] == "standard" and seed_of(m) is not None}
+            at = per_seed(method)
             if len(at) < 2:
                 continue
             mean = sum(rec["robust_accuracy"] for rec in at.values()) / len(at)
@@ -194,6 +196,8 @@ def main() -> None:
                         help="measure the seeds on these models only (default: every model measured)")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args()
+    if 0 in args.seeds:
+        parser.error("--seeds: seed 0 is every method's own record; give the other seeds")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     variant_args = "".join(f" --variant {v}" for v in args.variant) + (

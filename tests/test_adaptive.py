@@ -86,6 +86,21 @@ def test_square_give_up_and_an_escalation_without_fab_reach_the_suite_and_cut_wo
     assert lean.robust_accuracy <= plain.robust_accuracy + 0.001, (lean.rows, plain.rows)
 
 
+def test_a_masking_alarm_skips_the_probe_and_so_its_discarding(zoo_digits_pgd_at):
+    """On the binarised digits model (zero input gradients: escalated from the start) every example meets Square at
+    its full budget, with or without the probe's discarding: the same run, pass for pass."""
+    model, data = zoo_digits_pgd_at
+    model = masked(model, "input_quantizer", levels=1)
+    x, y = data.test_x[:120], data.test_y[:120]
+    default = robustlab.benchmark(model, x, y, eps=0.1, suite="adaptive", square_queries=1000)
+    without = robustlab.benchmark(model, x, y, eps=0.1, suite="adaptive", square_queries=1000, probe_give_up=[])
+    square = {run: next(r for r in result.rows if r["attack"] == "square") for run, result in
+              (("default", default), ("without", without))}
+    assert "in the probe an example stops at 500 queries" in square["default"]["settings"]
+    assert square["default"]["forward_per_image"] == square["without"]["forward_per_image"] > 0
+    assert torch.equal(default.robust, without.robust)
+
+
 def _pgd_suite(probe_options: dict | None) -> Suite:
     """PGD-20 without a random start (each example's outcome does not depend on its batch), behind a probe whose
     own attack is weaker (``probe_options``), or on every example (None)."""
@@ -109,33 +124,54 @@ def test_an_escalated_probe_attacks_again_at_full_strength_what_its_cheaper_atta
     assert torch.equal(probed.robust, full.robust)  # the probe's survivors met PGD-20 too
 
 
-def test_a_probe_with_its_own_options_resumes_to_the_same_outcome(trained_digits_mlp, digits, tmp_path,
-                                                                  monkeypatch):
+def test_a_probe_whose_own_attack_fools_nothing_stops_the_stage_there(trained_digits_mlp, digits):
+    """The probe runs its own options, not the stage's: a step too small to fool anything, no escalation."""
     x, y = digits.test_x[:64], digits.test_y[:64]
-    settings = EvalSettings(eps=0.15, batch_size=8)
-    suite = _pgd_suite({"steps": 1, "step_size": 0.06})
-    saves = []
-    real_save = EvaluationState.save
-    monkeypatch.setattr(EvaluationState, "save", lambda self: (saves.append(1), real_save(self))[1])
-    whole = evaluate(trained_digits_mlp, x, y, settings, suite=suite, checks=False, state_dir=tmp_path / "whole")
+    probed = evaluate(trained_digits_mlp, x, y, EvalSettings(eps=0.15, batch_size=8),
+                      suite=_pgd_suite({"steps": 1, "step_size": 1e-4}), checks=False)
+    assert probed.robust_accuracy == probed.clean  # PGD-20 would fool most of them
+    assert probed.rows[0]["attacked"] == 32  # the probe: half of the 63 clean-correct examples, rounded up
+
+
+def _cut_and_resume(model, x, y, settings, suite, state_dir: Path, cut: int, monkeypatch):
+    """Evaluate, stopped by an error at the ``cut``-th save of the state, then resumed from the saved state."""
 
     class Stop(RuntimeError):
         pass
 
-    def stop_late(self):  # the state is saved after the clean pass and after every batch: stop before the last two
-        if len(saves) == total - 2:
+    real_save, saves = EvaluationState.save, []
+
+    def save_until_cut(self):
+        if len(saves) == cut:
             raise Stop
         saves.append(1)
         real_save(self)
 
-    total, saves[:] = len(saves), []
-    monkeypatch.setattr(EvaluationState, "save", stop_late)
+    monkeypatch.setattr(EvaluationState, "save", save_until_cut)
     with pytest.raises(Stop):
-        evaluate(trained_digits_mlp, x, y, settings, suite=suite, checks=False, state_dir=tmp_path / "cut")
+        evaluate(model, x, y, settings, suite=suite, checks=False, state_dir=state_dir)
     monkeypatch.setattr(EvaluationState, "save", real_save)
-    resumed = evaluate(trained_digits_mlp, x, y, settings, suite=suite, checks=False, state_dir=tmp_path / "cut")
-    assert resumed.rows[0]["resumed"] and torch.equal(resumed.robust, whole.robust)
-    assert resumed.rows[0]["attacked"] == whole.rows[0]["attacked"]
+    return evaluate(model, x, y, settings, suite=suite, checks=False, state_dir=state_dir)
+
+
+def test_a_probe_with_its_own_options_resumes_to_the_same_outcome_from_any_batch(trained_digits_mlp, digits,
+                                                                                  tmp_path, monkeypatch):
+    """Cut after the clean pass and after each batch (the probe's, its survivors' again, the rest's): the resumed
+    run rebuilds the same batches and reaches the uninterrupted outcome."""
+    x, y = digits.test_x[:64], digits.test_y[:64]
+    settings = EvalSettings(eps=0.15, batch_size=8)
+    suite = _pgd_suite({"steps": 1, "step_size": 0.06})
+    real_save, saves = EvaluationState.save, []
+    monkeypatch.setattr(EvaluationState, "save", lambda self: (saves.append(1), real_save(self))[1])
+    whole = evaluate(trained_digits_mlp, x, y, settings, suite=suite, checks=False, state_dir=tmp_path / "whole")
+    monkeypatch.setattr(EvaluationState, "save", real_save)
+    assert len(saves) > 9  # the clean pass, 4 probe batches, the survivors' and the rest's batches
+    for cut in range(1, len(saves)):
+        resumed = _cut_and_resume(trained_digits_mlp, x, y, settings, suite, tmp_path / f"cut{cut}", cut,
+                                  monkeypatch)
+        assert resumed.rows[0]["resumed"] == (cut > 1), cut  # cut 1: only the clean pass had been saved
+        assert torch.equal(resumed.robust, whole.robust), cut
+        assert resumed.rows[0]["attacked"] == whole.rows[0]["attacked"]
 
 
 def test_probe_options_need_a_probe_and_the_adaptive_probe_gives_up_within_the_budget():

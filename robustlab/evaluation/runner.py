@@ -220,8 +220,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalS
     units = plan_units(spec, s)
     check_image_shape(spec, x)
     attacks = {u.name: build_stage_attack(u, transfer_source=transfer_source) for u in units}  # refused up front
-    attacks.update({f"{u.name} probe": build_stage_attack(u, transfer_source=transfer_source, probe=True)
-                    for u in units if u.stage.probe_options})
+    probe_attacks = {u.name: build_stage_attack(u, transfer_source=transfer_source, probe=True)
+                     for u in units if u.stage.probe_options}
     xs, ys = x[lo:hi], y[lo:hi]
     folder = None
     if state_dir is not None:
@@ -269,7 +269,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalS
                 state.save()
             say(f"clean accuracy {100 * mean(state.clean):.1f}% on {hi - lo} examples"
                 + (f" (mean of {draws} draws)" if draws > 1 else ""))
-            run = _Run(spec, s, units, attacks, state, model, xs, ys, lo, dev, draws, nhwc, passes, heartbeat,
+            run = _Run(spec, s, units, attacks, probe_attacks, state, model, xs, ys, lo, dev, draws, nhwc, passes, heartbeat,
                        found, gallery, keep, say, progress, escalated=alarm)
             for k, unit in enumerate(units):
                 _run_unit(run, k, unit)
@@ -333,15 +333,16 @@ def _escalate(run: "_Run", k: int, robust_before: torch.Tensor, batches: list, p
     """Probe and escalate: once the probe's batches are done, if it fooled any example, the rest of the stage's
     examples are attacked too, and the suite is escalated (its ``when="escalated"`` stages run). A probe with its
     own options (:class:`Stage`'s ``probe_options``) hands the examples it left robust to the full attack too;
-    which those are is kept in ``stats`` (a resumed run must rebuild the same batches after they were attacked)."""
+    which those are is kept in ``stats["probe_survivors"]`` (a resumed run must rebuild the same batches after
+    they were attacked)."""
     if stats["probe"] is None or done != len(split_batches(probe, run.s.batch_size)) or stats["escalated"]:
         return
     if bool((run.state.outcome[k, probe] < robust_before[probe]).any()):
         stats["attacked"] += len(rest)  # examples, each counted once
         if run.units[k].stage.probe_options:
-            if "again" not in stats:
-                stats["again"] = probe[run.state.outcome[k, probe] >= robust_before[probe]].tolist()
-            rest = torch.cat([torch.tensor(stats["again"], dtype=rest.dtype), rest])
+            if "probe_survivors" not in stats:
+                stats["probe_survivors"] = probe[run.state.outcome[k, probe] >= robust_before[probe]].tolist()
+            rest = torch.cat([torch.tensor(stats["probe_survivors"], dtype=rest.dtype), rest])
         batches += split_batches(rest, run.s.batch_size)
         stats["escalated"] = run.escalated = True
 
@@ -362,6 +363,7 @@ class _Run:
     s: EvalSettings
     units: list[Unit]
     attacks: dict[str, Attack]
+    probe_attacks: dict[str, Attack]  # the probe's own attack of a unit whose stage has probe_options
     state: EvaluationState
     model: nn.Module
     xs: torch.Tensor
@@ -404,18 +406,23 @@ def _run_unit(run: _Run, k: int, unit: Unit) -> None:
     stats.update(attacked=len(first_part), probe=len(first_part) if probing else None, escalated=False)
     done_before = state.done.get(unit.name, 0)
     if not done_before:
-        stats.pop("again", None)
+        stats.pop("probe_survivors", None)
     probe_batches = len(batches) if probing and st.probe_options else 0  # these run the probe's own attack
     label = unit.name if unit.eps is None or "@" in unit.name else f"{unit.name} ε={unit.eps:g}"
     seconds_now = 0.0
     bar = tqdm(total=len(todo), desc=label, disable=not run.progress, leave=False, unit="ex")
+
+    def escalate_after(done: int) -> None:  # an escalated probe adds batches (its survivors, attacked again)
+        _escalate(run, k, robust_before, batches, first_part, rest, stats, done)
+        bar.total = max(len(todo), sum(len(i) for i in batches))
+
     b = 0
     while b < len(batches):
         idx = batches[b]
         b += 1
         if b <= done_before:
             bar.update(len(idx))
-            _escalate(run, k, robust_before, batches, first_part, rest, stats, b)
+            escalate_after(b)
             continue
         t0, before = time.perf_counter(), passes.copy()
         heartbeat.start(f"{label} batch {b}/{len(batches)}")
@@ -423,7 +430,7 @@ def _run_unit(run: _Run, k: int, unit: Unit) -> None:
         if run.nhwc:
             xb = xb.contiguous(memory_format=torch.channels_last)
         first = idx < keep
-        attack = run.attacks[f"{unit.name} probe" if b <= probe_batches else unit.name]
+        attack = run.probe_attacks[unit.name] if b <= probe_batches else run.attacks[unit.name]
         with seeded(derived_seed(s.seed, st.name, b - 1), dev):  # the final draws too: a resume draws the same
             if st.kind == "minimal":
                 res = attack.run(model, xb, yb)
@@ -451,7 +458,7 @@ def _run_unit(run: _Run, k: int, unit: Unit) -> None:
             column.pred[idx[first]] = pred
             state.save_gallery(unit.name, column.x, column.pred)
         state.done[unit.name] = b
-        _escalate(run, k, robust_before, batches, first_part, rest, stats, b)
+        escalate_after(b)
         spent = time.perf_counter() - t0
         seconds_now += spent
         stats["seconds"] += spent

@@ -62,7 +62,9 @@ def evaluation_identity(suite: Suite, settings: EvalSettings, model: nn.Module, 
     (and a transfer source's), the precision the attacks run in, the processes."""
     spec = suite.to_dict()
     for stage in spec["stages"]:
-        stage["options"] = {k: v for k, v in stage["options"].items() if k not in SPEED_ONLY_OPTIONS}
+        for key in ("options", "probe_options"):
+            if key in stage:
+                stage[key] = {k: v for k, v in stage[key].items() if k not in SPEED_ONLY_OPTIONS}
     device = x.device.type if x.is_cuda else next(model.parameters(), x).device.type
     autocast = torch.is_autocast_enabled(device)
     return {"format": STATE_FORMAT, "suite": spec,
