@@ -269,8 +269,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: EvalS
                 state.save()
             say(f"clean accuracy {100 * mean(state.clean):.1f}% on {hi - lo} examples"
                 + (f" (mean of {draws} draws)" if draws > 1 else ""))
-            run = _Run(spec, s, units, attacks, probe_attacks, state, model, xs, ys, lo, dev, draws, nhwc, passes, heartbeat,
-                       found, gallery, keep, say, progress, escalated=alarm)
+            run = _Run(spec, s, units, attacks, probe_attacks, state, model, xs, ys, lo, dev, draws, nhwc, passes,
+                       heartbeat, found, gallery, keep, say, progress, escalated=alarm)
             for k, unit in enumerate(units):
                 _run_unit(run, k, unit)
     finally:
