@@ -4,11 +4,12 @@
 
 For each deterministic model of ``benchmarks/zoo.py`` on its first ``--n`` test images at its ε (and the demo's
 PGD-AT model, ``runs/demo/pgd_at``, when it is there, on its first 500), one torch thread: APGD-CE (100
-iterations) and APGD-T toward the 3 classes nearest in a linearisation (the white-box stages of the ``adaptive`` suite), then Square (L∞, 5,000
-queries, margin loss, the suites' settings) on every clean-correct example, recording each example's best margin
-z_y − max_{j≠y} z_j at a set of query counts and the query that fooled it. The question it answers: could Square
-stop early on the examples whose margin has barely moved (online discarding, as A³ does for its white-box
-attack) without losing an example it would fool later — among those the white-box stages left robust?
+iterations) and APGD-T toward the 3 classes nearest in a linearisation (the white-box stages of the ``adaptive``
+suite), then Square (L∞, 5,000 queries, margin loss, the suites' settings) on every clean-correct example,
+recording each example's best margin z_y − max_{j≠y} z_j at a set of query counts and the query that fooled it.
+The question it answers: could Square stop early on the examples whose margin has barely moved (online
+discarding, as A³ does for its white-box attack) without losing an example it would fool later — among those the
+white-box stages left robust?
 
 Written: ``--out`` (the table of discarding rules: the Square queries each saves and the successes it loses) and
 ``<out>.json`` (the traces). Each model's trace is cached in ``runs/zoo/square_trace/<model>_n<n>.json``.

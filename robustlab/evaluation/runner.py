@@ -329,13 +329,13 @@ def _smallest_margin(k: int, unit: Unit, units: list[Unit], state: EvaluationSta
 
 
 def _escalate(run: "_Run", k: int, robust_before: torch.Tensor, batches: list, probe: torch.Tensor,
-              rest: torch.Tensor, stats: dict, done: int) -> None:
+              rest: torch.Tensor, stats: dict, done: int, probe_batches: int) -> None:
     """Probe and escalate: once the probe's batches are done, if it fooled any example, the rest of the stage's
     examples are attacked too, and the suite is escalated (its ``when="escalated"`` stages run). A probe with its
     own options (:class:`Stage`'s ``probe_options``) hands the examples it left robust to the full attack too;
     which those are is kept in ``stats["probe_survivors"]`` (a resumed run must rebuild the same batches after
     they were attacked)."""
-    if stats["probe"] is None or done != len(split_batches(probe, run.s.batch_size)) or stats["escalated"]:
+    if stats["probe"] is None or done != probe_batches or stats["escalated"]:
         return
     if bool((run.state.outcome[k, probe] < robust_before[probe]).any()):
         stats["attacked"] += len(rest)  # examples, each counted once
@@ -407,13 +407,14 @@ def _run_unit(run: _Run, k: int, unit: Unit) -> None:
     done_before = state.done.get(unit.name, 0)
     if not done_before:
         stats.pop("probe_survivors", None)
-    probe_batches = len(batches) if probing and st.probe_options else 0  # these run the probe's own attack
+    probe_batches = len(batches)  # the probe's (when probing): the first batches
+    own_probe_attack = probing and bool(st.probe_options)
     label = unit.name if unit.eps is None or "@" in unit.name else f"{unit.name} ε={unit.eps:g}"
     seconds_now = 0.0
     bar = tqdm(total=len(todo), desc=label, disable=not run.progress, leave=False, unit="ex")
 
     def escalate_after(done: int) -> None:  # an escalated probe adds batches (its survivors, attacked again)
-        _escalate(run, k, robust_before, batches, first_part, rest, stats, done)
+        _escalate(run, k, robust_before, batches, first_part, rest, stats, done, probe_batches)
         bar.total = max(len(todo), sum(len(i) for i in batches))
 
     b = 0
@@ -430,7 +431,7 @@ def _run_unit(run: _Run, k: int, unit: Unit) -> None:
         if run.nhwc:
             xb = xb.contiguous(memory_format=torch.channels_last)
         first = idx < keep
-        attack = run.probe_attacks[unit.name] if b <= probe_batches else run.attacks[unit.name]
+        attack = run.probe_attacks[unit.name] if own_probe_attack and b <= probe_batches else run.attacks[unit.name]
         with seeded(derived_seed(s.seed, st.name, b - 1), dev):  # the final draws too: a resume draws the same
             if st.kind == "minimal":
                 res = attack.run(model, xb, yb)
